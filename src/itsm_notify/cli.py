@@ -1,0 +1,335 @@
+"""The command line: parse, load settings, call one function, present the result.
+
+Exit status (contract §5): 0 when the run did its work; 1 when a delivery was deferred
+or failed; 2 for usage and configuration errors, an unreachable database included.
+Errors are one sentence with the fix; never a traceback, never a password.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import db
+from .config import ConfigError, Settings, load_settings
+from .sender import RunReport, send_pending, utcnow
+
+app = typer.Typer(help="Notification engine for IT help desks: outbox events to email and "
+                       "in-app notifications.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(help="Database tables.", no_args_is_help=True)
+suppression_app = typer.Typer(help="Addresses never mailed (5xx refusals land here).",
+                              no_args_is_help=True)
+config_app = typer.Typer(help="Effective configuration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(suppression_app, name="suppression")
+app.add_typer(config_app, name="config")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", help="A config.toml (else ITSM_NOTIFY_CONFIG).", show_default=False)]
+DatabaseOption = Annotated[str | None, typer.Option(
+    "--database-url", help="Overrides DATABASE_URL.", show_default=False)]
+
+
+def interactive() -> bool:
+    return err.is_terminal
+
+
+def setup_logging() -> None:
+    """Plain log lines on stderr: what cron mails to its owner."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(message)s")
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Configuration and database problems: one sentence, exit 2."""
+    try:
+        yield
+    except (ConfigError, db.DatabaseUnavailable) as exc:
+        err.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    return load_settings(overrides, config_path=config)
+
+
+def engine_for(settings: Settings, *, require_tables: bool = True) -> Any:
+    engine = db.make_engine(settings.database_url)
+    if require_tables:
+        with db.database_errors(settings.database_url):
+            missing = db.missing_tables(engine)
+        if missing:
+            raise db.DatabaseUnavailable(
+                f"The database has no {missing[0]} table: run 'itsm-notify db init' first.")
+    return engine
+
+
+# ------------------------------------------------------------------------ db
+
+
+@db_app.command("init")
+def db_init(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Create the tables that do not exist yet (safe to run again)."""
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings, require_tables=False)
+        with db.database_errors(settings.database_url):
+            created = db.init_db(engine)
+    if created:
+        err.print(f"Created {len(created)} tables: {', '.join(created)}.")
+    else:
+        err.print("All tables already exist; nothing to do.")
+
+
+# ------------------------------------------------------------- send-pending
+
+
+def present_report(report: RunReport, *, quiet_when_idle: bool = True) -> None:
+    if quiet_when_idle and not report.events_handled and not report.problems:
+        return
+    for problem in report.problems:
+        err.print(f"[bold red]Problem:[/] {problem}", soft_wrap=True)
+    if interactive():
+        err.print(f"[green]✓[/] {report.summary()}")
+    else:
+        logging.getLogger("itsm_notify").info("send-pending: %s", report.summary())
+
+
+def planned_table(report: RunReport, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("event", "type", "ticket", "channel", "recipient", "subject", "note"):
+        table.add_column(column, overflow="fold")
+    for row in report.planned:
+        table.add_row(str(row.event_id), row.event_type, row.ticket, row.channel,
+                      row.recipient, row.subject, row.note)
+    return table
+
+
+@app.command("send-pending")
+def send_pending_command(
+    limit: Annotated[int | None, typer.Option(min=1, help="Stop after N events.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent; "
+                                          "change nothing.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Claim and deliver pending outbox events (safe from cron on several hosts)."""
+    setup_logging()
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings)
+        if dry_run:
+            report = send_pending(settings, limit=limit, dry_run=True, engine=engine)
+            if interactive():
+                out.print(planned_table(report, "send-pending --dry-run: nothing was changed"))
+            else:
+                for row in report.planned:
+                    out.print(f"event={row.event_id} {row.event_type} {row.ticket} "
+                              f"{row.channel} {row.recipient} {row.subject!r} {row.note}")
+            return
+        report = _run_with_progress(settings, engine, limit)
+    present_report(report)
+    raise typer.Exit(report.exit_code)
+
+
+def _run_with_progress(settings: Settings, engine: Any, limit: int | None) -> RunReport:
+    if not interactive():
+        return send_pending(settings, limit=limit, engine=engine)
+    with db.database_errors(settings.database_url):
+        pending = db.outbox_status(engine, now=utcnow())["counts"]["pending"]
+    total = min(pending, limit) if limit else pending
+    with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("events", total=total or None)
+        return send_pending(settings, limit=limit, engine=engine,
+                            on_progress=lambda n: progress.advance(task, n))
+
+
+# ---------------------------------------------------------------------- status
+
+
+@app.command("status")
+def status_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Outbox counts by state and the age of the oldest pending event."""
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings)
+        with db.database_errors(settings.database_url):
+            status = db.outbox_status(engine, now=utcnow())
+    if as_json:
+        sys.stdout.write(json.dumps(status) + "\n")
+        return
+    table = Table(title="notification_outbox")
+    table.add_column("state")
+    table.add_column("events", justify="right")
+    for state, count in status["counts"].items():
+        table.add_row(state, str(count))
+    out.print(table)
+    age = status["oldest_pending_age_seconds"]
+    out.print(f"oldest pending: {_age(age)}; failed in the last 24 h: "
+              f"{status['failed_last_24h']}; suppressed addresses: "
+              f"{status['suppressed_addresses']}")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "none"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+# --------------------------------------------------------------------- requeue
+
+
+@app.command("requeue")
+def requeue_command(
+    event_ids: Annotated[list[int] | None, typer.Argument(
+        help="Event ids to requeue.", show_default=False)] = None,
+    all_failed: Annotated[bool, typer.Option("--all", help="Requeue every failed event.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Put failed events back to pending, so the next run retries them."""
+    if not event_ids and not all_failed:
+        err.print("[bold red]Error:[/] name the event ids to requeue, or pass --all.")
+        raise typer.Exit(2)
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings)
+        what = "every failed event" if all_failed else f"failed events {event_ids}"
+        if not yes:
+            if not sys.stdin.isatty():
+                err.print("[bold red]Error:[/] requeue asks for confirmation: "
+                          "pass --yes when running without a terminal.")
+                raise typer.Exit(2)
+            typer.confirm(f"Requeue {what}?", abort=True)
+        with db.database_errors(settings.database_url):
+            count = db.requeue_failed(engine, event_ids=None if all_failed else event_ids,
+                                      now=utcnow())
+    err.print(f"Requeued {count} event{'s' if count != 1 else ''}.")
+
+
+# ----------------------------------------------------------------- suppression
+
+
+def _with_engine(config: Path | None, database_url: str | None,
+                 action: Callable[[Any], Any]) -> Any:
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings)
+        with db.database_errors(settings.database_url):
+            return action(engine)
+
+
+@suppression_app.command("list")
+def suppression_list(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Show suppressed addresses."""
+    from .deliveries import list_suppressions
+
+    rows = _with_engine(config, database_url, list_suppressions)
+    table = Table(title="email_suppressions")
+    for column in ("address", "code", "reason", "since"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["address"], str(row["code"] or ""), row["reason"],
+                      f"{row['created_at']:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@suppression_app.command("add")
+def suppression_add(address: str,
+                    reason: Annotated[str, typer.Option(help="Why.")] = "added by hand",
+                    config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Never mail ADDRESS again (until removed)."""
+    from .deliveries import add_suppression
+
+    added = _with_engine(config, database_url,
+                         lambda engine: add_suppression(engine, address, reason, utcnow()))
+    err.print(f"{address} suppressed." if added else f"{address} was already suppressed.")
+
+
+@suppression_app.command("remove")
+def suppression_remove(address: str, config: ConfigOption = None,
+                       database_url: DatabaseOption = None) -> None:
+    """Mail ADDRESS again."""
+    from .deliveries import remove_suppression
+
+    removed = _with_engine(config, database_url,
+                           lambda engine: remove_suppression(engine, address))
+    err.print(f"{address} removed from the suppression list." if removed
+              else f"{address} was not on the suppression list.")
+
+
+# ---------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Print the effective settings (secrets masked)."""
+    from dataclasses import fields
+
+    from sqlalchemy.engine import make_url
+
+    with friendly_errors():
+        settings = settings_from(config)
+    table = Table(title="effective settings")
+    table.add_column("environment name")
+    table.add_column("value", overflow="fold")
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if hasattr(value, "masked"):
+            shown = value.masked()
+        elif f.name == "database_url":
+            shown = make_url(value).render_as_string(hide_password=True)
+        elif f.name == "admins":
+            shown = ", ".join(a.email for a in value)
+        elif isinstance(value, tuple):
+            shown = ", ".join(value)
+        else:
+            shown = str(value)
+        table.add_row(f.metadata["env"], shown)
+    out.print(table)
+
+
+# ------------------------------------------------------------------------ demo
+
+
+@app.command("demo")
+def demo_command(
+    path: Annotated[Path, typer.Option(help="The SQLite file to (re)create.")] =
+    Path("itsm-notify-demo.db"),
+) -> None:
+    """A self-contained demo on a local SQLite file, mail to the console."""
+    from .demo import run_demo
+
+    setup_logging()
+    with friendly_errors():
+        report = run_demo(path, console=out)
+    raise typer.Exit(report.exit_code)
+
+
+def main() -> None:
+    app()

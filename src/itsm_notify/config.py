@@ -1,0 +1,273 @@
+"""Settings: one typed object, loaded once and validated once.
+
+Precedence (contract §4): command-line flag > environment > ``.env`` in the working
+folder > ``config.toml`` > defaults. Every setting has one environment name (Django's,
+where Django has one) and one TOML key, the environment name in lower case, so an
+existing Django ``.env`` works unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one sentence with the fix."""
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or an error message."""
+
+    def __repr__(self) -> str:
+        return "'********'" if self else "''"
+
+    def masked(self) -> str:
+        return "********" if self else "(not set)"
+
+
+BACKEND_ALIASES = {
+    "console": "console",
+    "smtp": "smtp",
+    "file": "file",
+    "django.core.mail.backends.console.EmailBackend": "console",
+    "django.core.mail.backends.smtp.EmailBackend": "smtp",
+    "django.core.mail.backends.filebased.EmailBackend": "file",
+}
+
+
+@dataclass(frozen=True)
+class AdminAddress:
+    name: str
+    email: str
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _parse_int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("must be a whole number")
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _parse_float(raw: Any) -> float:
+    try:
+        return float(str(raw).strip())
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _parse_str(raw: Any) -> str:
+    return str(raw).strip()
+
+
+def _parse_optional_str(raw: Any) -> str | None:
+    text = str(raw).strip()
+    return text or None
+
+
+def _parse_list(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _parse_backend(raw: Any) -> str:
+    text = str(raw).strip()
+    if text not in BACKEND_ALIASES:
+        raise ValueError("must be console, smtp or file (or Django's dotted name for one of them)")
+    return BACKEND_ALIASES[text]
+
+
+def _parse_admins(raw: Any) -> tuple[AdminAddress, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    admins = []
+    for name, email in getaddresses([str(item) for item in items]):
+        if not email:
+            continue
+        if "@" not in email:
+            raise ValueError(f"has {email!r}, which is not an email address")
+        admins.append(AdminAddress(name=name, email=email))
+    return tuple(admins)
+
+
+def _parse_secret(raw: Any) -> Secret:
+    return Secret(str(raw))
+
+
+def _setting(default: Any, env: str, parse: Callable[[Any], Any], *, repr: bool = True) -> Any:
+    """A settings field: its default, its environment name and its parser."""
+    return field(default=default, repr=repr, metadata={"env": env, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the tool can be told. Field names are the TOML keys; ``env`` metadata
+    is the environment name. Read ``config.example.toml`` for what each one means."""
+
+    database_url: str = _setting("sqlite:///itsm-notify.db", "DATABASE_URL", _parse_str)
+    email_backend: str = _setting("console", "EMAIL_BACKEND", _parse_backend)
+    email_host: str = _setting("localhost", "EMAIL_HOST", _parse_str)
+    email_port: int = _setting(25, "EMAIL_PORT", _parse_int)
+    email_host_user: str = _setting("", "EMAIL_HOST_USER", _parse_str)
+    email_host_password: Secret = _setting(
+        Secret(""), "EMAIL_HOST_PASSWORD", _parse_secret, repr=False)
+    email_use_tls: bool = _setting(False, "EMAIL_USE_TLS", _parse_bool)
+    email_use_ssl: bool = _setting(False, "EMAIL_USE_SSL", _parse_bool)
+    email_timeout: float = _setting(30.0, "EMAIL_TIMEOUT", _parse_float)
+    email_ssl_cafile: str | None = _setting(None, "EMAIL_SSL_CAFILE", _parse_optional_str)
+    email_allow_plaintext_auth: bool = _setting(False, "EMAIL_ALLOW_PLAINTEXT_AUTH", _parse_bool)
+    email_file_path: str = _setting("sent-emails", "EMAIL_FILE_PATH", _parse_str)
+    default_from_email: str = _setting("itsm-notify@localhost", "DEFAULT_FROM_EMAIL", _parse_str)
+    reply_to_email: str | None = _setting(None, "REPLY_TO_EMAIL", _parse_optional_str)
+    site_url: str = _setting("http://localhost:8000", "SITE_URL", _parse_str)
+    site_name: str = _setting("Help Desk", "SITE_NAME", _parse_str)
+    admins: tuple[AdminAddress, ...] = _setting((), "ADMINS", _parse_admins)
+    debug: bool = _setting(False, "DEBUG", _parse_bool)
+    development_email: str | None = _setting(None, "DEVELOPMENT_EMAIL", _parse_optional_str)
+    template_dir: str | None = _setting(None, "ITSM_TEMPLATE_DIR", _parse_optional_str)
+    internal_statuses: tuple[str, ...] = _setting((), "ITSM_INTERNAL_STATUSES", _parse_list)
+    closed_statuses: tuple[str, ...] = _setting(
+        ("resolved", "closed"), "ITSM_CLOSED_STATUSES", _parse_list)
+    notify_actor: bool = _setting(False, "ITSM_NOTIFY_ACTOR", _parse_bool)
+    batch_size: int = _setting(100, "ITSM_BATCH_SIZE", _parse_int)
+    lease_seconds: int = _setting(300, "ITSM_LEASE_SECONDS", _parse_int)
+    retry_base_seconds: float = _setting(60.0, "ITSM_RETRY_BASE_SECONDS", _parse_float)
+    retry_max_seconds: float = _setting(3600.0, "ITSM_RETRY_MAX_SECONDS", _parse_float)
+    max_attempts: int = _setting(8, "ITSM_MAX_ATTEMPTS", _parse_int)
+    smtp_connections: int = _setting(4, "ITSM_SMTP_CONNECTIONS", _parse_int)
+    rate_per_second: float = _setting(0.0, "ITSM_RATE_PER_SECOND", _parse_float)
+    rate_per_hour: int = _setting(0, "ITSM_RATE_PER_HOUR", _parse_int)
+    delivery_log: str = _setting("logs/email.log", "ITSM_DELIVERY_LOG", _parse_str)
+    secret_key: Secret = _setting(Secret(""), "SECRET_KEY", _parse_secret, repr=False)
+    max_text_length: int = _setting(4000, "ITSM_MAX_TEXT_LENGTH", _parse_int)
+    overdue_realert_hours: float = _setting(24.0, "ITSM_OVERDUE_REALERT_HOURS", _parse_float)
+    send_interval_seconds: int = _setting(60, "ITSM_SEND_INTERVAL_SECONDS", _parse_int)
+    overdue_cron: str = _setting("0 * * * *", "ITSM_OVERDUE_CRON", _parse_str)
+
+    @property
+    def from_domain(self) -> str:
+        """The domain of DEFAULT_FROM_EMAIL, used to make Message-IDs and thread ids."""
+        _, address = getaddresses([self.default_from_email])[0]
+        return address.rpartition("@")[2] or "localhost"
+
+    @property
+    def redirect_to(self) -> str | None:
+        """The address every email goes to instead of its recipients (debug mode)."""
+        return self.development_email if self.debug else None
+
+    def ticket_url(self, ticket_id: int) -> str:
+        return f"{self.site_url}{ticket_path(ticket_id)}"
+
+
+def ticket_path(ticket_id: int) -> str:
+    return f"/tickets/{ticket_id}/"
+
+
+ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)}
+
+
+def _toml_values(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"The config file {path} does not exist: "
+                          "give an existing file with --config or ITSM_NOTIFY_CONFIG.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"The config file {path} is not valid TOML ({exc}): "
+                          "fix the syntax.") from None
+    # Allow keys in the top level or under an [itsm_notify] table.
+    values = dict(data.get("itsm_notify", {})) | {k: v for k, v in data.items()
+                                                  if not isinstance(v, dict)}
+    unknown = sorted(set(values) - set(ENV_NAMES))
+    if unknown:
+        raise ConfigError(f"The config file {path} has unknown key {unknown[0]!r}: "
+                          "see config.example.toml for the keys.")
+    return values
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: str | Path | None = ".env",
+) -> Settings:
+    """Build the settings from every source, in precedence order, and validate them.
+
+    ``overrides`` are command-line flags, keyed by field name (``None`` values are
+    ignored so unset flags fall through).
+    """
+    env = dict(os.environ if environ is None else environ)
+    dotenv = {k: v for k, v in (dotenv_values(dotenv_path) if dotenv_path else {}).items()
+              if v is not None}
+    path = config_path or env.get("ITSM_NOTIFY_CONFIG") or dotenv.get("ITSM_NOTIFY_CONFIG")
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("the config file", _toml_values(Path(path) if path else None)),
+        (".env", {name: dotenv[env_name] for name, env_name in ENV_NAMES.items()
+                  if env_name in dotenv}),
+        ("the environment", {name: env[env_name] for name, env_name in ENV_NAMES.items()
+                             if env_name in env}),
+        ("the command line", {k: v for k, v in (overrides or {}).items() if v is not None}),
+    ]
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        for source, layer in layers:
+            if f.name in layer:
+                parse: Callable[[Any], Any] = f.metadata["parse"]
+                try:
+                    values[f.name] = parse(layer[f.name])
+                except ValueError as exc:
+                    raise ConfigError(f"{f.metadata['env']} (from {source}) {exc}: "
+                                      f"fix its value.") from None
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Cross-field checks; each failure names the key and the fix."""
+    if settings.debug and not settings.development_email:
+        raise ConfigError("DEBUG is on but DEVELOPMENT_EMAIL is not set: set DEVELOPMENT_EMAIL "
+                          "to the address that receives every email in debug mode, "
+                          "or turn DEBUG off.")
+    if settings.email_use_tls and settings.email_use_ssl:
+        raise ConfigError("EMAIL_USE_TLS and EMAIL_USE_SSL are both on: use EMAIL_USE_TLS with "
+                          "port 587 (STARTTLS) or EMAIL_USE_SSL with port 465, not both.")
+    if not settings.site_url.startswith(("http://", "https://")):
+        raise ConfigError(f"SITE_URL must start with http:// or https://, got "
+                          f"{settings.site_url!r}: set the web app's address, e.g. "
+                          "https://helpdesk.example.com.")
+    object.__setattr__(settings, "site_url", settings.site_url.rstrip("/"))
+    if "@" not in settings.default_from_email:
+        raise ConfigError("DEFAULT_FROM_EMAIL must be an email address: set it, e.g. "
+                          "'Help Desk <helpdesk@example.com>'.")
+    for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "smtp_connections"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{ENV_NAMES[name]} must be at least 1: fix its value.")
+    if settings.email_timeout <= 0:
+        raise ConfigError("EMAIL_TIMEOUT must be a positive number of seconds: fix its value.")
+    if settings.rate_per_second < 0 or settings.rate_per_hour < 0:
+        raise ConfigError("ITSM_RATE_PER_SECOND and ITSM_RATE_PER_HOUR cannot be negative: "
+                          "use 0 for no limit.")

@@ -1,0 +1,130 @@
+"""Per-recipient delivery records and the suppression list.
+
+One row per (event, channel, recipient), unique. A retry reads them and sends only to
+recipients not yet accepted; an in-app notification is written in the same
+transaction as its delivery row, so it is written exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
+
+from .db import EMAIL, SENT, app_notifications, deliveries, suppressions
+
+DeliveryKey = tuple[int, str, str]  # (event id, channel, recipient)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+def load_deliveries(engine: Engine, event_ids: Sequence[int]) -> dict[DeliveryKey, DeliveryRecord]:
+    if not event_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.event_id, deliveries.c.channel,
+                                   deliveries.c.recipient, deliveries.c.state,
+                                   deliveries.c.attempts, deliveries.c.next_attempt_at)
+                            .where(deliveries.c.event_id.in_(list(event_ids))))
+        return {(r.event_id, r.channel, r.recipient): DeliveryRecord(r.state, r.attempts,
+                                                                     r.next_attempt_at)
+                for r in rows}
+
+
+def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
+    wanted = sorted({a.lower() for a in addresses})
+    if not wanted:
+        return set()
+    with engine.connect() as conn:
+        return {a.lower() for a in conn.execute(
+            select(suppressions.c.address).where(suppressions.c.address.in_(wanted))).scalars()}
+
+
+def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
+               notifications: Sequence[dict[str, Any]]) -> None:
+    """Insert the batch's new delivery rows and in-app notifications in one transaction.
+    Raises IntegrityError when another worker already planned one of these deliveries
+    (its lease on the event ran out while this worker held it)."""
+    with engine.begin() as conn:
+        if new_deliveries:
+            conn.execute(insert(deliveries), list(new_deliveries))
+        if notifications:
+            conn.execute(insert(app_notifications), list(notifications))
+
+
+_OUTCOME_UPDATE = (
+    update(deliveries)
+    .where(deliveries.c.event_id == bindparam("b_event"),
+           deliveries.c.channel == EMAIL,
+           deliveries.c.recipient == bindparam("b_recipient"))
+    .values(state=bindparam("b_state"), attempts=bindparam("b_attempts"),
+            last_code=bindparam("b_code"), last_error=bindparam("b_error"),
+            next_attempt_at=bindparam("b_next"), sent_at=bindparam("b_sent"),
+            updated_at=bindparam("b_updated"))
+)
+
+
+def record_outcomes(engine: Engine, outcomes: Sequence[dict[str, Any]],
+                    refused: Sequence[tuple[str, int | None, str]], now: datetime) -> None:
+    """Store answered deliveries (keys ``b_event``, ``b_recipient``, ``b_state``,
+    ``b_attempts``, ``b_code``, ``b_error``, ``b_next``, ``b_sent``, ``b_updated``) and
+    suppress the addresses the server refused for good, in one transaction."""
+    with engine.begin() as conn:
+        if outcomes:
+            conn.execute(_OUTCOME_UPDATE, list(outcomes))
+        for address, code, reason in refused:
+            _suppress(conn, address, reason, code, now)
+
+
+def _suppress(conn: Any, address: str, reason: str, code: int | None, now: datetime) -> bool:
+    key = address.strip().lower()
+    exists = conn.execute(select(suppressions.c.address)
+                          .where(suppressions.c.address == key)).first()
+    if exists:
+        return False
+    conn.execute(insert(suppressions).values(address=key, reason=reason, code=code,
+                                             created_at=now))
+    return True
+
+
+def add_suppression(engine: Engine, address: str, reason: str, now: datetime) -> bool:
+    with engine.begin() as conn:
+        return _suppress(conn, address, reason, None, now)
+
+
+def remove_suppression(engine: Engine, address: str) -> bool:
+    with engine.begin() as conn:
+        result = conn.execute(delete(suppressions)
+                              .where(suppressions.c.address == address.strip().lower()))
+    return bool(result.rowcount)
+
+
+def list_suppressions(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(
+            select(suppressions).order_by(suppressions.c.created_at, suppressions.c.address))]
+
+
+def emails_sent_since(engine: Engine, since: datetime) -> int:
+    """Emails accepted since ``since``: seeds the hourly rate ceiling across runs."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(deliveries).where(
+            and_(deliveries.c.channel == EMAIL, deliveries.c.state == SENT,
+                 deliveries.c.sent_at >= since))).scalar_one()
+
+
+def purge_deliveries(engine: Engine, older_than: timedelta, now: datetime) -> int:
+    """Delete delivery records of finished deliveries older than ``older_than``."""
+    with engine.begin() as conn:
+        result = conn.execute(delete(deliveries).where(
+            deliveries.c.state.in_(("sent", "failed", "suppressed", "skipped")),
+            deliveries.c.created_at < now - older_than))
+    return result.rowcount or 0

@@ -1,0 +1,95 @@
+"""Plain data passed between the pipeline stages: no database, no sockets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    email: str | None
+    first_name: str = ""
+    last_name: str = ""
+    is_active: bool = True
+    is_manager: bool = False
+    locale: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        full = f"{self.first_name} {self.last_name}".strip()
+        return full or self.username or (self.email or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: int
+    name: str
+    notify_team: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    id: int
+    number: str
+    title: str
+    description: str
+    status: str
+    priority: str
+    requester_id: int | None
+    assignee_id: int | None
+    project_id: int | None
+    due_at: datetime | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    id: int
+    ticket_id: int
+    author_id: int | None
+    body: str
+    is_internal: bool
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One claimed row of ``notification_outbox``."""
+
+    id: int
+    event_type: str
+    ticket_id: int | None
+    actor_id: int | None
+    payload: str | None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Everything the recipient rules and the templates need to know about one event,
+    loaded for a whole batch at once."""
+
+    event: OutboxEvent
+    payload: dict[str, Any]
+    ticket: Ticket
+    users: dict[int, User]
+    project: Project | None = None
+    team_ids: tuple[int, ...] = ()
+    manager_ids: tuple[int, ...] = ()
+    comment: Comment | None = None
+    public_commenter_ids: tuple[int, ...] = ()
+    opted_out: frozenset[tuple[int, str]] = field(default_factory=frozenset)
+    """(user id, channel) pairs whose owner turned this event type off."""
+
+    @property
+    def actor(self) -> User | None:
+        return self.users.get(self.event.actor_id) if self.event.actor_id is not None else None
+
+
+class EventError(Exception):
+    """The event can never be delivered (unknown type, malformed payload, missing
+    ticket or comment). The message becomes the event's ``last_error``."""

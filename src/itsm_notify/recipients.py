@@ -1,0 +1,239 @@
+"""Who is told what (contract §2), as pure functions of an event's context.
+
+Adding an event type is one entry in ``EVENT_TYPES`` below: its payload check, its
+recipient rule, its subject and its template name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from .config import Settings
+from .models import EventContext, EventError
+
+EMAIL, IN_APP = "email", "in_app"
+
+
+@dataclass(frozen=True)
+class EmailRecipient:
+    address: str
+    name: str
+    first_name: str = ""
+    user_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The de-duplication key: addresses compare case-insensitively."""
+        return self.address.strip().lower()
+
+
+@dataclass(frozen=True)
+class Recipients:
+    email: tuple[EmailRecipient, ...] = ()
+    in_app: tuple[int, ...] = ()
+
+
+class _Audience:
+    """Collects recipients in a stable order, applying the rules every event shares:
+    the actor is not told of their own action (unless configured), one email per
+    address and one in-app row per user, inactive users and users without an address
+    get no email, and a user's opt-out for this event type is honoured."""
+
+    def __init__(self, ctx: EventContext, settings: Settings) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        actor = ctx.actor
+        self.actor_id = None if settings.notify_actor else ctx.event.actor_id
+        self.actor_email = (actor.email or "").strip().lower() if actor and not \
+            settings.notify_actor else ""
+        self.email: dict[str, EmailRecipient] = {}
+        self.in_app: dict[int, None] = {}
+
+    def user(self, user_id: int | None, *, email: bool = True, in_app: bool = True) -> None:
+        if user_id is None or user_id == self.actor_id:
+            return
+        user = self.ctx.users.get(user_id)
+        if user is None or not user.is_active:
+            return
+        if in_app and (user.id, IN_APP) not in self.ctx.opted_out:
+            self.in_app.setdefault(user.id, None)
+        if email and user.email and (user.id, EMAIL) not in self.ctx.opted_out:
+            self._add_email(EmailRecipient(address=user.email.strip(), name=user.display_name,
+                                           first_name=user.first_name, user_id=user.id))
+
+    def users(self, user_ids: tuple[int, ...] | list[int], **channels: bool) -> None:
+        for user_id in user_ids:
+            self.user(user_id, **channels)
+
+    def admins(self) -> None:
+        for admin in self.settings.admins:
+            self._add_email(EmailRecipient(address=admin.email, name=admin.name))
+
+    def _add_email(self, recipient: EmailRecipient) -> None:
+        if recipient.key and recipient.key != self.actor_email:
+            self.email.setdefault(recipient.key, recipient)
+
+    def result(self) -> Recipients:
+        return Recipients(email=tuple(self.email.values()), in_app=tuple(self.in_app))
+
+
+def _team(ctx: EventContext) -> tuple[int, ...]:
+    return ctx.team_ids if ctx.project is not None and ctx.project.notify_team else ()
+
+
+def ticket_created(ctx: EventContext, settings: Settings) -> Recipients:
+    audience = _Audience(ctx, settings)
+    audience.user(ctx.ticket.requester_id)
+    audience.user(ctx.ticket.assignee_id)
+    audience.users(_team(ctx))
+    audience.admins()
+    audience.users(ctx.manager_ids, email=False)
+    return audience.result()
+
+
+def ticket_assigned(ctx: EventContext, settings: Settings) -> Recipients:
+    audience = _Audience(ctx, settings)
+    audience.user(assignee_id(ctx))
+    return audience.result()
+
+
+def status_changed(ctx: EventContext, settings: Settings) -> Recipients:
+    audience = _Audience(ctx, settings)
+    if ctx.payload["new_status"] not in settings.internal_statuses:
+        audience.user(ctx.ticket.requester_id)
+    audience.user(ctx.ticket.assignee_id)
+    audience.users(_team(ctx))
+    return audience.result()
+
+
+def comment_added(ctx: EventContext, settings: Settings) -> Recipients:
+    audience = _Audience(ctx, settings)
+    comment = ctx.comment
+    assert comment is not None  # the loader fails the event when the comment is missing
+    if comment.is_internal:
+        # Internal comments are never emailed; in-app, staff only.
+        audience.user(ctx.ticket.assignee_id, email=False)
+        audience.users(ctx.team_ids, email=False)
+        return audience.result()
+    audience.user(ctx.ticket.requester_id)
+    audience.user(ctx.ticket.assignee_id)
+    audience.users(ctx.public_commenter_ids)
+    return audience.result()
+
+
+# ------------------------------------------------------------------ payload checks
+
+
+def _optional_int(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EventError(f"payload field {key!r} must be a whole number, got {value!r}")
+    return value
+
+
+def _required_int(payload: dict[str, Any], key: str) -> int:
+    value = _optional_int(payload, key)
+    if value is None:
+        raise EventError(f"payload needs {key!r} (a whole number)")
+    return value
+
+
+def _no_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _assignment(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"assignee_id": _optional_int(payload, "assignee_id")}
+
+
+def _status_change(payload: dict[str, Any]) -> dict[str, Any]:
+    new_status, old_status = payload.get("new_status"), payload.get("old_status")
+    if not isinstance(new_status, str) or not new_status.strip():
+        raise EventError("payload needs 'new_status' (the status as stored)")
+    if old_status is not None and not isinstance(old_status, str):
+        raise EventError(f"payload field 'old_status' must be text, got {old_status!r}")
+    return {"new_status": new_status, "old_status": old_status}
+
+
+def _comment(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"comment_id": _required_int(payload, "comment_id")}
+
+
+@dataclass(frozen=True)
+class EventType:
+    """Everything that makes one kind of event: how to read its payload, who is told,
+    the email subject (formatted with ``title``, ``number`` and the payload's fields)
+    and the template pair ``templates/emails/<template>.html|.txt``."""
+
+    rule: Callable[[EventContext, Settings], Recipients]
+    subject: str
+    template: str
+    parse_payload: Callable[[dict[str, Any]], dict[str, Any]] = _no_fields
+    comment_field: str | None = None
+    """The payload field naming a comment the context must load."""
+
+
+EVENT_TYPES: dict[str, EventType] = {
+    "ticket_created": EventType(
+        rule=ticket_created, subject="New Ticket: {title} ({number})",
+        template="ticket_created"),
+    "ticket_assigned": EventType(
+        rule=ticket_assigned, subject="Ticket Assigned: {title} ({number})",
+        template="ticket_assigned", parse_payload=_assignment),
+    "status_changed": EventType(
+        rule=status_changed, subject="Ticket Status Changed: {title} → {new_status}",
+        template="status_changed", parse_payload=_status_change),
+    "comment_added": EventType(
+        rule=comment_added, subject="New Comment on Ticket: {title} ({number})",
+        template="comment_added", parse_payload=_comment, comment_field="comment_id"),
+}
+
+
+def event_type(name: str) -> EventType:
+    try:
+        return EVENT_TYPES[name]
+    except KeyError:
+        known = ", ".join(EVENT_TYPES)
+        raise EventError(f"unknown event type {name!r} (known: {known})") from None
+
+
+def parse_payload(name: str, raw: str | None) -> dict[str, Any]:
+    """Check an event's type and JSON payload; raise EventError naming the problem."""
+    spec = event_type(name)
+    if raw is None or not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise EventError(f"payload is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise EventError(f"payload must be a JSON object, got {type(data).__name__}")
+    return spec.parse_payload(data)
+
+
+def resolve(ctx: EventContext, settings: Settings) -> Recipients:
+    """Who must hear of this event, on which channel."""
+    return event_type(ctx.event.event_type).rule(ctx, settings)
+
+
+def address_problem(address: str) -> str | None:
+    """Why an address cannot be mailed (syntax only, no DNS), or None when it can."""
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return f"invalid address: {exc}"
+    return None
+
+
+def assignee_id(ctx: EventContext) -> int | None:
+    """The new assignee of a ticket_assigned event: the payload's, else the ticket's."""
+    from_payload = ctx.payload.get("assignee_id")
+    return from_payload if from_payload is not None else ctx.ticket.assignee_id

@@ -1,0 +1,459 @@
+"""send-pending: claim outbox events in batches and deliver them.
+
+One batch, in order, with a fixed number of database round trips:
+
+1. claim up to ``ITSM_BATCH_SIZE`` events (one short transaction, a lease);
+2. load their context (a handful of queries for the whole batch) and the delivery
+   records and suppressions already known;
+3. decide each event's recipients (pure rules) and write the new delivery rows and the
+   in-app notifications in one transaction;
+4. render and send the emails not yet accepted; record answers as they come, in small
+   groups, so a killed worker re-sends at most the messages it had not yet recorded;
+5. finish the events: done, failed with a reason, or back to pending for a retry.
+
+An event that can never be delivered fails alone; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from . import db
+from .config import Settings
+from .context import load_contexts
+from .db import (
+    DEFERRED,
+    DONE,
+    EMAIL,
+    FAILED,
+    IN_APP,
+    PENDING,
+    SENT,
+    SKIPPED,
+    SUPPRESSED,
+    EventOutcome,
+)
+from .deliveries import (
+    DeliveryKey,
+    DeliveryRecord,
+    emails_sent_since,
+    load_deliveries,
+    record_outcomes,
+    suppressed_among,
+    write_plan,
+)
+from .models import EventContext, EventError, OutboxEvent
+from .recipients import EmailRecipient, address_problem, parse_payload, resolve
+from .render import Renderer, in_app_text, message_id, sender_address, thread_id
+from .transport import Outcome, Outgoing, RateLimiter, Transport, make_transport
+
+Clock = Callable[[], datetime]
+FLUSH_EVERY = 20
+"""Answers recorded per write while sending: the most a killed worker can re-send."""
+
+log = logging.getLogger("itsm_notify")
+delivery_log = logging.getLogger("itsm_notify.delivery")
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as every timestamp column stores it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class PlannedEmail:
+    """One row of a dry run, or of a run's record of what it did."""
+
+    event_id: int
+    event_type: str
+    ticket: str
+    channel: str
+    recipient: str
+    subject: str
+    note: str = ""
+
+
+@dataclass
+class RunReport:
+    events_done: int = 0
+    events_failed: int = 0
+    events_retrying: int = 0
+    emails_sent: int = 0
+    emails_deferred: int = 0
+    emails_failed: int = 0
+    emails_suppressed: int = 0
+    emails_skipped: int = 0
+    in_app_written: int = 0
+    problems: list[str] = field(default_factory=list)
+    planned: list[PlannedEmail] = field(default_factory=list)
+
+    @property
+    def events_handled(self) -> int:
+        return self.events_done + self.events_failed + self.events_retrying
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything went out; 1 when a delivery was deferred or failed."""
+        troubled = self.emails_deferred or self.emails_failed or self.events_failed \
+            or self.events_retrying or self.problems
+        return 1 if troubled else 0
+
+    def summary(self) -> str:
+        return (f"{self.events_handled} events: {self.events_done} done, "
+                f"{self.events_retrying} to retry, {self.events_failed} failed; "
+                f"emails {self.emails_sent} sent, {self.emails_deferred} deferred, "
+                f"{self.emails_failed} failed, {self.emails_suppressed} suppressed, "
+                f"{self.emails_skipped} skipped; {self.in_app_written} in-app")
+
+
+def setup_delivery_log(path: str) -> None:
+    """One line per delivery attempt to a rotating file (never a secret: only event
+    ids, addresses, outcomes and server replies are logged)."""
+    if any(getattr(h, "baseFilename", None) == str(Path(path).resolve())
+           for h in delivery_log.handlers):
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(path, maxBytes=10_000_000, backupCount=5, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    delivery_log.addHandler(handler)
+    delivery_log.setLevel(logging.INFO)
+    delivery_log.propagate = False
+
+
+def backoff(attempts: int, settings: Settings) -> timedelta:
+    """Exponential backoff with jitter: base·2^(n-1), capped, times a random 0.5–1."""
+    ceiling = min(settings.retry_max_seconds,
+                  settings.retry_base_seconds * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
+
+
+@dataclass
+class _EventWork:
+    """The email deliveries of one event as this batch sees them."""
+
+    ctx: EventContext
+    states: dict[str, str] = field(default_factory=dict)  # recipient → delivery state
+    errors: dict[str, str] = field(default_factory=dict)
+    retry_at: list[datetime] = field(default_factory=list)
+
+
+class Sender:
+    """Delivers the outbox: one per run, holding the renderer and the transport."""
+
+    def __init__(self, settings: Settings, engine: Engine, *,
+                 transport: Transport | None = None, clock: Clock = utcnow,
+                 worker_id: str | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.renderer = Renderer(settings)
+        self.transport = transport or make_transport(settings)
+        self.clock = clock
+        self.worker_id = worker_id or new_worker_id()
+        self.on_progress = on_progress
+        self.sender_address = sender_address(settings)
+        self.limiter = RateLimiter(per_second=settings.rate_per_second,
+                                   per_hour=settings.rate_per_hour)
+
+    # ---------------------------------------------------------------- the run
+
+    def run(self, limit: int | None = None) -> RunReport:
+        report = RunReport()
+        setup_delivery_log(self.settings.delivery_log)
+        if self.settings.rate_per_hour:
+            self.limiter.sent_last_hour = emails_sent_since(
+                self.engine, self.clock() - timedelta(hours=1))
+        try:
+            while limit is None or report.events_handled < limit:
+                size = self.settings.batch_size if limit is None else \
+                    min(self.settings.batch_size, limit - report.events_handled)
+                events = db.claim_events(self.engine, worker_id=self.worker_id, limit=size,
+                                         now=self.clock(),
+                                         lease=timedelta(seconds=self.settings.lease_seconds))
+                if not events:
+                    break
+                self.process_batch(events, report)
+                if self.on_progress:
+                    self.on_progress(len(events))
+        finally:
+            self.transport.close()
+        return report
+
+    def process_batch(self, events: list[OutboxEvent], report: RunReport) -> None:
+        now = self.clock()
+        finished: list[EventOutcome] = []
+        contexts = self._contexts(events, finished)
+        existing = load_deliveries(self.engine, [ctx.event.id for ctx in contexts])
+        works, outgoing = self._plan(contexts, existing, report, now)
+        if works is None:  # another worker took these events over
+            return
+        self._send(outgoing, works, existing, report)
+        finished += [self._finish(work, now) for work in works.values()]
+        for outcome in finished:
+            if outcome.state == DONE:
+                report.events_done += 1
+            elif outcome.state == FAILED:
+                report.events_failed += 1
+            else:
+                report.events_retrying += 1
+        db.finish_events(self.engine, finished, worker_id=self.worker_id, now=self.clock())
+        for outcome in finished:
+            if outcome.state == FAILED:
+                log.warning("event %s failed: %s", outcome.event_id, outcome.error)
+
+    def _contexts(self, events: list[OutboxEvent],
+                  finished: list[EventOutcome]) -> list[EventContext]:
+        """Each event's context; bad events go straight to ``finished`` as failed."""
+        parsed: list[tuple[OutboxEvent, dict[str, Any]]] = []
+        for event in events:
+            try:
+                parsed.append((event, parse_payload(event.event_type, event.payload)))
+            except EventError as exc:
+                finished.append(EventOutcome(event.id, FAILED, error=str(exc)))
+        contexts = []
+        for event_id, ctx in load_contexts(self.engine, parsed).items():
+            if isinstance(ctx, EventError):
+                finished.append(EventOutcome(event_id, FAILED, error=str(ctx)))
+            else:
+                contexts.append(ctx)
+        return contexts
+
+    # ---------------------------------------------------------------- planning
+
+    def _plan(self, contexts: list[EventContext], existing: dict[DeliveryKey, DeliveryRecord],
+              report: RunReport, now: datetime
+              ) -> tuple[dict[int, _EventWork] | None, list[Outgoing]]:
+        """Decide every delivery of the batch, store the new ones and the in-app rows,
+        and build the messages still to send."""
+        resolved = {ctx.event.id: (ctx, resolve(ctx, self.settings)) for ctx in contexts}
+        suppressed = suppressed_among(self.engine, (r.key for _, recipients in
+                                                    resolved.values()
+                                                    for r in recipients.email))
+        new_rows: list[dict[str, Any]] = []
+        notifications: list[dict[str, Any]] = []
+        works: dict[int, _EventWork] = {}
+        to_send: list[tuple[EventContext, EmailRecipient, dict[str, Any] | None]] = []
+        for event_id, (ctx, recipients) in resolved.items():
+            work = works[event_id] = _EventWork(ctx)
+            subject = self.renderer.subject(ctx)
+            for user_id in recipients.in_app:
+                if (event_id, IN_APP, str(user_id)) in existing:
+                    continue
+                title, body, url = in_app_text(ctx, subject)
+                notifications.append({"user_id": user_id, "ticket_id": ctx.ticket.id,
+                                      "event_type": ctx.event.event_type, "title": title,
+                                      "body": body, "url": url, "created_at": now})
+                new_rows.append(self._row(event_id, IN_APP, str(user_id), user_id, SENT,
+                                          now, sent_at=now))
+            for recipient in recipients.email:
+                record = existing.get((event_id, EMAIL, recipient.key))
+                if record is not None and record.state in db.FINAL_DELIVERY_STATES:
+                    work.states[recipient.key] = record.state
+                    continue
+                if record is None:
+                    state, error = PENDING, None
+                    if recipient.key in suppressed:
+                        state, error = SUPPRESSED, "address is on the suppression list"
+                    elif problem := address_problem(recipient.address):
+                        state, error = SKIPPED, problem
+                    new_rows.append(self._row(event_id, EMAIL, recipient.key,
+                                              recipient.user_id, state, now, error=error,
+                                              msg_id=self._message_id(ctx, recipient)))
+                    if state != PENDING:
+                        work.states[recipient.key] = state
+                        report.emails_suppressed += state == SUPPRESSED
+                        report.emails_skipped += state == SKIPPED
+                        continue
+                elif recipient.key in suppressed:
+                    work.states[recipient.key] = SUPPRESSED
+                    report.emails_suppressed += 1
+                    continue
+                work.states[recipient.key] = PENDING
+                to_send.append((ctx, recipient, None))
+        try:
+            write_plan(self.engine, new_rows, notifications)
+        except IntegrityError:
+            log.warning("another worker took over events %s; leaving them to it",
+                        sorted(works))
+            return None, []
+        report.in_app_written += len(notifications)
+        return works, list(self._messages(to_send, works, report))
+
+    @staticmethod
+    def _row(event_id: int, channel: str, recipient: str, user_id: int | None, state: str,
+             now: datetime, *, error: str | None = None, msg_id: str | None = None,
+             sent_at: datetime | None = None) -> dict[str, Any]:
+        return {"event_id": event_id, "channel": channel, "recipient": recipient,
+                "user_id": user_id, "state": state, "attempts": 0, "message_id": msg_id,
+                "last_error": error, "created_at": now, "updated_at": now,
+                "sent_at": sent_at}
+
+    def _message_id(self, ctx: EventContext, recipient: EmailRecipient) -> str:
+        return message_id(ctx.event.id, recipient.key, self.settings.from_domain)
+
+    def _messages(self, to_send: list[tuple[EventContext, EmailRecipient, Any]],
+                  works: dict[int, _EventWork], report: RunReport) -> Iterator[Outgoing]:
+        shared: dict[int, dict[str, Any]] = {}
+        domain = self.settings.from_domain
+        for ctx, recipient, _ in to_send:
+            event = ctx.event
+            if event.id not in shared:
+                shared[event.id] = self.renderer.event_variables(ctx)
+            rendered = self.renderer.render_event(ctx, recipient, shared[event.id])
+            message = self.renderer.build_message(
+                rendered, recipient, event_type_name=event.event_type,
+                ticket_number=ctx.ticket.number, msg_id=self._message_id(ctx, recipient),
+                thread=thread_id(ctx.ticket.id, domain),
+                is_thread_start=event.event_type == "ticket_created")
+            yield Outgoing(key=(event.id, recipient.key), sender=self.sender_address,
+                           rcpt=self.settings.redirect_to or recipient.address,
+                           message=message)
+
+    # ---------------------------------------------------------------- sending
+
+    def _send(self, outgoing: list[Outgoing], works: dict[int, _EventWork],
+              existing: dict[DeliveryKey, DeliveryRecord], report: RunReport) -> None:
+        pending_rows: list[dict[str, Any]] = []
+        refused: list[tuple[str, int | None, str]] = []
+
+        def flush() -> None:
+            if pending_rows or refused:
+                record_outcomes(self.engine, pending_rows, refused, self.clock())
+                pending_rows.clear()
+                refused.clear()
+
+        for outcome in self.transport.deliver(outgoing, self.limiter):
+            event_id, recipient = outcome.key  # type: ignore[misc]
+            record = existing.get((event_id, EMAIL, recipient))
+            row = self._answer(works[event_id], recipient, outcome,
+                               record.attempts if record else 0, report)
+            pending_rows.append(row)
+            if outcome.refused_recipient:
+                refused.append((recipient, outcome.code, outcome.detail))
+            delivery_log.info("event=%s channel=email recipient=%s outcome=%s code=%s "
+                              "detail=%r", event_id, recipient, row["b_state"],
+                              outcome.code if outcome.code is not None else "-",
+                              outcome.detail)
+            if len(pending_rows) >= FLUSH_EVERY:
+                flush()
+        flush()
+        transport_error = getattr(self.transport, "last_error", None)
+        if transport_error and str(transport_error) not in report.problems:
+            report.problems.append(str(transport_error))
+
+    def _answer(self, work: _EventWork, recipient: str, outcome: Outcome,
+                previous_attempts: int, report: RunReport) -> dict[str, Any]:
+        """Turn a transport outcome into the delivery's new state (and its row)."""
+        now = self.clock()
+        attempts = previous_attempts + (1 if outcome.counts_as_attempt else 0)
+        state, error, retry_at = outcome.status, outcome.detail, None
+        if state == DEFERRED:
+            if attempts >= self.settings.max_attempts:
+                state, error = FAILED, f"gave up after {attempts} attempts: {outcome.detail}"
+            else:
+                retry_at = now + backoff(max(attempts, 1), self.settings)
+                work.retry_at.append(retry_at)
+        work.states[recipient] = state
+        if state != SENT:
+            work.errors[recipient] = error
+        report.emails_sent += state == SENT
+        report.emails_deferred += state == DEFERRED
+        report.emails_failed += state == FAILED
+        return {"b_event": work.ctx.event.id, "b_recipient": recipient, "b_state": state,
+                "b_attempts": attempts, "b_code": outcome.code,
+                "b_error": None if state == SENT else error, "b_next": retry_at,
+                "b_sent": now if state == SENT else None, "b_updated": now}
+
+    def _finish(self, work: _EventWork, now: datetime) -> EventOutcome:
+        states = work.states.values()
+        event_id = work.ctx.event.id
+        if DEFERRED in states or PENDING in states:
+            retry_at = min(work.retry_at, default=now + backoff(1, self.settings))
+            waiting = [f"{r}: {e}" for r, e in work.errors.items()
+                       if work.states[r] in (DEFERRED, PENDING)]
+            return EventOutcome(event_id, PENDING, error="; ".join(waiting) or None,
+                                available_at=retry_at)
+        failed = [f"{r}: {e}" for r, e in work.errors.items() if work.states[r] == FAILED]
+        if failed:
+            return EventOutcome(event_id, FAILED,
+                                error=f"{len(failed)} of {len(work.states)} recipients "
+                                      f"failed: " + "; ".join(failed))
+        return EventOutcome(event_id, DONE)
+
+
+# -------------------------------------------------------------------- dry run
+
+
+def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
+                    clock: Clock = utcnow) -> RunReport:
+    """What send-pending would do now, changing nothing."""
+    report = RunReport()
+    renderer = Renderer(settings)
+    events = db.peek_events(engine, limit=limit or 1000, now=clock())
+    parsed = []
+    for event in events:
+        try:
+            parsed.append((event, parse_payload(event.event_type, event.payload)))
+        except EventError as exc:
+            report.planned.append(PlannedEmail(event.id, event.event_type, "", "-", "-", "",
+                                               note=f"would fail: {exc}"))
+    contexts = load_contexts(engine, parsed)
+    existing = load_deliveries(engine, list(contexts))
+    rows: dict[int, list[PlannedEmail]] = defaultdict(list)
+    for event_id, ctx in contexts.items():
+        event = next(e for e, _ in parsed if e.id == event_id)
+        if isinstance(ctx, EventError):
+            rows[event_id].append(PlannedEmail(event_id, event.event_type, "", "-", "-", "",
+                                               note=f"would fail: {ctx}"))
+            continue
+        recipients = resolve(ctx, settings)
+        subject = renderer.subject(ctx)
+        for recipient in recipients.email:
+            record = existing.get((event_id, EMAIL, recipient.key))
+            note = f"already {record.state}" if record and \
+                record.state in db.FINAL_DELIVERY_STATES else ""
+            shown = recipient.address
+            if settings.redirect_to:
+                shown = f"{settings.redirect_to} (for {recipient.address})"
+            rows[event_id].append(PlannedEmail(event_id, event.event_type, ctx.ticket.number,
+                                               EMAIL, shown, subject, note))
+        for user_id in recipients.in_app:
+            user = ctx.users[user_id]
+            rows[event_id].append(PlannedEmail(event_id, event.event_type, ctx.ticket.number,
+                                               IN_APP, user.username, subject))
+    for event_id in sorted(rows):
+        report.planned.extend(rows[event_id])
+    report.planned.sort(key=lambda row: row.event_id)
+    return report
+
+
+def send_pending(settings: Settings, *, limit: int | None = None, dry_run: bool = False,
+                 engine: Engine | None = None, transport: Transport | None = None,
+                 clock: Clock = utcnow,
+                 on_progress: Callable[[int], None] | None = None) -> RunReport:
+    """Claim and deliver pending events until none is available (or ``limit`` done)."""
+    engine = engine or db.make_engine(settings.database_url)
+    with db.database_errors(settings.database_url):
+        if dry_run:
+            return preview_pending(settings, engine, limit=limit, clock=clock)
+        sender = Sender(settings, engine, transport=transport, clock=clock,
+                        on_progress=on_progress)
+        return sender.run(limit)
