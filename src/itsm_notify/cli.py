@@ -314,6 +314,32 @@ def config_show(config: ConfigOption = None) -> None:
     out.print(table)
 
 
+# ----------------------------------------------------------------- unsubscribe
+
+
+@app.command("unsubscribe")
+def unsubscribe_command(
+    token: str,
+    user: Annotated[int | None, typer.Option(help="Refuse a token naming another user.")] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Verify an unsubscribe TOKEN and turn that user's emails of that type off."""
+    from .unsubscribe import InvalidToken, apply_token
+
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings)
+        try:
+            with db.database_errors(settings.database_url):
+                user_id, event_type = apply_token(engine, settings.secret_key, token,
+                                                  expected_user_id=user)
+        except InvalidToken as exc:
+            err.print(f"[bold red]Error:[/] {exc}")
+            raise typer.Exit(1) from None
+    err.print(f"User {user_id} will no longer get {event_type} emails.")
+
+
 # ------------------------------------------------------------------------ demo
 
 

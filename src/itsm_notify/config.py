@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from email_validator import EmailNotValidError, validate_email
 
 
 class ConfigError(Exception):
@@ -97,14 +98,24 @@ def _parse_backend(raw: Any) -> str:
     return BACKEND_ALIASES[text]
 
 
+def address_problem(address: str) -> str | None:
+    """Why an address cannot be mailed (syntax only: no DNS, intranet domains allowed),
+    or None when it can."""
+    try:
+        validate_email(address, check_deliverability=False, globally_deliverable=False)
+    except EmailNotValidError as exc:
+        return f"invalid address ({str(exc).rstrip('.')})"
+    return None
+
+
 def _parse_admins(raw: Any) -> tuple[AdminAddress, ...]:
     items = raw if isinstance(raw, list) else [raw]
     admins = []
     for name, email in getaddresses([str(item) for item in items]):
         if not email:
             continue
-        if "@" not in email:
-            raise ValueError(f"has {email!r}, which is not an email address")
+        if problem := address_problem(email):
+            raise ValueError(f"has {email!r}, an {problem}")
         admins.append(AdminAddress(name=name, email=email))
     return tuple(admins)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -227,6 +227,11 @@ overdue_alerts = Table(
 )
 
 # ----------------------------------------------------------------------- engines
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as every timestamp column stores it."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class DatabaseUnavailable(Exception):

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
-
 from .config import Settings
 from .models import EventContext, EventError
 
@@ -222,15 +220,6 @@ def parse_payload(name: str, raw: str | None) -> dict[str, Any]:
 def resolve(ctx: EventContext, settings: Settings) -> Recipients:
     """Who must hear of this event, on which channel."""
     return event_type(ctx.event.event_type).rule(ctx, settings)
-
-
-def address_problem(address: str) -> str | None:
-    """Why an address cannot be mailed (syntax only, no DNS), or None when it can."""
-    try:
-        validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
-        return f"invalid address: {exc}"
-    return None
 
 
 def assignee_id(ctx: EventContext) -> int | None:

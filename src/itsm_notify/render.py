@@ -207,7 +207,8 @@ class Renderer:
         if ticket_number:
             msg["X-ITSM-Ticket"] = one_line(ticket_number)
         msg["X-ITSM-Event"] = event_type_name
-        if unsubscribe_url:
+        if unsubscribe_url and unsubscribe_url.startswith("https://"):
+            # RFC 8058 one-click: only an HTTPS URI qualifies.
             msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg.set_content(rendered.text, cte="quoted-printable")

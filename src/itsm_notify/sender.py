@@ -24,7 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from . import db
-from .config import Settings
+from .config import Settings, address_problem
 from .context import load_contexts
 from .db import (
     DEFERRED,
@@ -46,6 +46,7 @@ from .db import (
     SKIPPED,
     SUPPRESSED,
     EventOutcome,
+    utcnow,
 )
 from .deliveries import (
     DeliveryKey,
@@ -57,9 +58,10 @@ from .deliveries import (
     write_plan,
 )
 from .models import EventContext, EventError, OutboxEvent
-from .recipients import EmailRecipient, address_problem, parse_payload, resolve
+from .recipients import EmailRecipient, parse_payload, resolve
 from .render import Renderer, in_app_text, message_id, sender_address, thread_id
 from .transport import Outcome, Outgoing, RateLimiter, Transport, make_transport
+from .unsubscribe import unsubscribe_url
 
 Clock = Callable[[], datetime]
 FLUSH_EVERY = 20
@@ -67,11 +69,6 @@ FLUSH_EVERY = 20
 
 log = logging.getLogger("itsm_notify")
 delivery_log = logging.getLogger("itsm_notify.delivery")
-
-
-def utcnow() -> datetime:
-    """Naive UTC, as every timestamp column stores it."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def new_worker_id() -> str:
@@ -317,12 +314,16 @@ class Sender:
             event = ctx.event
             if event.id not in shared:
                 shared[event.id] = self.renderer.event_variables(ctx)
-            rendered = self.renderer.render_event(ctx, recipient, shared[event.id])
+            unsubscribe = unsubscribe_url(self.settings.site_url, self.settings.secret_key,
+                                          recipient.user_id, event.event_type)
+            rendered = self.renderer.render_event(ctx, recipient, shared[event.id],
+                                                  unsubscribe_url=unsubscribe)
             message = self.renderer.build_message(
                 rendered, recipient, event_type_name=event.event_type,
                 ticket_number=ctx.ticket.number, msg_id=self._message_id(ctx, recipient),
                 thread=thread_id(ctx.ticket.id, domain),
-                is_thread_start=event.event_type == "ticket_created")
+                is_thread_start=event.event_type == "ticket_created",
+                unsubscribe_url=unsubscribe)
             yield Outgoing(key=(event.id, recipient.key), sender=self.sender_address,
                            rcpt=self.settings.redirect_to or recipient.address,
                            message=message)

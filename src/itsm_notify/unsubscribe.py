@@ -1,0 +1,98 @@
+"""Unsubscribe links and notification preferences.
+
+Every email to a user carries a link (footer) and, when ``SITE_URL`` is HTTPS, the
+RFC 8058 one-click headers. The link holds a token signed with ``SECRET_KEY`` (HMAC,
+via itsdangerous) naming the user and the event type; nothing in it can be changed
+without the key. The web application verifies and applies a token with
+``apply_token`` (or ``itsm-notify unsubscribe TOKEN``); from then on that user gets no
+email of that event type until the preference is turned back on.
+
+    from itsm_notify.unsubscribe import apply_token, InvalidToken
+
+    # in the view behind SITE_URL/notifications/unsubscribe/<token>/ (GET shows a
+    # confirmation, POST — also the RFC 8058 one-click POST — applies it):
+    try:
+        user_id, event_type = apply_token(engine, settings.SECRET_KEY, token,
+                                          expected_user_id=request.user.id)
+    except InvalidToken:
+        return HttpResponseBadRequest("This unsubscribe link is not valid.")
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import Engine, and_, insert, select, update
+
+from .db import EMAIL, preferences, utcnow
+
+SALT = "itsm-notify.unsubscribe"
+UNSUBSCRIBE_PATH = "/notifications/unsubscribe/{token}/"
+
+
+class InvalidToken(Exception):
+    """The token is forged, altered, or belongs to someone else."""
+
+
+def _serializer(secret_key: str) -> URLSafeSerializer:
+    if not secret_key:
+        raise InvalidToken("SECRET_KEY is not set, so no token can be verified: set SECRET_KEY "
+                           "to the key the emails were signed with.")
+    return URLSafeSerializer(secret_key, salt=SALT)
+
+
+def make_token(secret_key: str, user_id: int, event_type: str) -> str:
+    return _serializer(secret_key).dumps([user_id, event_type])
+
+
+def read_token(secret_key: str, token: str) -> tuple[int, str]:
+    """The (user id, event type) a token names; InvalidToken when it was not signed
+    with this key or was altered."""
+    try:
+        data: Any = _serializer(secret_key).loads(token)
+    except BadSignature:
+        raise InvalidToken("This unsubscribe token is not valid (altered, or signed with "
+                           "another key).") from None
+    if (not isinstance(data, list) or len(data) != 2 or not isinstance(data[0], int)
+            or not isinstance(data[1], str)):
+        raise InvalidToken("This unsubscribe token is not valid (unexpected content).")
+    return data[0], data[1]
+
+
+def unsubscribe_url(site_url: str, secret_key: str, user_id: int | None,
+                    event_type: str) -> str | None:
+    """The link for a user's email, or None (no user behind the address, or no key)."""
+    if user_id is None or not secret_key:
+        return None
+    return site_url + UNSUBSCRIBE_PATH.format(token=make_token(secret_key, user_id, event_type))
+
+
+def set_preference(engine: Engine, user_id: int, event_type: str, channel: str,
+                   enabled: bool, now: datetime) -> None:
+    """Turn one (user, event type, channel) on or off; absent means on."""
+    key = and_(preferences.c.user_id == user_id, preferences.c.event_type == event_type,
+               preferences.c.channel == channel)
+    with engine.begin() as conn:
+        if conn.execute(select(preferences.c.user_id).where(key)).first():
+            conn.execute(update(preferences).where(key).values(enabled=enabled, updated_at=now))
+        else:
+            conn.execute(insert(preferences).values(user_id=user_id, event_type=event_type,
+                                                    channel=channel, enabled=enabled,
+                                                    updated_at=now))
+
+
+def apply_token(engine: Engine, secret_key: str, token: str, *,
+                expected_user_id: int | None = None,
+                now: datetime | None = None) -> tuple[int, str]:
+    """Verify a token and turn that user's email for that event type off.
+
+    Pass ``expected_user_id`` when a user is logged in: a token naming someone else is
+    refused. Returns (user id, event type).
+    """
+    user_id, event_type = read_token(secret_key, token)
+    if expected_user_id is not None and expected_user_id != user_id:
+        raise InvalidToken("This unsubscribe token belongs to another user.")
+    set_preference(engine, user_id, event_type, EMAIL, False, now or utcnow())
+    return user_id, event_type
