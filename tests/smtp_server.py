@@ -181,6 +181,7 @@ class SmtpSink:
         auth_require_tls: bool = True,
         implicit_tls_context: ssl.SSLContext | None = None,
         ready_timeout: float = 10.0,
+        smtputf8: bool = True,
     ) -> None:
         self.host = HOST
         self.port = port or _free_port()
@@ -190,6 +191,7 @@ class SmtpSink:
         self.auth_require_tls = auth_require_tls
         self.implicit_tls_context = implicit_tls_context
         self.ready_timeout = ready_timeout
+        self.smtputf8 = smtputf8
         #: seconds to wait before answering each DATA (asyncio.sleep: others go on)
         self.latency: float = 0.0
 
@@ -224,6 +226,7 @@ class SmtpSink:
             # aiosmtpd only counts STARTTLS as TLS for auth_require_tls; over
             # implicit TLS the session is encrypted from the start.
             "auth_require_tls": self.auth_require_tls and self.implicit_tls_context is None,
+            "enable_SMTPUTF8": self.smtputf8,
         }
         if self.auth_credentials is not None:
             smtp_kwargs["authenticator"] = self._authenticate

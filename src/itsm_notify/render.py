@@ -9,6 +9,7 @@ ticket or user text passes through ``one_line``, and the email library then enco
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,13 +47,19 @@ def packaged_template_dir() -> Path:
 
 
 _UNSAFE_IN_HEADER = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+_ENCODED_WORD_START = re.compile(r"=\?(?=[^?\s]*\?[bBqQ]\?)")
 
 
 def one_line(text: str, limit: int = 200) -> str:
     """Text fit for a header: control characters, line and paragraph separators and
-    format characters become spaces; runs of white space fold to one; long text is cut."""
+    format characters become spaces; runs of white space fold to one; long text is cut.
+
+    RFC 2047 encoded-word openers (``=?utf-8?q?``) are broken apart too: the email
+    package decodes encoded words in a value it is given, so ``=?utf-8?q?=0D=0ABcc:..?=``
+    in a title would otherwise become a real line break and a Bcc header."""
     cleaned = "".join(" " if unicodedata.category(ch) in _UNSAFE_IN_HEADER else ch
                       for ch in text)
+    cleaned = _ENCODED_WORD_START.sub("= ?", cleaned)
     folded = " ".join(cleaned.split())
     return folded if len(folded) <= limit else folded[: limit - 1].rstrip() + "…"
 
@@ -191,7 +198,7 @@ class Renderer:
         to = header_address(recipient.name, recipient.address)
         if settings.redirect_to:
             msg["To"] = settings.redirect_to
-            msg["X-Original-To"] = to
+            msg["X-Original-To"] = str(to)
         else:
             msg["To"] = to
         if settings.reply_to_email:
@@ -211,9 +218,17 @@ class Renderer:
             # RFC 8058 one-click: only an HTTPS URI qualifies.
             msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
             msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        _check_headers(msg)
         msg.set_content(rendered.text, cte="quoted-printable")
         msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
         return msg
+
+
+def _check_headers(msg: EmailMessage) -> None:
+    """Last line of defence: no header value may hold a line break once parsed."""
+    for name, value in msg.items():
+        if "\r" in str(value) or "\n" in str(value):
+            raise ValueError(f"the {name} header would hold a line break")
 
 
 def recipient_variables(recipient: EmailRecipient) -> dict[str, Any]:
@@ -225,10 +240,17 @@ def recipient_variables(recipient: EmailRecipient) -> dict[str, Any]:
     }
 
 
-def header_address(name: str, address: str) -> str:
-    """``Name <addr>`` with the display name made safe and quoted as needed."""
+_ADDRESS_SPECIALS = re.compile(r'[<>()\[\]:;@\\,"]')
+
+
+def header_address(name: str, address: str) -> Address:
+    """``Name <addr>`` as an Address object (assigned as is, never re-parsed), its display
+    name on one line and without RFC 5322 specials: CPython folds a long display name
+    without quoting it, so ``<``, ``,`` or ``:`` in a name could split the header into
+    other addresses."""
     local, _, domain = address.rpartition("@")
-    return str(Address(display_name=one_line(name, limit=100), username=local, domain=domain))
+    display = " ".join(_ADDRESS_SPECIALS.sub(" ", one_line(name, limit=100)).split())
+    return Address(display_name=display, username=local, domain=domain)
 
 
 def sender_address(settings: Settings) -> str:
