@@ -76,7 +76,7 @@ def _benign_tag_names() -> set[str]:
     """Every tag name the templates themselves write."""
     names: set[str] = set()
     for kind in ("ticket_created", "ticket_assigned", "status_changed", "comment_added"):
-        ctx = _context(kind, title="t", description="d", first="f", last="l", body="b",
+        ctx = _context(kind, title="t", description="d\nd", first="f", last="l", body="b\nb",
                        status="open")
         recipient = resolve(ctx, SETTINGS).email[0]
         names |= _tag_names(RENDERER.render_event(ctx, recipient, unsubscribe_url="https://u").html)
