@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -44,6 +45,11 @@ DatabaseOption = Annotated[str | None, typer.Option(
     "--database-url", help="Overrides DATABASE_URL.", show_default=False)]
 
 
+def plain(text: object) -> str:
+    """Text from tickets, users or servers, shown as typed (never read as rich markup)."""
+    return escape(str(text))
+
+
 def interactive() -> bool:
     return err.is_terminal
 
@@ -61,7 +67,7 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, db.DatabaseUnavailable) as exc:
-        err.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
+        err.print(f"[bold red]Error:[/] {plain(exc)}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -104,7 +110,7 @@ def present_report(report: RunReport, *, quiet_when_idle: bool = True) -> None:
     if quiet_when_idle and not report.events_handled and not report.problems:
         return
     for problem in report.problems:
-        err.print(f"[bold red]Problem:[/] {problem}", soft_wrap=True)
+        err.print(f"[bold red]Problem:[/] {plain(problem)}", soft_wrap=True)
     if interactive():
         err.print(f"[green]✓[/] {report.summary()}")
     else:
@@ -116,8 +122,9 @@ def planned_table(report: RunReport, title: str) -> Table:
     for column in ("event", "type", "ticket", "channel", "recipient", "subject", "note"):
         table.add_column(column, overflow="fold")
     for row in report.planned:
-        table.add_row(str(row.event_id), row.event_type, row.ticket, row.channel,
-                      row.recipient, row.subject, row.note)
+        table.add_row(*(plain(cell) for cell in (row.event_id, row.event_type, row.ticket,
+                                                  row.channel, row.recipient, row.subject,
+                                                  row.note)))
     return table
 
 
@@ -141,7 +148,8 @@ def send_pending_command(
             else:
                 for row in report.planned:
                     out.print(f"event={row.event_id} {row.event_type} {row.ticket} "
-                              f"{row.channel} {row.recipient} {row.subject!r} {row.note}")
+                              f"{row.channel} {row.recipient} {row.subject!r} {row.note}",
+                              markup=False, soft_wrap=True)
             return
         report = _run_with_progress(settings, engine, limit)
     present_report(report)
@@ -254,7 +262,7 @@ def suppression_list(config: ConfigOption = None, database_url: DatabaseOption =
     for column in ("address", "code", "reason", "since"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["address"], str(row["code"] or ""), row["reason"],
+        table.add_row(plain(row["address"]), str(row["code"] or ""), plain(row["reason"]),
                       f"{row['created_at']:%Y-%m-%d %H:%M}")
     out.print(table)
 
@@ -310,8 +318,29 @@ def config_show(config: ConfigOption = None) -> None:
             shown = ", ".join(value)
         else:
             shown = str(value)
-        table.add_row(f.metadata["env"], shown)
+        table.add_row(f.metadata["env"], plain(shown))
     out.print(table)
+
+
+# ----------------------------------------------------------------------- purge
+
+
+@app.command("purge")
+def purge_command(
+    days: Annotated[int, typer.Option(min=1, help="Keep events that ended more recently.")] = 30,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Delete events that ended more than DAYS ago, with their delivery records."""
+    from datetime import timedelta
+
+    from .deliveries import purge_finished
+
+    events, records = _with_engine(
+        config, database_url,
+        lambda engine: purge_finished(engine, timedelta(days=days), utcnow()))
+    err.print(f"Deleted {events} finished events and {records} delivery records "
+              f"older than {days} days.")
 
 
 # ----------------------------------------------------------------- unsubscribe
@@ -335,7 +364,7 @@ def unsubscribe_command(
                 user_id, event_type = apply_token(engine, settings.secret_key, token,
                                                   expected_user_id=user)
         except InvalidToken as exc:
-            err.print(f"[bold red]Error:[/] {exc}")
+            err.print(f"[bold red]Error:[/] {plain(exc)}")
             raise typer.Exit(1) from None
     err.print(f"User {user_id} will no longer get {event_type} emails.")
 
@@ -355,6 +384,115 @@ def demo_command(
     with friendly_errors():
         report = run_demo(path, console=out)
     raise typer.Exit(report.exit_code)
+
+
+# --------------------------------------------- overdue-scan, scheduler, test-email
+
+
+@app.command("overdue-scan")
+def overdue_scan_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show who would get which digest; "
+                                          "change nothing.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Send overdue digests: one per assignee; unassigned tickets to ADMINS."""
+    from .overdue import overdue_scan
+
+    setup_logging()
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings)
+        report = overdue_scan(settings, dry_run=dry_run, engine=engine)
+    if dry_run:
+        _present_planned_digests(report)
+        return
+    for problem in report.problems:
+        err.print(f"[bold red]Problem:[/] {plain(problem)}", soft_wrap=True)
+    if report.digests or report.problems:  # silent under cron when there was nothing to send
+        if interactive():
+            err.print(f"[green]✓[/] {report.summary()}", soft_wrap=True)
+        else:
+            logging.getLogger("itsm_notify").info("overdue-scan: %s", report.summary())
+    raise typer.Exit(report.exit_code)
+
+
+def _present_planned_digests(report: Any) -> None:
+    if interactive():
+        table = Table(title="overdue-scan --dry-run: nothing was changed")
+        for column in ("recipient", "tickets", "subject", "note"):
+            table.add_column(column, overflow="fold")
+        for row in report.planned:
+            table.add_row(plain(row.recipient), str(row.tickets), plain(row.subject),
+                          plain(row.note))
+        out.print(table)
+    else:
+        for row in report.planned:
+            out.print(f"{row.recipient} tickets={row.tickets} {row.subject!r} {row.note}",
+                      markup=False, soft_wrap=True)
+    err.print(f"Nothing was changed. {report.summary()}", soft_wrap=True)
+
+
+@app.command("scheduler")
+def scheduler_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Run send-pending every ITSM_SEND_INTERVAL_SECONDS and overdue-scan on ITSM_OVERDUE_CRON
+    until stopped (SIGTERM or Ctrl-C finish the runs in hand, then exit 0)."""
+    from .scheduler import run_scheduler
+
+    setup_logging()
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings)
+        run_scheduler(settings, engine, on_started=_present_schedule)
+
+
+def _present_schedule(jobs: list[Any]) -> None:
+    for job in jobs:
+        when = f"{job.next_run:%Y-%m-%d %H:%M:%S %Z}" if job.next_run else "not scheduled"
+        err.print(f"Scheduled {job.name} {job.schedule}; next run {when}.", markup=False,
+                  soft_wrap=True)
+    err.print("Stop with Ctrl-C or SIGTERM: the runs in hand finish first.", soft_wrap=True)
+
+
+@app.command("test-email")
+def test_email_command(
+    address: Annotated[str, typer.Argument(help="Where to send the test email.")],
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help="console, smtp or file (overrides EMAIL_BACKEND).",
+        show_default=False)] = None,
+    from_address: Annotated[str | None, typer.Option(
+        "--from", help="The sender (overrides DEFAULT_FROM_EMAIL).", show_default=False)] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send one test email through the configured backend, showing each step."""
+    from .config import address_problem
+    from .diagnostics import effective_settings, send_test_email
+
+    with friendly_errors():
+        settings = settings_from(config, email_backend=backend,
+                                 default_from_email=from_address)
+    if problem := address_problem(address):
+        err.print(f"[bold red]Error:[/] {plain(address)} is an {problem}: give a valid address.",
+                  soft_wrap=True)
+        raise typer.Exit(2)
+    for name, value in effective_settings(settings):
+        out.print(f"{name:<20} {value}", markup=False, soft_wrap=True)
+    out.print()
+    result = send_test_email(settings, address, on_step=_present_step)
+    if result.failed_step:
+        out.print(f"[bold red]✗ {plain(result.failed_step)} failed:[/] "
+                  f"{plain(result.reply or '')}", soft_wrap=True)
+        out.print(f"[bold]Likely fix:[/] {plain(result.hint or '')}", soft_wrap=True)
+        raise typer.Exit(1)
+    total = sum(step.seconds for step in result.steps)
+    out.print(f"[green]✓[/] Test email sent to {plain(address)} in {total * 1000:.0f} ms.",
+              soft_wrap=True)
+
+
+def _present_step(step: Any) -> None:
+    mark = "[green]✓[/]" if step.ok else "[bold red]✗[/]"
+    out.print(f"{mark} {plain(step.name):<46} {step.seconds * 1000:>6.0f} ms  "
+              f"{plain(step.detail)}", soft_wrap=True)
 
 
 def main() -> None:

@@ -274,7 +274,8 @@ def validate(settings: Settings) -> None:
     if "@" not in settings.default_from_email:
         raise ConfigError("DEFAULT_FROM_EMAIL must be an email address: set it, e.g. "
                           "'Help Desk <helpdesk@example.com>'.")
-    for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "smtp_connections"):
+    for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "smtp_connections",
+                 "send_interval_seconds"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{ENV_NAMES[name]} must be at least 1: fix its value.")
     if settings.email_timeout <= 0:
@@ -282,3 +283,6 @@ def validate(settings: Settings) -> None:
     if settings.rate_per_second < 0 or settings.rate_per_hour < 0:
         raise ConfigError("ITSM_RATE_PER_SECOND and ITSM_RATE_PER_HOUR cannot be negative: "
                           "use 0 for no limit.")
+    if settings.overdue_realert_hours < 0:
+        raise ConfigError("ITSM_OVERDUE_REALERT_HOURS cannot be negative: use 0 to alert on "
+                          "every scan.")

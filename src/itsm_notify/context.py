@@ -49,10 +49,12 @@ def load_users(engine: Engine, user_ids: Iterable[int]) -> dict[int, User]:
 
 
 def load_contexts(
-    engine: Engine, batch: Sequence[tuple[OutboxEvent, dict[str, Any]]]
+    engine: Engine, batch: Sequence[tuple[OutboxEvent, dict[str, Any]]],
+    admin_emails: Sequence[str] = (),
 ) -> dict[int, EventContext | EventError]:
     """Build each event's context; an event whose ticket or comment is missing gets an
-    EventError instead, so the rest of the batch goes on."""
+    EventError instead, so the rest of the batch goes on. Users whose address is one of
+    ``admin_emails`` are loaded too, so ADMINS with an account get in-app rows."""
     if not batch:
         return {}
     ticket_ids = {event.ticket_id for event, _ in batch if event.ticket_id is not None}
@@ -106,6 +108,9 @@ def load_contexts(
         user_filter = users.c.id.in_(sorted(user_ids))
         if wants_managers:
             user_filter = or_(user_filter, users.c.is_manager == true())
+            if admin_emails:
+                user_filter = or_(user_filter, func.lower(users.c.email).in_(
+                    sorted({a.lower() for a in admin_emails})))
         user_by_id = {row.id: _user(row) for row in conn.execute(select(users)
                                                                   .where(user_filter))}
         manager_ids = tuple(sorted(u.id for u in user_by_id.values()

@@ -367,6 +367,17 @@ def claim_events(engine: Engine, *, worker_id: str, limit: int, now: datetime,
     return [_row_to_event(row, attempts=row.attempts + 1) for row in rows]
 
 
+def renew_lease(conn: Connection, event_ids: Sequence[int], *, worker_id: str,
+                until: datetime) -> None:
+    """Extend this worker's lease on events it still holds (a long batch, a slow relay),
+    so no other worker takes them over while they are being sent."""
+    if event_ids:
+        conn.execute(update(outbox).where(outbox.c.id.in_(list(event_ids)),
+                                          outbox.c.locked_by == worker_id,
+                                          outbox.c.state == PROCESSING)
+                     .values(locked_until=until))
+
+
 def peek_events(engine: Engine, *, limit: int, now: datetime) -> list[OutboxEvent]:
     """The events a claim would take now, without claiming them (for --dry-run)."""
     with engine.connect() as conn:

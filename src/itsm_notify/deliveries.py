@@ -7,14 +7,27 @@ transaction as its delivery row, so it is written exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
-from .db import EMAIL, SENT, app_notifications, deliveries, suppressions
+from .db import (
+    DEFERRED,
+    DONE,
+    EMAIL,
+    FAILED,
+    PENDING,
+    SENT,
+    app_notifications,
+    deliveries,
+    outbox,
+    suppressions,
+)
 
 DeliveryKey = tuple[int, str, str]  # (event id, channel, recipient)
 
@@ -64,7 +77,10 @@ _OUTCOME_UPDATE = (
     update(deliveries)
     .where(deliveries.c.event_id == bindparam("b_event"),
            deliveries.c.channel == EMAIL,
-           deliveries.c.recipient == bindparam("b_recipient"))
+           deliveries.c.recipient == bindparam("b_recipient"),
+           # A late answer (this worker's lease ran out and another worker finished the
+           # delivery meanwhile) never overwrites a final state.
+           or_(deliveries.c.state == PENDING, deliveries.c.state == DEFERRED))
     .values(state=bindparam("b_state"), attempts=bindparam("b_attempts"),
             last_code=bindparam("b_code"), last_error=bindparam("b_error"),
             next_attempt_at=bindparam("b_next"), sent_at=bindparam("b_sent"),
@@ -73,25 +89,35 @@ _OUTCOME_UPDATE = (
 
 
 def record_outcomes(engine: Engine, outcomes: Sequence[dict[str, Any]],
-                    refused: Sequence[tuple[str, int | None, str]], now: datetime) -> None:
+                    refused: Sequence[tuple[str, int | None, str]], now: datetime, *,
+                    also: Callable[[Connection], None] | None = None) -> None:
     """Store answered deliveries (keys ``b_event``, ``b_recipient``, ``b_state``,
     ``b_attempts``, ``b_code``, ``b_error``, ``b_next``, ``b_sent``, ``b_updated``) and
-    suppress the addresses the server refused for good, in one transaction."""
+    suppress the addresses the server refused for good, in one transaction, with
+    ``also`` (the sender renews its lease there)."""
     with engine.begin() as conn:
         if outcomes:
             conn.execute(_OUTCOME_UPDATE, list(outcomes))
         for address, code, reason in refused:
             _suppress(conn, address, reason, code, now)
+        if also is not None:
+            also(conn)
 
 
-def _suppress(conn: Any, address: str, reason: str, code: int | None, now: datetime) -> bool:
+def _suppress(conn: Connection, address: str, reason: str, code: int | None,
+              now: datetime) -> bool:
+    """Add ``address`` unless it is there; safe when another worker adds it meanwhile."""
     key = address.strip().lower()
     exists = conn.execute(select(suppressions.c.address)
                           .where(suppressions.c.address == key)).first()
     if exists:
         return False
-    conn.execute(insert(suppressions).values(address=key, reason=reason, code=code,
-                                             created_at=now))
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(suppressions).values(address=key, reason=reason, code=code,
+                                                     created_at=now))
+    except IntegrityError:
+        return False
     return True
 
 
@@ -121,10 +147,19 @@ def emails_sent_since(engine: Engine, since: datetime) -> int:
                  deliveries.c.sent_at >= since))).scalar_one()
 
 
-def purge_deliveries(engine: Engine, older_than: timedelta, now: datetime) -> int:
-    """Delete delivery records of finished deliveries older than ``older_than``."""
+def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tuple[int, int]:
+    """Delete events that ended (done or failed) more than ``older_than`` ago, with their
+    delivery records; return (events, delivery records) deleted. In-app notifications
+    stay: they belong to the web application's users."""
+    cutoff = now - older_than
+    finished = select(outbox.c.id).where(outbox.c.state.in_((DONE, FAILED)),
+                                         outbox.c.processed_at < cutoff)
     with engine.begin() as conn:
-        result = conn.execute(delete(deliveries).where(
-            deliveries.c.state.in_(("sent", "failed", "suppressed", "skipped")),
-            deliveries.c.created_at < now - older_than))
-    return result.rowcount or 0
+        ids = list(conn.execute(finished).scalars())
+        removed = 0
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            removed += conn.execute(delete(deliveries)
+                                    .where(deliveries.c.event_id.in_(chunk))).rowcount or 0
+            conn.execute(delete(outbox).where(outbox.c.id.in_(chunk)))
+    return len(ids), removed

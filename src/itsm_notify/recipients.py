@@ -36,7 +36,7 @@ class Recipients:
     in_app: tuple[int, ...] = ()
 
 
-class _Audience:
+class Audience:
     """Collects recipients in a stable order, applying the rules every event shares:
     the actor is not told of their own action (unless configured), one email per
     address and one in-app row per user, inactive users and users without an address
@@ -69,8 +69,16 @@ class _Audience:
             self.user(user_id, **channels)
 
     def admins(self) -> None:
+        """ADMINS by email; an admin address that belongs to an active user account is
+        that user (email and in-app, their name, their preferences)."""
+        accounts = {u.email.strip().lower(): u for u in self.ctx.users.values()
+                    if u.email and u.is_active}
         for admin in self.settings.admins:
-            self._add_email(EmailRecipient(address=admin.email, name=admin.name))
+            account = accounts.get(admin.email.lower())
+            if account is not None:
+                self.user(account.id)
+            else:
+                self._add_email(EmailRecipient(address=admin.email, name=admin.name))
 
     def _add_email(self, recipient: EmailRecipient) -> None:
         if recipient.key and recipient.key != self.actor_email:
@@ -85,7 +93,7 @@ def _team(ctx: EventContext) -> tuple[int, ...]:
 
 
 def ticket_created(ctx: EventContext, settings: Settings) -> Recipients:
-    audience = _Audience(ctx, settings)
+    audience = Audience(ctx, settings)
     audience.user(ctx.ticket.requester_id)
     audience.user(ctx.ticket.assignee_id)
     audience.users(_team(ctx))
@@ -95,13 +103,13 @@ def ticket_created(ctx: EventContext, settings: Settings) -> Recipients:
 
 
 def ticket_assigned(ctx: EventContext, settings: Settings) -> Recipients:
-    audience = _Audience(ctx, settings)
+    audience = Audience(ctx, settings)
     audience.user(assignee_id(ctx))
     return audience.result()
 
 
 def status_changed(ctx: EventContext, settings: Settings) -> Recipients:
-    audience = _Audience(ctx, settings)
+    audience = Audience(ctx, settings)
     if ctx.payload["new_status"] not in settings.internal_statuses:
         audience.user(ctx.ticket.requester_id)
     audience.user(ctx.ticket.assignee_id)
@@ -110,7 +118,7 @@ def status_changed(ctx: EventContext, settings: Settings) -> Recipients:
 
 
 def comment_added(ctx: EventContext, settings: Settings) -> Recipients:
-    audience = _Audience(ctx, settings)
+    audience = Audience(ctx, settings)
     comment = ctx.comment
     assert comment is not None  # the loader fails the event when the comment is missing
     if comment.is_internal:
@@ -143,7 +151,7 @@ def _required_int(payload: dict[str, Any], key: str) -> int:
     return value
 
 
-def _no_fields(payload: dict[str, Any]) -> dict[str, Any]:
+def no_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
@@ -173,7 +181,7 @@ class EventType:
     rule: Callable[[EventContext, Settings], Recipients]
     subject: str
     template: str
-    parse_payload: Callable[[dict[str, Any]], dict[str, Any]] = _no_fields
+    parse_payload: Callable[[dict[str, Any]], dict[str, Any]] = no_payload
     comment_field: str | None = None
     """The payload field naming a comment the context must load."""
 

@@ -8,6 +8,7 @@ ticket or user text passes through ``one_line``, and the email library then enco
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
 from pathlib import Path
@@ -34,6 +35,7 @@ from jinja2 import (
 from .config import Settings, ticket_path
 from .models import EventContext, Ticket
 from .recipients import EmailRecipient, assignee_id, event_type
+from .slots import SlotRenderer
 
 
 def packaged_template_dir() -> Path:
@@ -46,6 +48,34 @@ def packaged_template_dir() -> Path:
     raise FileNotFoundError("itsm-notify's templates folder is missing from the installation")
 
 
+class _CachingHeaderRegistry(HeaderRegistry):
+    """The email package's header factory, made cheap for a sender of many similar
+    messages: CPython builds a new header class for every header it stores, and parses
+    every value again although From, Auto-Submitted, the content types and the like are
+    the same in every message. Both are cached here; parsed headers are immutable, so
+    messages may share them. The messages are byte for byte what ``policy.SMTP`` makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+        self._parsed = functools.lru_cache(maxsize=2048)(self._parse)
+
+    def __getitem__(self, name: str) -> type:
+        cls = self._classes.get(name)
+        if cls is None:
+            cls = self._classes[name] = super().__getitem__(name)
+        return cls
+
+    def _parse(self, name: str, value: str) -> Any:
+        return super().__call__(name, value)
+
+    def __call__(self, name: str, value: Any) -> Any:
+        return self._parsed(name, value) if type(value) is str else super().__call__(name, value)
+
+
+SMTP_POLICY = policy.SMTP.clone(header_factory=_CachingHeaderRegistry())
+"""``policy.SMTP`` with the caching header factory: the policy of every message built here."""
+
 _UNSAFE_IN_HEADER = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 _ENCODED_WORD_START = re.compile(r"=\?(?=[^?\s]*\?[bBqQ]\?)")
 
@@ -57,8 +87,11 @@ def one_line(text: str, limit: int = 200) -> str:
     RFC 2047 encoded-word openers (``=?utf-8?q?``) are broken apart too: the email
     package decodes encoded words in a value it is given, so ``=?utf-8?q?=0D=0ABcc:..?=``
     in a title would otherwise become a real line break and a Bcc header."""
-    cleaned = "".join(" " if unicodedata.category(ch) in _UNSAFE_IN_HEADER else ch
-                      for ch in text)
+    if text.isascii() and text.isprintable():
+        cleaned = text  # no printable ASCII character is in an unsafe category
+    else:
+        cleaned = "".join(" " if unicodedata.category(ch) in _UNSAFE_IN_HEADER else ch
+                          for ch in text)
     cleaned = _ENCODED_WORD_START.sub("= ?", cleaned)
     folded = " ".join(cleaned.split())
     return folded if len(folded) <= limit else folded[: limit - 1].rstrip() + "…"
@@ -111,8 +144,10 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             undefined=StrictUndefined,
+            auto_reload=False,  # compiled once per process: no stat() per message
         )
         self.inliner = css_inline.CSSInliner(keep_at_rules=True)
+        self.slots = SlotRenderer(self.env, self.render)
 
     # ------------------------------------------------------------------ rendering
 
@@ -178,9 +213,12 @@ class Renderer:
         if ctx.comment is not None and ctx.comment.is_internal:
             # Belt and braces: the rules never email internal comments.
             raise ValueError("internal comments are never emailed")
-        variables = {**(shared or self.event_variables(ctx)),
-                     **recipient_variables(recipient), "unsubscribe_url": unsubscribe_url}
-        text, html = self.render(event_type(ctx.event.event_type).template, variables)
+        personal = {**recipient_variables(recipient), "unsubscribe_url": unsubscribe_url}
+        template = event_type(ctx.event.event_type).template
+        if shared:  # the event's CSS is inlined once, not per recipient (see slots.py)
+            text, html = self.slots.render(template, shared, personal)
+        else:
+            text, html = self.render(template, {**self.event_variables(ctx), **personal})
         return RenderedEmail(subject=self.subject(ctx), text=text, html=html)
 
     # ------------------------------------------------------------------ messages
@@ -192,7 +230,7 @@ class Renderer:
                       now: datetime | None = None) -> EmailMessage:
         """A multipart/alternative message with the contract's headers."""
         settings = self.settings
-        msg = EmailMessage(policy=policy.SMTP)
+        msg = EmailMessage(policy=SMTP_POLICY)
         msg["Subject"] = one_line(rendered.subject, limit=300)
         msg["From"] = settings.default_from_email
         to = header_address(recipient.name, recipient.address)

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from . import db
@@ -124,15 +126,24 @@ class RunReport:
 def setup_delivery_log(path: str) -> None:
     """One line per delivery attempt to a rotating file (never a secret: only event
     ids, addresses, outcomes and server replies are logged)."""
-    if any(getattr(h, "baseFilename", None) == str(Path(path).resolve())
-           for h in delivery_log.handlers):
-        return
+    target = str(Path(path).resolve())
+    for old in list(delivery_log.handlers):  # one delivery log file per process
+        if not isinstance(old, RotatingFileHandler):
+            continue
+        if old.baseFilename == target:
+            return
+        delivery_log.removeHandler(old)
+        old.close()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = RotatingFileHandler(path, maxBytes=10_000_000, backupCount=5, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     delivery_log.addHandler(handler)
     delivery_log.setLevel(logging.INFO)
     delivery_log.propagate = False
+
+
+def admin_emails(settings: Settings) -> list[str]:
+    return [admin.email for admin in settings.admins]
 
 
 def backoff(attempts: int, settings: Settings) -> timedelta:
@@ -180,6 +191,10 @@ class Sender:
                 self.engine, self.clock() - timedelta(hours=1))
         try:
             while limit is None or report.events_handled < limit:
+                if self.limiter.exhausted:
+                    log.info("hourly rate ceiling (ITSM_RATE_PER_HOUR=%s) reached; the rest "
+                             "waits for a later run", self.settings.rate_per_hour)
+                    break
                 size = self.settings.batch_size if limit is None else \
                     min(self.settings.batch_size, limit - report.events_handled)
                 events = db.claim_events(self.engine, worker_id=self.worker_id, limit=size,
@@ -190,6 +205,8 @@ class Sender:
                 self.process_batch(events, report)
                 if self.on_progress:
                     self.on_progress(len(events))
+                if getattr(self.transport, "gave_up", None):
+                    break  # the server is unreachable: the next run tries again
         finally:
             self.transport.close()
         return report
@@ -200,10 +217,15 @@ class Sender:
         contexts = self._contexts(events, finished)
         existing = load_deliveries(self.engine, [ctx.event.id for ctx in contexts])
         works, outgoing = self._plan(contexts, existing, report, now)
-        if works is None:  # another worker took these events over
-            return
-        self._send(outgoing, works, existing, report)
-        finished += [self._finish(work, now) for work in works.values()]
+        if works is None:
+            # Another worker planned some of these events meanwhile (it took them over
+            # when this worker's lease ran out): hand back those still ours, unsent.
+            finished += [EventOutcome(ctx.event.id, PENDING, available_at=now,
+                                      error="taken over by another worker; retried")
+                         for ctx in contexts]
+        else:
+            self._send(outgoing, works, existing, report)
+            finished += [self._finish(work, now) for work in works.values()]
         for outcome in finished:
             if outcome.state == DONE:
                 report.events_done += 1
@@ -226,7 +248,8 @@ class Sender:
             except EventError as exc:
                 finished.append(EventOutcome(event.id, FAILED, error=str(exc)))
         contexts = []
-        for event_id, ctx in load_contexts(self.engine, parsed).items():
+        loaded = load_contexts(self.engine, parsed, admin_emails(self.settings))
+        for event_id, ctx in loaded.items():
             if isinstance(ctx, EventError):
                 finished.append(EventOutcome(event_id, FAILED, error=str(ctx)))
             else:
@@ -283,6 +306,10 @@ class Sender:
                     work.states[recipient.key] = SUPPRESSED
                     report.emails_suppressed += 1
                     continue
+                elif record.next_attempt_at is not None and record.next_attempt_at > now:
+                    work.states[recipient.key] = DEFERRED  # its backoff has not run out yet
+                    work.retry_at.append(record.next_attempt_at)
+                    continue
                 work.states[recipient.key] = PENDING
                 to_send.append((ctx, recipient, None))
         try:
@@ -334,12 +361,21 @@ class Sender:
               existing: dict[DeliveryKey, DeliveryRecord], report: RunReport) -> None:
         pending_rows: list[dict[str, Any]] = []
         refused: list[tuple[str, int | None, str]] = []
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        last_flush = time.monotonic()
+
+        def renew_lease(conn: Connection) -> None:
+            db.renew_lease(conn, list(works), worker_id=self.worker_id,
+                           until=self.clock() + lease)
 
         def flush() -> None:
+            nonlocal last_flush
             if pending_rows or refused:
-                record_outcomes(self.engine, pending_rows, refused, self.clock())
+                record_outcomes(self.engine, pending_rows, refused, self.clock(),
+                                also=renew_lease)
                 pending_rows.clear()
                 refused.clear()
+            last_flush = time.monotonic()
 
         for outcome in self.transport.deliver(outgoing, self.limiter):
             event_id, recipient = outcome.key  # type: ignore[misc]
@@ -353,12 +389,14 @@ class Sender:
                               "detail=%r", event_id, recipient, row["b_state"],
                               outcome.code if outcome.code is not None else "-",
                               outcome.detail)
-            if len(pending_rows) >= FLUSH_EVERY:
+            # Record every FLUSH_EVERY answers, and often enough to keep the lease.
+            if len(pending_rows) >= FLUSH_EVERY or \
+                    time.monotonic() - last_flush > lease.total_seconds() / 3:
                 flush()
         flush()
-        transport_error = getattr(self.transport, "last_error", None)
-        if transport_error and str(transport_error) not in report.problems:
-            report.problems.append(str(transport_error))
+        problem = getattr(self.transport, "gave_up", None)
+        if problem and problem not in report.problems:
+            report.problems.append(problem)
 
     def _answer(self, work: _EventWork, recipient: str, outcome: Outcome,
                 previous_attempts: int, report: RunReport) -> dict[str, Any]:
@@ -416,7 +454,7 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
         except EventError as exc:
             report.planned.append(PlannedEmail(event.id, event.event_type, "", "-", "-", "",
                                                note=f"would fail: {exc}"))
-    contexts = load_contexts(engine, parsed)
+    contexts = load_contexts(engine, parsed, admin_emails(settings))
     existing = load_deliveries(engine, list(contexts))
     rows: dict[int, list[PlannedEmail]] = defaultdict(list)
     for event_id, ctx in contexts.items():

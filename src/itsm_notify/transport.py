@@ -104,6 +104,16 @@ class RateLimiter:
             time.sleep(delay)
         return True
 
+    @property
+    def exhausted(self) -> bool:
+        """True when this hour's budget is spent: a run stops claiming more events."""
+        with self._lock:
+            if not self.per_hour:
+                return False
+            while self._hour_window and self._hour_window[0] <= time.monotonic() - 3600:
+                self._hour_window.popleft()
+            return self.sent_last_hour + len(self._hour_window) >= self.per_hour
+
 
 RATE_LIMITED = "hourly rate ceiling reached (ITSM_RATE_PER_HOUR); retried later"
 
@@ -191,16 +201,34 @@ def _needs_smtputf8(out: Outgoing) -> bool:
 
 class _Batch:
     """What the SMTP sessions of one batch share: the work queue and the verdict that
-    the server is gone (then nobody else tries)."""
+    the server is gone (then nobody else tries).
 
-    def __init__(self, messages: Sequence[Outgoing]) -> None:
+    ``credits`` bounds the messages sent whose outcome the caller has not taken yet to
+    one per session, so a worker killed at any moment has at most that many answers,
+    plus those the sender had not yet recorded, unknown to the database."""
+
+    def __init__(self, messages: Sequence[Outgoing], sessions: int) -> None:
         self.jobs: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
         for out in messages:
             self.jobs.put(out)
         self.results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self.credits = threading.Semaphore(sessions)
         self.give_up_reason: str | None = None
         self.error: TransportError | None = None
         self.reconnected = False
+
+    def next_job(self) -> Outgoing | None:
+        try:
+            return self.jobs.get_nowait()
+        except queue.Empty:
+            return None
+
+    def abandon(self, sessions: int) -> None:
+        """The caller stopped listening: drop the jobs left and wake every session."""
+        while self.next_job() is not None:
+            pass
+        for _ in range(sessions):
+            self.credits.release()
 
 
 class SmtpSession:
@@ -260,17 +288,20 @@ class SmtpSession:
         """Send one message, reopening a dropped session once per batch."""
         for _ in range(2):
             if batch.give_up_reason:
-                return Outcome(out.key, DEFERRED, detail=batch.give_up_reason)
+                return Outcome(out.key, DEFERRED, detail=batch.give_up_reason,
+                               counts_as_attempt=False)
+            # A message that never reached a server does not use up a retry.
             try:
                 smtp = self.smtp or self.connect()
             except TransportError as exc:
                 batch.error, batch.give_up_reason = exc, str(exc)
-                return Outcome(out.key, DEFERRED, detail=str(exc))
+                return Outcome(out.key, DEFERRED, detail=str(exc), counts_as_attempt=False)
             except (OSError, smtplib.SMTPException) as exc:
                 batch.give_up_reason = (f"cannot reach the SMTP server "
                                         f"{self.settings.email_host}:{self.settings.email_port} "
                                         f"({_describe(exc)})")
-                return Outcome(out.key, DEFERRED, detail=batch.give_up_reason)
+                return Outcome(out.key, DEFERRED, detail=batch.give_up_reason,
+                               counts_as_attempt=False)
             try:
                 return self._transmit(smtp, out)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -338,64 +369,76 @@ class SmtpTransport:
         self.settings = settings
         self.sessions = [SmtpSession(settings) for _ in range(settings.smtp_connections)]
         self.last_error: TransportError | None = None
+        self.gave_up: str | None = None
+        """Why the last batch was cut short (server unreachable, login refused, the
+        connection dropped twice), or None: the sender then ends the run."""
 
     @property
     def connections_opened(self) -> int:
         return sum(s.connections_opened for s in self.sessions)
 
     def deliver(self, messages: Sequence[Outgoing], limiter: RateLimiter) -> Iterator[Outcome]:
+        """Yield each outcome as soon as it is known. Sending waits for the caller to take
+        the outcomes already in hand, so at most one answer per session is unknown to it."""
         if not messages:
             return
-        batch = _Batch(messages)
         workers = min(len(self.sessions), len(messages))
-        if workers == 1:
-            self._work(self.sessions[0], batch, limiter)
-            for _ in messages:
-                outcome = batch.results.get()
-                assert outcome is not None
-                yield outcome
-        else:
-            threads = [threading.Thread(target=self._work_then_signal,
-                                        args=(session, batch, limiter), daemon=True)
-                       for session in self.sessions[:workers]]
-            for thread in threads:
-                thread.start()
-            finished = 0
-            while finished < workers:
+        batch = _Batch(messages, workers)
+        try:
+            if workers == 1:
+                while (out := batch.next_job()) is not None:
+                    yield self._attempt(self.sessions[0], out, batch, limiter)
+            else:
+                yield from self._deliver_parallel(self.sessions[:workers], batch, limiter)
+        finally:
+            self.last_error, self.gave_up = batch.error, batch.give_up_reason
+
+    def _deliver_parallel(self, sessions: list[SmtpSession], batch: _Batch,
+                          limiter: RateLimiter) -> Iterator[Outcome]:
+        threads = [threading.Thread(target=self._work, args=(session, batch, limiter),
+                                    daemon=True) for session in sessions]
+        for thread in threads:
+            thread.start()
+        finished = 0
+        try:
+            while finished < len(threads):
                 outcome = batch.results.get()
                 if outcome is None:
                     finished += 1
                 else:
                     yield outcome
+                    batch.credits.release()
+        finally:
+            if finished < len(threads):
+                batch.abandon(len(threads))
             for thread in threads:
                 thread.join()
-        self.last_error = batch.error
 
-    def _work_then_signal(self, session: SmtpSession, batch: _Batch,
-                          limiter: RateLimiter) -> None:
+    def _work(self, session: SmtpSession, batch: _Batch, limiter: RateLimiter) -> None:
+        """One session's thread: take a credit, then a message, until none is left."""
         try:
-            self._work(session, batch, limiter)
+            while True:
+                batch.credits.acquire()
+                out = batch.next_job()
+                if out is None:
+                    batch.credits.release()
+                    return
+                batch.results.put(self._attempt(session, out, batch, limiter))
         finally:
             batch.results.put(None)
 
     @staticmethod
-    def _work(session: SmtpSession, batch: _Batch, limiter: RateLimiter) -> None:
-        while True:
-            try:
-                out = batch.jobs.get_nowait()
-            except queue.Empty:
-                return
-            if batch.give_up_reason:
-                batch.results.put(Outcome(out.key, DEFERRED, detail=batch.give_up_reason))
-            elif not limiter.acquire():
-                batch.results.put(Outcome(out.key, DEFERRED, detail=RATE_LIMITED,
-                                          counts_as_attempt=False))
-            else:
-                try:
-                    batch.results.put(session.send(out, batch))
-                except Exception as exc:  # a bug must not lose the message
-                    batch.results.put(Outcome(out.key, DEFERRED,
-                                              detail=f"unexpected error: {_describe(exc)}"))
+    def _attempt(session: SmtpSession, out: Outgoing, batch: _Batch,
+                 limiter: RateLimiter) -> Outcome:
+        if batch.give_up_reason:
+            return Outcome(out.key, DEFERRED, detail=batch.give_up_reason,
+                           counts_as_attempt=False)
+        if not limiter.acquire():
+            return Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
+        try:
+            return session.send(out, batch)
+        except Exception as exc:  # a bug must not lose the message
+            return Outcome(out.key, DEFERRED, detail=f"unexpected error: {_describe(exc)}")
 
     def close(self) -> None:
         for session in self.sessions:

@@ -1,0 +1,5 @@
+"""``python -m itsm_notify``: the same command line as ``itsm-notify``."""
+
+from itsm_notify.cli import main
+
+main()

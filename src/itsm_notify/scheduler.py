@@ -1,0 +1,198 @@
+"""``itsm-notify scheduler``: send-pending every N seconds, overdue-scan on a cron line.
+
+APScheduler 3 (``BlockingScheduler``) runs both jobs in worker threads. A job never
+overlaps itself (``max_instances=1``), runs missed while the process was busy or asleep
+collapse into one (``coalesce``), and a run late by more than its grace time is skipped
+(the next one comes soon). send-pending uses the same database claims as the cron
+command, so the scheduler is safe beside ``send-pending`` runs on other hosts.
+
+``ITSM_OVERDUE_CRON`` is a crontab line in the machine's local time: five fields
+(minute hour day month weekday, weekday 0 or 7 = Sunday, as in crontab), or six with a
+leading seconds field (``*/10 * * * * *``: every ten seconds, for tests and demos).
+
+SIGTERM and Ctrl-C stop the scheduler gracefully: no new run starts, a send-pending
+run stops after the batch in hand (its events are recorded), the overdue scan in hand
+finishes, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from . import db
+from .config import ConfigError, Settings
+from .overdue import overdue_scan
+from .sender import send_pending
+
+log = logging.getLogger("itsm_notify")
+
+SEND_JOB, OVERDUE_JOB = "send-pending", "overdue-scan"
+OVERDUE_GRACE_SECONDS = 3600
+"""An overdue scan late by up to an hour still runs; later, the next one is awaited."""
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_NUMERIC_DAYS = re.compile(r"(\*|\d+)(?:-(\d+))?(?:/(\d+))?")
+
+
+def _crontab_weekdays(spec: str) -> str:
+    """Numeric crontab weekdays as names. APScheduler 3 counts 0 as Monday, crontab as
+    Sunday (7 too), so ``1-5`` would silently mean Tuesday to Saturday; names read the
+    same in both."""
+    if spec in ("*", "?"):
+        return "*"
+    days: set[int] = set()
+    named: list[str] = []
+    for item in spec.split(","):
+        match = _NUMERIC_DAYS.fullmatch(item)
+        if match is None:
+            named.append(item)  # names such as mon-fri: APScheduler reads them as cron does
+            continue
+        first, last, step = match.groups()
+        start = 0 if first == "*" else int(first)
+        end = 7 if first == "*" or (step and last is None) else int(last or first)
+        if end > 7 or start > end:
+            raise ValueError(f"weekday {item!r} is outside 0-7")
+        days.update(day % 7 for day in range(start, end + 1, int(step or 1)))
+    return ",".join([_DAY_NAMES[day] for day in sorted(days)] + named)
+
+
+def overdue_trigger(expression: str) -> CronTrigger:
+    """The trigger of ``ITSM_OVERDUE_CRON``; ConfigError when it is not a cron line."""
+    fields = expression.split()
+    try:
+        if len(fields) == 5:
+            second, (minute, hour, day, month, weekday) = "0", fields
+        elif len(fields) == 6:
+            second, minute, hour, day, month, weekday = fields
+        else:
+            raise ValueError(f"it has {len(fields)} fields")
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=_crontab_weekdays(weekday))
+    except ValueError as exc:
+        raise ConfigError(
+            f"ITSM_OVERDUE_CRON {expression!r} is not a valid cron expression ({exc}): use five "
+            "fields, minute hour day month weekday, e.g. '0 * * * *' for every hour.") from None
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    name: str
+    schedule: str
+    next_run: datetime | None
+
+
+class _StopRequested(Exception):
+    """Raised between two send-pending batches once a stop was asked for."""
+
+
+class NotifyScheduler:
+    """The two jobs on one BlockingScheduler, stopped by SIGTERM/SIGINT or ``stop()``."""
+
+    def __init__(self, settings: Settings, engine: Engine, *,
+                 on_started: Callable[[list[ScheduledJob]], None] | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.on_started = on_started
+        self.stopping = threading.Event()
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_started = False
+        interval = settings.send_interval_seconds
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per run: ours
+        self.scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self.scheduler.add_job(self.send_job, IntervalTrigger(seconds=interval), id=SEND_JOB,
+                               name=f"every {interval} s", misfire_grace_time=interval,
+                               next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(self.overdue_job, overdue_trigger(settings.overdue_cron),
+                               id=OVERDUE_JOB, name=f"on cron '{settings.overdue_cron}'",
+                               misfire_grace_time=OVERDUE_GRACE_SECONDS)
+        self.scheduler.add_listener(self._started, EVENT_SCHEDULER_STARTED)
+
+    # ------------------------------------------------------------------ the jobs
+
+    def send_job(self) -> None:
+        """Drain the outbox, stopping between batches once a stop was asked for."""
+        try:
+            report = send_pending(self.settings, engine=self.engine,
+                                  on_progress=self._between_batches)
+        except _StopRequested:
+            log.info("%s: stopped after the batch in hand", SEND_JOB)
+        except db.DatabaseUnavailable as exc:
+            log.error("%s: %s", SEND_JOB, exc)
+        else:
+            log.info("%s: %s", SEND_JOB, report.summary())
+
+    def _between_batches(self, _events: int) -> None:
+        if self.stopping.is_set():
+            raise _StopRequested
+
+    def overdue_job(self) -> None:
+        try:
+            report = overdue_scan(self.settings, engine=self.engine)
+        except db.DatabaseUnavailable as exc:
+            log.error("%s: %s", OVERDUE_JOB, exc)
+        else:
+            log.info("%s: %s", OVERDUE_JOB, report.summary())
+
+    # ------------------------------------------------------------------ running
+
+    def jobs(self) -> list[ScheduledJob]:
+        return [ScheduledJob(job.id, job.name, getattr(job, "next_run_time", None))
+                for job in self.scheduler.get_jobs()]
+
+    def run(self) -> None:
+        """Block until stopped; SIGTERM and SIGINT stop gracefully."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.scheduler.start()
+        log.info("scheduler stopped")
+
+    def stop(self) -> None:
+        """Ask the scheduler to stop: no new runs; the runs in hand finish their batch."""
+        self.stopping.set()
+        if self.scheduler.running:
+            self._shutdown_soon()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # No logging here: a signal handler may interrupt a thread holding the log lock.
+        self.stop()
+
+    def _started(self, _event: SchedulerEvent) -> None:
+        if self.on_started is not None:
+            self.on_started(self.jobs())
+        if self.stopping.is_set():  # a signal arrived while starting
+            self._shutdown_soon()
+
+    def _shutdown_soon(self) -> None:
+        """Shut down from a helper thread: ``shutdown(wait=True)`` waits for the running
+        jobs, which must not happen inside a signal handler on the main thread."""
+        with self._shutdown_lock:
+            if self._shutdown_started:
+                return
+            self._shutdown_started = True
+        threading.Thread(target=self._shutdown, name="scheduler-shutdown").start()
+
+    def _shutdown(self) -> None:
+        log.info("stopping: finishing the runs in hand")
+        with contextlib.suppress(SchedulerNotRunningError):
+            self.scheduler.shutdown(wait=True)
+
+
+def run_scheduler(settings: Settings, engine: Engine, *,
+                  on_started: Callable[[list[ScheduledJob]], None] | None = None) -> None:
+    """Run send-pending and overdue-scan on their schedules until SIGTERM or Ctrl-C."""
+    NotifyScheduler(settings, engine, on_started=on_started).run()
