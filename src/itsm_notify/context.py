@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, false, func, or_, select, true
+from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
 
 from .db import comments, preferences, project_members, projects, tickets, users
 from .models import Comment, EventContext, EventError, OutboxEvent, Project, Ticket, User
@@ -105,7 +105,7 @@ def load_contexts(
                 user_ids.add(c.author_id)
         for members in (*team.values(), *commenters.values()):
             user_ids.update(members)
-        user_filter = users.c.id.in_(sorted(user_ids))
+        user_filter: ColumnElement[bool] = users.c.id.in_(sorted(user_ids))
         if wants_managers:
             user_filter = or_(user_filter, users.c.is_manager == true())
             if admin_emails:

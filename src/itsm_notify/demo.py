@@ -95,7 +95,7 @@ def run_demo(path: Path, console: Console) -> RunReport:
                                    db.app_notifications.c.title, db.app_notifications.c.url)
                             .join(db.users, db.users.c.id == db.app_notifications.c.user_id)
                             .order_by(db.app_notifications.c.id)).all()
-        states = dict(conn.execute(select(db.outbox.c.state, func.count())
+        states: dict[str, int] = dict(conn.execute(select(db.outbox.c.state, func.count())
                                    .group_by(db.outbox.c.state)).all())
     for row in rows:
         table.add_row(*(str(v) for v in row))

@@ -23,12 +23,13 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
@@ -216,7 +217,7 @@ class Sender:
         finished: list[EventOutcome] = []
         contexts = self._contexts(events, finished)
         existing = load_deliveries(self.engine, [ctx.event.id for ctx in contexts])
-        works, outgoing = self._plan(contexts, existing, report, now)
+        works, to_send = self._plan(contexts, existing, report, now)
         if works is None:
             # Another worker planned some of these events meanwhile (it took them over
             # when this worker's lease ran out): hand back those still ours, unsent.
@@ -224,7 +225,8 @@ class Sender:
                                       error="taken over by another worker; retried")
                          for ctx in contexts]
         else:
-            self._send(outgoing, works, existing, report)
+            outgoing, unrendered = self._messages(to_send)
+            self._send(outgoing, unrendered, works, existing, report)
             finished += [self._finish(work, now) for work in works.values()]
         for outcome in finished:
             if outcome.state == DONE:
@@ -260,9 +262,10 @@ class Sender:
 
     def _plan(self, contexts: list[EventContext], existing: dict[DeliveryKey, DeliveryRecord],
               report: RunReport, now: datetime
-              ) -> tuple[dict[int, _EventWork] | None, list[Outgoing]]:
+              ) -> tuple[dict[int, _EventWork] | None,
+                         list[tuple[EventContext, EmailRecipient]]]:
         """Decide every delivery of the batch, store the new ones and the in-app rows,
-        and build the messages still to send."""
+        and list the emails still to send."""
         resolved = {ctx.event.id: (ctx, resolve(ctx, self.settings)) for ctx in contexts}
         suppressed = suppressed_among(self.engine, (r.key for _, recipients in
                                                     resolved.values()
@@ -270,7 +273,7 @@ class Sender:
         new_rows: list[dict[str, Any]] = []
         notifications: list[dict[str, Any]] = []
         works: dict[int, _EventWork] = {}
-        to_send: list[tuple[EventContext, EmailRecipient, dict[str, Any] | None]] = []
+        to_send: list[tuple[EventContext, EmailRecipient]] = []
         for event_id, (ctx, recipients) in resolved.items():
             work = works[event_id] = _EventWork(ctx)
             subject = self.renderer.subject(ctx)
@@ -311,7 +314,7 @@ class Sender:
                     work.retry_at.append(record.next_attempt_at)
                     continue
                 work.states[recipient.key] = PENDING
-                to_send.append((ctx, recipient, None))
+                to_send.append((ctx, recipient))
         try:
             write_plan(self.engine, new_rows, notifications)
         except IntegrityError:
@@ -319,7 +322,7 @@ class Sender:
                         sorted(works))
             return None, []
         report.in_app_written += len(notifications)
-        return works, list(self._messages(to_send, works, report))
+        return works, to_send
 
     @staticmethod
     def _row(event_id: int, channel: str, recipient: str, user_id: int | None, state: str,
@@ -333,31 +336,44 @@ class Sender:
     def _message_id(self, ctx: EventContext, recipient: EmailRecipient) -> str:
         return message_id(ctx.event.id, recipient.key, self.settings.from_domain)
 
-    def _messages(self, to_send: list[tuple[EventContext, EmailRecipient, Any]],
-                  works: dict[int, _EventWork], report: RunReport) -> Iterator[Outgoing]:
+    def _messages(self, to_send: list[tuple[EventContext, EmailRecipient]]
+                  ) -> tuple[list[Outgoing], list[Outcome]]:
+        """The messages to send, and a failed outcome for each email that could not be
+        rendered (a broken template override, say): that recipient fails with the
+        reason, and the batch goes on."""
+        outgoing: list[Outgoing] = []
+        unrendered: list[Outcome] = []
         shared: dict[int, dict[str, Any]] = {}
         domain = self.settings.from_domain
-        for ctx, recipient, _ in to_send:
+        for ctx, recipient in to_send:
             event = ctx.event
-            if event.id not in shared:
-                shared[event.id] = self.renderer.event_variables(ctx)
-            unsubscribe = unsubscribe_url(self.settings.site_url, self.settings.secret_key,
-                                          recipient.user_id, event.event_type)
-            rendered = self.renderer.render_event(ctx, recipient, shared[event.id],
-                                                  unsubscribe_url=unsubscribe)
-            message = self.renderer.build_message(
-                rendered, recipient, event_type_name=event.event_type,
-                ticket_number=ctx.ticket.number, msg_id=self._message_id(ctx, recipient),
-                thread=thread_id(ctx.ticket.id, domain),
-                is_thread_start=event.event_type == "ticket_created",
-                unsubscribe_url=unsubscribe)
-            yield Outgoing(key=(event.id, recipient.key), sender=self.sender_address,
-                           rcpt=self.settings.redirect_to or recipient.address,
-                           message=message)
+            key = (event.id, recipient.key)
+            try:
+                if event.id not in shared:
+                    shared[event.id] = self.renderer.event_variables(ctx)
+                unsubscribe = unsubscribe_url(self.settings.site_url, self.settings.secret_key,
+                                              recipient.user_id, event.event_type)
+                rendered = self.renderer.render_event(ctx, recipient, shared[event.id],
+                                                      unsubscribe_url=unsubscribe)
+                message = self.renderer.build_message(
+                    rendered, recipient, event_type_name=event.event_type,
+                    ticket_number=ctx.ticket.number, msg_id=self._message_id(ctx, recipient),
+                    thread=thread_id(ctx.ticket.id, domain),
+                    is_thread_start=event.event_type == "ticket_created",
+                    unsubscribe_url=unsubscribe)
+            except Exception as exc:  # any template error must fail one email, not the queue
+                unrendered.append(Outcome(key, FAILED, detail=f"could not render the email "
+                                                             f"({type(exc).__name__}: {exc})"))
+                continue
+            outgoing.append(Outgoing(key=key, sender=self.sender_address,
+                                     rcpt=self.settings.redirect_to or recipient.address,
+                                     message=message))
+        return outgoing, unrendered
 
     # ---------------------------------------------------------------- sending
 
-    def _send(self, outgoing: list[Outgoing], works: dict[int, _EventWork],
+    def _send(self, outgoing: list[Outgoing], unrendered: list[Outcome],
+              works: dict[int, _EventWork],
               existing: dict[DeliveryKey, DeliveryRecord], report: RunReport) -> None:
         pending_rows: list[dict[str, Any]] = []
         refused: list[tuple[str, int | None, str]] = []
@@ -377,8 +393,8 @@ class Sender:
                 refused.clear()
             last_flush = time.monotonic()
 
-        for outcome in self.transport.deliver(outgoing, self.limiter):
-            event_id, recipient = outcome.key  # type: ignore[misc]
+        for outcome in chain(unrendered, self.transport.deliver(outgoing, self.limiter)):
+            event_id, recipient = cast(tuple[int, str], outcome.key)
             record = existing.get((event_id, EMAIL, recipient))
             row = self._answer(works[event_id], recipient, outcome,
                                record.attempts if record else 0, report)
