@@ -382,8 +382,8 @@ def demo_command(
 
     setup_logging()
     with friendly_errors():
-        report = run_demo(path, console=out)
-    raise typer.Exit(report.exit_code)
+        status = run_demo(path, console=out)
+    raise typer.Exit(status)
 
 
 # --------------------------------------------- overdue-scan, scheduler, test-email

@@ -18,7 +18,8 @@ from sqlalchemy import Engine, func, insert, select
 
 from . import db
 from .config import load_settings
-from .sender import RunReport, send_pending, utcnow
+from .overdue import overdue_scan
+from .sender import send_pending, utcnow
 from .transport import ConsoleTransport
 
 USERS = [
@@ -71,7 +72,8 @@ def seed(engine: Engine) -> None:
              "payload": json.dumps(payload)} for kind, ticket, actor, payload in events])
 
 
-def run_demo(path: Path, console: Console) -> RunReport:
+def run_demo(path: Path, console: Console) -> int:
+    """Run the demo; return its exit status."""
     if path.exists():
         path.unlink()
     for suffix in ("-wal", "-shm"):
@@ -85,7 +87,10 @@ def run_demo(path: Path, console: Console) -> RunReport:
     db.init_db(engine)
     seed(engine)
     console.rule(f"[bold]itsm-notify demo[/]: {path} — 6 outbox events, mail to the console")
+    console.rule("[bold]send-pending")
     report = send_pending(settings, engine=engine, transport=ConsoleTransport(console.file))
+    console.rule("[bold]overdue-scan[/]: TKT-002 is three days past due")
+    overdue = overdue_scan(settings, engine=engine, transport=ConsoleTransport(console.file))
     console.rule("[bold]in-app notifications written")
     table = Table()
     for column in ("user", "event", "title", "url"):
@@ -100,7 +105,8 @@ def run_demo(path: Path, console: Console) -> RunReport:
     for row in rows:
         table.add_row(*(str(v) for v in row))
     console.print(table)
-    console.print(f"{report.summary()}\noutbox: {states}\n"
+    console.print(f"send-pending: {report.summary()}\noverdue-scan: {overdue.summary()}\n"
+                  f"outbox: {states}\n"
                   f"Next: point DATABASE_URL at your help desk's database, run "
                   f"'itsm-notify db init', then 'itsm-notify send-pending' from cron.")
-    return report
+    return max(report.exit_code, overdue.exit_code)
