@@ -37,6 +37,7 @@ class DeliveryRecord:
     state: str
     attempts: int
     next_attempt_at: datetime | None
+    last_error: str | None = None
 
 
 def load_deliveries(engine: Engine, event_ids: Sequence[int]) -> dict[DeliveryKey, DeliveryRecord]:
@@ -45,10 +46,11 @@ def load_deliveries(engine: Engine, event_ids: Sequence[int]) -> dict[DeliveryKe
     with engine.connect() as conn:
         rows = conn.execute(select(deliveries.c.event_id, deliveries.c.channel,
                                    deliveries.c.recipient, deliveries.c.state,
-                                   deliveries.c.attempts, deliveries.c.next_attempt_at)
+                                   deliveries.c.attempts, deliveries.c.next_attempt_at,
+                                   deliveries.c.last_error)
                             .where(deliveries.c.event_id.in_(list(event_ids))))
-        return {(r.event_id, r.channel, r.recipient): DeliveryRecord(r.state, r.attempts,
-                                                                     r.next_attempt_at)
+        return {(r.event_id, r.channel, r.recipient): DeliveryRecord(
+                    r.state, r.attempts, r.next_attempt_at, r.last_error)
                 for r in rows}
 
 

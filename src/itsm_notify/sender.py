@@ -16,6 +16,7 @@ An event that can never be delivered fails alone; the batch goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -23,7 +24,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
@@ -124,6 +125,22 @@ class RunReport:
                 f"{self.emails_skipped} skipped; {self.in_app_written} in-app")
 
 
+class _RotatingLog(RotatingFileHandler):
+    """RotatingFileHandler with Python 3.12's rollover test: Python 3.11 asks the file
+    system whether the log is a regular file (two stat calls) before every line, which
+    shows at thousands of emails a second; this asks only when the size says rotate."""
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if self.stream is None:
+            self.stream = self._open()
+        if self.maxBytes <= 0:
+            return False
+        position = self.stream.tell()
+        if not position or position + len(f"{self.format(record)}\n") < self.maxBytes:
+            return False
+        return not os.path.exists(self.baseFilename) or os.path.isfile(self.baseFilename)
+
+
 def setup_delivery_log(path: str) -> None:
     """One line per delivery attempt to a rotating file (never a secret: only event
     ids, addresses, outcomes and server replies are logged)."""
@@ -136,7 +153,7 @@ def setup_delivery_log(path: str) -> None:
         delivery_log.removeHandler(old)
         old.close()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(path, maxBytes=10_000_000, backupCount=5, encoding="utf-8")
+    handler = _RotatingLog(path, maxBytes=10_000_000, backupCount=5, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     delivery_log.addHandler(handler)
     delivery_log.setLevel(logging.INFO)
@@ -152,6 +169,27 @@ def backoff(attempts: int, settings: Settings) -> timedelta:
     ceiling = min(settings.retry_max_seconds,
                   settings.retry_base_seconds * 2 ** max(0, attempts - 1))
     return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
+
+
+# Pure functions called per email; a run meets the same users and addresses again.
+_unsubscribe_url = functools.lru_cache(maxsize=4096)(unsubscribe_url)
+_address_problem = functools.lru_cache(maxsize=4096)(address_problem)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch's messages for the transport: counted up front, rendered one by one as
+    the SMTP sessions take them, so rendering the next message overlaps the sessions'
+    waits for the server instead of preceding all of them."""
+
+    size: int
+    messages: Iterator[Outgoing]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Outgoing]:
+        return self.messages
 
 
 @dataclass
@@ -179,6 +217,7 @@ class Sender:
         self.worker_id = worker_id or new_worker_id()
         self.on_progress = on_progress
         self.sender_address = sender_address(settings)
+        self.domain = settings.from_domain  # parsed once, not twice per message
         self.limiter = RateLimiter(per_second=settings.rate_per_second,
                                    per_hour=settings.rate_per_hour)
 
@@ -220,8 +259,10 @@ class Sender:
         works, to_send = self._plan(contexts, existing, report, now)
         if works is None:
             # Another worker planned some of these events meanwhile (it took them over
-            # when this worker's lease ran out): hand back those still ours, unsent.
-            finished += [EventOutcome(ctx.event.id, PENDING, available_at=now,
+            # when this worker's lease ran out): hand back those still ours, unsent, for
+            # a later claim (not this run's next one, which would collide again).
+            retry_at = now + backoff(1, self.settings)
+            finished += [EventOutcome(ctx.event.id, PENDING, available_at=retry_at,
                                       error="taken over by another worker; retried")
                          for ctx in contexts]
         else:
@@ -290,12 +331,14 @@ class Sender:
                 record = existing.get((event_id, EMAIL, recipient.key))
                 if record is not None and record.state in db.FINAL_DELIVERY_STATES:
                     work.states[recipient.key] = record.state
+                    if record.state == FAILED:  # in an earlier attempt: the event fails
+                        work.errors[recipient.key] = record.last_error or "failed"
                     continue
                 if record is None:
                     state, error = PENDING, None
                     if recipient.key in suppressed:
                         state, error = SUPPRESSED, "address is on the suppression list"
-                    elif problem := address_problem(recipient.address):
+                    elif problem := _address_problem(recipient.address):
                         state, error = SKIPPED, problem
                     new_rows.append(self._row(event_id, EMAIL, recipient.key,
                                               recipient.user_id, state, now, error=error,
@@ -334,25 +377,30 @@ class Sender:
                 "sent_at": sent_at}
 
     def _message_id(self, ctx: EventContext, recipient: EmailRecipient) -> str:
-        return message_id(ctx.event.id, recipient.key, self.settings.from_domain)
+        return message_id(ctx.event.id, recipient.key, self.domain)
 
     def _messages(self, to_send: list[tuple[EventContext, EmailRecipient]]
-                  ) -> tuple[list[Outgoing], list[Outcome]]:
-        """The messages to send, and a failed outcome for each email that could not be
-        rendered (a broken template override, say): that recipient fails with the
-        reason, and the batch goes on."""
-        outgoing: list[Outgoing] = []
+                  ) -> tuple[_Batch, list[Outcome]]:
+        """The messages to send, rendered one at a time as the transport takes them, and
+        a failed outcome for each email that could not be rendered (a broken template
+        override, say): that recipient fails with the reason, and the batch goes on. The
+        failed outcomes are known once the transport has gone through the messages."""
         unrendered: list[Outcome] = []
+        return _Batch(len(to_send), self._render_each(to_send, unrendered)), unrendered
+
+    def _render_each(self, to_send: list[tuple[EventContext, EmailRecipient]],
+                     unrendered: list[Outcome]) -> Iterator[Outgoing]:
         shared: dict[int, dict[str, Any]] = {}
-        domain = self.settings.from_domain
+        domain = self.domain
         for ctx, recipient in to_send:
             event = ctx.event
             key = (event.id, recipient.key)
             try:
                 if event.id not in shared:
+                    shared.clear()  # one event at a time: keep only the current one's
                     shared[event.id] = self.renderer.event_variables(ctx)
-                unsubscribe = unsubscribe_url(self.settings.site_url, self.settings.secret_key,
-                                              recipient.user_id, event.event_type)
+                unsubscribe = _unsubscribe_url(self.settings.site_url, self.settings.secret_key,
+                                               recipient.user_id, event.event_type)
                 rendered = self.renderer.render_event(ctx, recipient, shared[event.id],
                                                       unsubscribe_url=unsubscribe)
                 message = self.renderer.build_message(
@@ -365,24 +413,31 @@ class Sender:
                 unrendered.append(Outcome(key, FAILED, detail=f"could not render the email "
                                                              f"({type(exc).__name__}: {exc})"))
                 continue
-            outgoing.append(Outgoing(key=key, sender=self.sender_address,
-                                     rcpt=self.settings.redirect_to or recipient.address,
-                                     message=message))
-        return outgoing, unrendered
+            yield Outgoing(key=key, sender=self.sender_address,
+                           rcpt=self.settings.redirect_to or recipient.address, message=message)
 
     # ---------------------------------------------------------------- sending
 
-    def _send(self, outgoing: list[Outgoing], unrendered: list[Outcome],
+    def _send(self, outgoing: _Batch, unrendered: list[Outcome],
               works: dict[int, _EventWork],
               existing: dict[DeliveryKey, DeliveryRecord], report: RunReport) -> None:
         pending_rows: list[dict[str, Any]] = []
         refused: list[tuple[str, int | None, str]] = []
         lease = timedelta(seconds=self.settings.lease_seconds)
         last_flush = time.monotonic()
+        last_renewal: float | None = None
 
         def renew_lease(conn: Connection) -> None:
+            # In the first flush, then once a third of the lease has passed: flushes come
+            # at least that often, so the lease never runs short (renewing it in every
+            # flush of FLUSH_EVERY answers was most of the flush's cost).
+            nonlocal last_renewal
+            if last_renewal is not None and \
+                    time.monotonic() - last_renewal < lease.total_seconds() / 3:
+                return
             db.renew_lease(conn, list(works), worker_id=self.worker_id,
                            until=self.clock() + lease)
+            last_renewal = time.monotonic()
 
         def flush() -> None:
             nonlocal last_flush
@@ -393,7 +448,8 @@ class Sender:
                 refused.clear()
             last_flush = time.monotonic()
 
-        for outcome in chain(unrendered, self.transport.deliver(outgoing, self.limiter)):
+        # The unrendered list fills as the transport takes the messages: it comes second.
+        for outcome in chain(self.transport.deliver(outgoing, self.limiter), unrendered):
             event_id, recipient = cast(tuple[int, str], outcome.key)
             record = existing.get((event_id, EMAIL, recipient))
             row = self._answer(works[event_id], recipient, outcome,

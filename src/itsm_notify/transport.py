@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from .config import Settings
+from .render import message_bytes
 
 SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
 
@@ -55,6 +56,17 @@ class Outcome:
     (the rate ceiling): such a deferral does not use up a retry."""
 
 
+class Messages(Protocol):
+    """What a transport takes: messages it can count and go through once. A list, or the
+    sender's batch, which renders each message as a session takes it."""
+
+    def __len__(self) -> int:
+        ...
+
+    def __iter__(self) -> Iterator[Outgoing]:
+        ...
+
+
 class TransportError(Exception):
     """The transport cannot work at all (login refused, TLS misconfigured): one sentence
     with the fix. The batch in hand is deferred, not lost."""
@@ -63,7 +75,7 @@ class TransportError(Exception):
 class Transport(Protocol):
     name: str
 
-    def deliver(self, messages: Sequence[Outgoing], limiter: RateLimiter) -> Iterator[Outcome]:
+    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
         ...
 
     def close(self) -> None:
@@ -134,7 +146,7 @@ class ConsoleTransport:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
 
-    def deliver(self, messages: Sequence[Outgoing], limiter: RateLimiter) -> Iterator[Outcome]:
+    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
         for out in messages:
             if not limiter.acquire():
                 yield Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
@@ -163,7 +175,7 @@ class FileTransport:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
-    def deliver(self, messages: Sequence[Outgoing], limiter: RateLimiter) -> Iterator[Outcome]:
+    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
         self.folder.mkdir(parents=True, exist_ok=True)
         for out in messages:
             if not limiter.acquire():
@@ -207,10 +219,11 @@ class _Batch:
     one per session, so a worker killed at any moment has at most that many answers,
     plus those the sender had not yet recorded, unknown to the database."""
 
-    def __init__(self, messages: Sequence[Outgoing], sessions: int) -> None:
-        self.jobs: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
-        for out in messages:
-            self.jobs.put(out)
+    def __init__(self, messages: Messages, sessions: int) -> None:
+        # Taken one at a time: a lazy batch then renders the next message while the
+        # other sessions wait for the server.
+        self._jobs: Iterator[Outgoing] = iter(messages)
+        self._jobs_lock = threading.Lock()
         self.results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self.credits = threading.Semaphore(sessions)
         self.give_up_reason: str | None = None
@@ -218,15 +231,13 @@ class _Batch:
         self.reconnected = False
 
     def next_job(self) -> Outgoing | None:
-        try:
-            return self.jobs.get_nowait()
-        except queue.Empty:
-            return None
+        with self._jobs_lock:
+            return next(self._jobs, None)
 
     def abandon(self, sessions: int) -> None:
         """The caller stopped listening: drop the jobs left and wake every session."""
-        while self.next_job() is not None:
-            pass
+        with self._jobs_lock:
+            self._jobs = iter(())
         for _ in range(sessions):
             self.credits.release()
 
@@ -320,7 +331,7 @@ class SmtpSession:
                 return Outcome(out.key, FAILED, detail="the address is not ASCII and the server "
                                "does not offer SMTPUTF8")
             options, msg_policy = ["SMTPUTF8"], policy.SMTPUTF8
-        data = out.message.as_bytes(policy=msg_policy)
+        data = message_bytes(out.message, msg_policy)  # as_bytes(), faster
         try:
             smtp.sendmail(out.sender, [out.rcpt], data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -377,7 +388,7 @@ class SmtpTransport:
     def connections_opened(self) -> int:
         return sum(s.connections_opened for s in self.sessions)
 
-    def deliver(self, messages: Sequence[Outgoing], limiter: RateLimiter) -> Iterator[Outcome]:
+    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
         """Yield each outcome as soon as it is known. Sending waits for the caller to take
         the outcomes already in hand, so at most one answer per session is unknown to it."""
         if not messages:
