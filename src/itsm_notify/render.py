@@ -433,8 +433,10 @@ def _alternative_bytes(msg: EmailMessage, serialize_policy: Any) -> bytes | None
     for index, part in enumerate(parts):
         if index:
             chunks.append(newline + delimiter + newline)
-        chunks += [headers(part),
-                   _NEWLINE.sub(linesep, str(part.get_payload())).encode("ascii")]
+        payload = str(part.get_payload())
+        lines = payload.replace("\n", linesep) if "\r" not in payload else \
+            _NEWLINE.sub(linesep, payload)
+        chunks += [headers(part), lines.encode("ascii")]
     chunks.append(newline + delimiter + b"--" + newline)
     return b"".join(chunks)
 

@@ -1,0 +1,249 @@
+"""The fast paths of send-pending (issue 5) give exactly what the plain paths give.
+
+* ``render_event(ctx, recipient, shared)`` renders and inlines an event's templates once
+  and fills in each recipient (slots.py); it must equal rendering that recipient
+  directly, for any name, first name and unsubscribe link.
+* ``build_message`` builds the MIME structure itself and caches parsed headers, and
+  ``message_bytes`` caches folded headers: the bytes must equal what the email
+  package's ``set_content``/``add_alternative`` and ``as_bytes`` make.
+* The delivery log's cheaper rollover test still rotates at its size.
+
+Pure: no database, no socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from email import policy
+from email.headerregistry import HeaderRegistry
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from itsm_notify import render
+from itsm_notify.config import Settings, load_settings
+from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
+from itsm_notify.recipients import EmailRecipient, parse_payload
+from itsm_notify.render import RenderedEmail, Renderer, message_bytes
+
+SITE = "https://helpdesk.example.com"
+USERS = {1: User(1, "alice", "alice@example.com", "Alice", "Lopez"),
+         2: User(2, "bob", "bob@example.com", "Bob", "O'Brien")}
+TICKET = Ticket(id=42, number="TKT-042", title="VPN drops every 10 minutes",
+                description="Since this morning the VPN disconnects.\nTwice an hour.",
+                status="open", priority="high", requester_id=1, assignee_id=2, project_id=1,
+                due_at=None, created_at=None)
+PAYLOADS: dict[str, dict[str, Any]] = {
+    "ticket_created": {}, "ticket_assigned": {"assignee_id": 2},
+    "status_changed": {"old_status": "open", "new_status": "waiting"},
+    "comment_added": {"comment_id": 9}}
+BOUNDARY = "===============0123456789012345678=="
+NOW = datetime(2026, 3, 4, 5, 6, 7)
+
+names = st.one_of(st.text(max_size=40), st.from_regex(r"[A-Za-z0-9 ._+@<>-]{0,60}", fullmatch=True))
+addresses = st.sampled_from(["alice@example.com", "o'brien+tag@example.org",
+                             "zoë@exämple.com", "x@localhost"])
+links = st.one_of(st.none(), st.just("https://x.example/?a=1&b=2"),
+                  st.from_regex(r"https://helpdesk\.example\.com/u/[A-Za-z0-9._-]{1,30}/",
+                                fullmatch=True))
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base = {"site_url": SITE, "default_from_email": "Help Desk <helpdesk@example.com>"}
+    return load_settings(base | overrides, environ={}, dotenv_path=None)
+
+
+RENDERER = Renderer(make_settings())
+
+
+def context(event_type: str) -> EventContext:
+    raw = json.dumps(PAYLOADS[event_type])
+    event = OutboxEvent(id=7, event_type=event_type, ticket_id=TICKET.id, actor_id=2,
+                        payload=raw)
+    comment = Comment(9, TICKET.id, 2, "See <the> log & retry", False, None) \
+        if event_type == "comment_added" else None
+    return EventContext(event=event, payload=parse_payload(event_type, raw), ticket=TICKET,
+                        users=USERS, project=Project(1, "Network"), comment=comment)
+
+
+# ------------------------------------------------------------ render once, fill in
+
+
+@settings(max_examples=150, deadline=None)
+@given(event_type=st.sampled_from(sorted(PAYLOADS)), name=names, first=names,
+       address=addresses, link=links)
+def test_filled_rendering_equals_direct_rendering(event_type: str, name: str, first: str,
+                                                  address: str, link: str | None) -> None:
+    ctx = context(event_type)
+    shared = RENDERER.event_variables(ctx)
+    recipient = EmailRecipient(address, name, first, 3)
+    for _ in range(2):  # the second time comes from the event's cached rendering
+        fast = RENDERER.render_event(ctx, recipient, shared, unsubscribe_url=link)
+        assert fast == RENDERER.render_event(ctx, recipient, unsubscribe_url=link)
+    assert not RENDERER.slots._broken
+
+
+def test_one_event_is_inlined_once_for_all_its_recipients() -> None:
+    renderer = Renderer(make_settings())
+    ctx = context("ticket_created")
+    shared = renderer.event_variables(ctx)
+    calls: list[str] = []
+    inline = renderer.inliner.inline
+    with mock.patch.object(renderer, "inliner", mock.Mock(inline=lambda html: (
+            calls.append(html), inline(html))[1])):
+        people = [EmailRecipient(f"p{i}@example.com", f"Person {i}", f"P{i}", i)
+                  for i in range(10)]
+        for person in people:
+            renderer.render_event(ctx, person, shared,
+                                  unsubscribe_url=f"{SITE}/u/t{person.user_id}/")
+        # once with slots, once more for the one-time check against direct rendering
+        assert len(calls) == 2
+        fast = renderer.render_event(ctx, people[4], shared, unsubscribe_url=f"{SITE}/u/t4/")
+    assert fast == renderer.render_event(ctx, people[4], unsubscribe_url=f"{SITE}/u/t4/")
+    assert "Hi P4," in fast.text and f"{SITE}/u/t4/" in fast.html
+
+
+def test_a_template_that_transforms_a_recipient_value_renders_directly(tmp_path: Path) -> None:
+    emails = tmp_path / "emails"
+    emails.mkdir()
+    (emails / "ticket_created.txt").write_text("Hello {{ greeting_name|upper }}!\n")
+    (emails / "ticket_created.html").write_text(
+        '<html><body><p title="{{ recipient.email }}">{{ greeting_name[:3] }}</p></body>'
+        '</html>')
+    renderer = Renderer(make_settings(template_dir=str(tmp_path)))
+    ctx = context("ticket_created")
+    shared = renderer.event_variables(ctx)
+    for first in ("Alice", "Bob"):
+        recipient = EmailRecipient(f"{first.lower()}@example.com", first, first, 1)
+        fast = renderer.render_event(ctx, recipient, shared)
+        assert fast.text == f"Hello {first.upper()}!"
+        assert f">{first[:3]}</p>" in fast.html
+        assert fast == renderer.render_event(ctx, recipient)
+    assert list(renderer.slots._plain.values()) == [False]  # checked once, never slotted
+
+
+# ------------------------------------------------------------------- the MIME bytes
+
+
+def _stdlib_alternatives(msg: EmailMessage, text: str, html: str, thread: str) -> None:
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+
+
+def _stdlib_set_header(msg: EmailMessage, name: str, value: Any) -> None:
+    msg[name] = value
+
+
+def _stdlib_policy() -> Any:
+    """policy.SMTP with no caches, and List-Unsubscribe never made encoded words."""
+    registry = HeaderRegistry()
+    registry.map_to_type("list-unsubscribe", render.ListUrlHeader)
+    return policy.SMTP.clone(header_factory=registry)
+
+
+def build(renderer: Renderer, rendered: RenderedEmail, recipient: EmailRecipient,
+          link: str | None) -> EmailMessage:
+    msg = renderer.build_message(rendered, recipient, event_type_name="ticket_created",
+                                 ticket_number="TKT-042", msg_id="<m.1@example.com>",
+                                 thread="<t.42@example.com>", unsubscribe_url=link, now=NOW)
+    msg.set_boundary(BOUNDARY)
+    return msg
+
+
+def reference(renderer: Renderer, rendered: RenderedEmail, recipient: EmailRecipient,
+              link: str | None) -> EmailMessage:
+    """The same message made the email package's own way (policy.SMTP, set_content)."""
+    with mock.patch.object(render, "SMTP_POLICY", _stdlib_policy()), \
+            mock.patch.object(render, "_set_alternatives", _stdlib_alternatives), \
+            mock.patch.object(render, "_set_header", _stdlib_set_header):
+        return build(renderer, rendered, recipient, link)
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=st.text(max_size=120), text=st.text(max_size=600), html=st.text(max_size=600),
+       name=names, address=addresses, link=links, reply_to=st.booleans())
+def test_message_bytes_equal_the_email_packages(subject: str, text: str, html: str, name: str,
+                                                address: str, link: str | None,
+                                                reply_to: bool) -> None:
+    renderer = RENDERER if not reply_to else REPLYING
+    rendered = RenderedEmail(subject or "s", text, html)
+    recipient = EmailRecipient(address, name, "", 1)
+    expected = reference(renderer, rendered, recipient, link)
+    for _ in range(2):  # the second time from the caches
+        msg = build(renderer, rendered, recipient, link)
+        assert list(msg.keys()) == list(expected.keys())
+        assert [list(p.keys()) for p in msg.iter_parts()] == \
+            [list(p.keys()) for p in expected.iter_parts()]
+        for serialize_policy in (policy.SMTP, policy.SMTPUTF8):
+            wanted = expected.as_bytes(policy=serialize_policy)
+            assert msg.as_bytes(policy=serialize_policy) == wanted
+            assert message_bytes(msg, serialize_policy) == wanted
+        assert [(k, str(v)) for k, v in msg.items()] == \
+            [(k, str(v)) for k, v in expected.items()]
+        assert msg["To"].addresses == expected["To"].addresses
+
+
+REPLYING = Renderer(make_settings(reply_to_email="Support <support@example.com>"))
+
+
+def test_long_lines_trailing_space_and_crlf_encode_alike() -> None:
+    text = ("word " * 40 + "\r\n" + "é" * 100 + " \n\tTab line\t\n" + "=" * 90 + "\n\n.\n"
+            + "x" * 77 + " \r")
+    rendered = RenderedEmail("Subject", text, "<p>" + text + "</p>")
+    recipient = EmailRecipient("alice@example.com", "Alice Lopez", "Alice", 1)
+    msg = build(RENDERER, rendered, recipient, None)
+    expected = reference(RENDERER, rendered, recipient, None)
+    assert message_bytes(msg, policy.SMTP) == expected.as_bytes(policy=policy.SMTP)
+    assert [p.get_content() for p in msg.iter_parts()] == \
+        [p.get_content() for p in expected.iter_parts()]
+
+
+def test_a_long_unsubscribe_link_stays_one_readable_url() -> None:
+    link = f"{SITE}/notifications/unsubscribe/{'WzQsInRpY2tldF9jcmVhdGVkIl0' * 3}.eqYFsw/"
+    recipient = EmailRecipient("alice@example.com", "Alice Lopez", "Alice", 1)
+    msg = build(RENDERER, RenderedEmail("s", "t", "<p>h</p>"), recipient, link)
+    data = message_bytes(msg, policy.SMTP)
+    assert f"\r\nList-Unsubscribe: <{link}>\r\n".encode() in data
+    assert b"=?utf-8?" not in data
+
+
+def test_the_boundary_is_shared_by_a_tickets_messages_and_not_in_the_parts() -> None:
+    recipient = EmailRecipient("alice@example.com", "Alice Lopez", "Alice", 1)
+    body = "--===============0000000000000000000==\n" * 3
+    first, second = (RENDERER.build_message(
+        RenderedEmail("s", body, body), recipient, event_type_name="ticket_created",
+        ticket_number="TKT-1", msg_id=f"<m{i}@x>", thread="<t.1@x>") for i in (1, 2))
+    assert first.get_boundary() == second.get_boundary()
+    assert first.get_boundary().startswith("===============")
+    data = message_bytes(first, policy.SMTP)
+    assert data.count(f"--{first.get_boundary()}".encode()) == 3
+    assert [p.get_content() for p in first.iter_parts()] == [body, body]
+
+
+# ------------------------------------------------------------------- the delivery log
+
+
+def test_the_delivery_log_still_rotates_at_its_size(tmp_path: Path) -> None:
+    from itsm_notify.sender import _RotatingLog
+
+    path = tmp_path / "email.log"
+    handler = _RotatingLog(path, maxBytes=200, backupCount=2, encoding="utf-8")
+    logger = logging.getLogger("test_fast_paths.rotation")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for n in range(12):
+            logger.warning("event=%s channel=email recipient=a@example.com outcome=sent", n)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["email.log", "email.log.1", "email.log.2"]
+    assert all(p.stat().st_size <= 200 for p in tmp_path.iterdir())
+    assert "event=11 " in path.read_text()
