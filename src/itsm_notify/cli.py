@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import Engine
 
 from . import db
 from .config import ConfigError, Settings, load_settings
@@ -75,7 +76,13 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
     return load_settings(overrides, config_path=config)
 
 
-def engine_for(settings: Settings, *, require_tables: bool = True) -> Any:
+def open_database(config: Path | None, database_url: str | None) -> tuple[Settings, Engine]:
+    """The settings and an engine on a database that has the tool's tables."""
+    settings = settings_from(config, database_url=database_url)
+    return settings, engine_for(settings)
+
+
+def engine_for(settings: Settings, *, require_tables: bool = True) -> Engine:
     engine = db.make_engine(settings.database_url)
     if require_tables:
         with db.database_errors(settings.database_url):
@@ -139,8 +146,7 @@ def send_pending_command(
     """Claim and deliver pending outbox events (safe from cron on several hosts)."""
     setup_logging()
     with friendly_errors():
-        settings = settings_from(config, database_url=database_url)
-        engine = engine_for(settings)
+        settings, engine = open_database(config, database_url)
         if dry_run:
             report = send_pending(settings, limit=limit, dry_run=True, engine=engine)
             if interactive():
@@ -180,8 +186,7 @@ def status_command(
 ) -> None:
     """Outbox counts by state and the age of the oldest pending event."""
     with friendly_errors():
-        settings = settings_from(config, database_url=database_url)
-        engine = engine_for(settings)
+        settings, engine = open_database(config, database_url)
         with db.database_errors(settings.database_url):
             status = db.outbox_status(engine, now=utcnow())
     if as_json:
@@ -225,8 +230,7 @@ def requeue_command(
         err.print("[bold red]Error:[/] name the event ids to requeue, or pass --all.")
         raise typer.Exit(2)
     with friendly_errors():
-        settings = settings_from(config, database_url=database_url)
-        engine = engine_for(settings)
+        settings, engine = open_database(config, database_url)
         what = "every failed event" if all_failed else f"failed events {event_ids}"
         if not yes:
             if not sys.stdin.isatty():
@@ -246,8 +250,7 @@ def requeue_command(
 def _with_engine(config: Path | None, database_url: str | None,
                  action: Callable[[Any], Any]) -> Any:
     with friendly_errors():
-        settings = settings_from(config, database_url=database_url)
-        engine = engine_for(settings)
+        settings, engine = open_database(config, database_url)
         with db.database_errors(settings.database_url):
             return action(engine)
 
@@ -357,8 +360,7 @@ def unsubscribe_command(
     from .unsubscribe import InvalidToken, apply_token
 
     with friendly_errors():
-        settings = settings_from(config, database_url=database_url)
-        engine = engine_for(settings)
+        settings, engine = open_database(config, database_url)
         try:
             with db.database_errors(settings.database_url):
                 user_id, event_type = apply_token(engine, settings.secret_key, token,
@@ -401,8 +403,7 @@ def overdue_scan_command(
 
     setup_logging()
     with friendly_errors():
-        settings = settings_from(config, database_url=database_url)
-        engine = engine_for(settings)
+        settings, engine = open_database(config, database_url)
         report = overdue_scan(settings, dry_run=dry_run, engine=engine)
     if dry_run:
         _present_planned_digests(report)
@@ -441,8 +442,7 @@ def scheduler_command(config: ConfigOption = None, database_url: DatabaseOption 
 
     setup_logging()
     with friendly_errors():
-        settings = settings_from(config, database_url=database_url)
-        engine = engine_for(settings)
+        settings, engine = open_database(config, database_url)
         run_scheduler(settings, engine, on_started=_present_schedule)
 
 
