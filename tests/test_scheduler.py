@@ -7,6 +7,7 @@ every second here instead of once a minute.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,7 +118,9 @@ def test_both_jobs_deliver_and_sigterm_exits_cleanly(
     log = process.stderr
     assert "Scheduled send-pending every 1 s; next run 20" in log
     assert "Scheduled overdue-scan on cron '* * * * * *'; next run 20" in log
-    assert "send-pending: 1 events: 1 done" in log
+    # Two events, delivered by one run or two (a run still draining takes the second).
+    done = [int(n) for n in re.findall(r"send-pending: \d+ events: (\d+) done", log)]
+    assert sum(done) == 2, log
     assert "overdue-scan: 1 overdue tickets; digests 1 sent" in log
     assert "scheduler stopped" in log
     assert "Traceback" not in log
