@@ -278,6 +278,7 @@ class _Capture:
     """A transport that keeps every message the pipeline builds, serialized."""
 
     name = "capture"
+    gave_up: str | None = None  # nothing here can give up
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, str, bytes]] = []

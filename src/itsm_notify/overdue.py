@@ -418,9 +418,8 @@ class OverdueScan:
                 self._answer(digest, outcome, report)
         finally:
             transport.close()
-        error = getattr(transport, "last_error", None)
-        if error is not None:
-            report.problems.append(str(error))
+        if transport.gave_up:
+            report.problems.append(transport.gave_up)
 
     def _answer(self, digest: Digest, outcome: Outcome, report: OverdueReport) -> None:
         if outcome.status == SENT:

@@ -23,7 +23,6 @@ import random
 import socket
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -164,6 +163,22 @@ def admin_emails(settings: Settings) -> list[str]:
     return [admin.email for admin in settings.admins]
 
 
+def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
+               ) -> list[tuple[OutboxEvent, EventContext | EventError]]:
+    """Each event, in order, with its context, or the reason it can never be delivered
+    (unknown type, malformed payload, missing ticket or comment)."""
+    parsed: list[tuple[OutboxEvent, dict[str, Any]]] = []
+    bad: dict[int, EventError] = {}
+    for event in events:
+        try:
+            parsed.append((event, parse_payload(event.event_type, event.payload)))
+        except EventError as exc:
+            bad[event.id] = exc
+    loaded = load_contexts(engine, parsed, admin_emails(settings))
+    return [(event, bad[event.id] if event.id in bad else loaded[event.id])
+            for event in events]
+
+
 def backoff(attempts: int, settings: Settings) -> timedelta:
     """Exponential backoff with jitter: base·2^(n-1), capped, times a random 0.5–1."""
     ceiling = min(settings.retry_max_seconds,
@@ -245,7 +260,7 @@ class Sender:
                 self.process_batch(events, report)
                 if self.on_progress:
                     self.on_progress(len(events))
-                if getattr(self.transport, "gave_up", None):
+                if self.transport.gave_up:
                     break  # the server is unreachable: the next run tries again
         finally:
             self.transport.close()
@@ -284,17 +299,10 @@ class Sender:
     def _contexts(self, events: list[OutboxEvent],
                   finished: list[EventOutcome]) -> list[EventContext]:
         """Each event's context; bad events go straight to ``finished`` as failed."""
-        parsed: list[tuple[OutboxEvent, dict[str, Any]]] = []
-        for event in events:
-            try:
-                parsed.append((event, parse_payload(event.event_type, event.payload)))
-            except EventError as exc:
-                finished.append(EventOutcome(event.id, FAILED, error=str(exc)))
         contexts = []
-        loaded = load_contexts(self.engine, parsed, admin_emails(self.settings))
-        for event_id, ctx in loaded.items():
+        for event, ctx in load_batch(self.engine, events, self.settings):
             if isinstance(ctx, EventError):
-                finished.append(EventOutcome(event_id, FAILED, error=str(ctx)))
+                finished.append(EventOutcome(event.id, FAILED, error=str(ctx)))
             else:
                 contexts.append(ctx)
         return contexts
@@ -466,7 +474,7 @@ class Sender:
                     time.monotonic() - last_flush > lease.total_seconds() / 3:
                 flush()
         flush()
-        problem = getattr(self.transport, "gave_up", None)
+        problem = self.transport.gave_up
         if problem and problem not in report.problems:
             report.problems.append(problem)
 
@@ -519,40 +527,27 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
     report = RunReport()
     renderer = Renderer(settings)
     events = db.peek_events(engine, limit=limit or 1000, now=clock())
-    parsed = []
-    for event in events:
-        try:
-            parsed.append((event, parse_payload(event.event_type, event.payload)))
-        except EventError as exc:
-            report.planned.append(PlannedEmail(event.id, event.event_type, "", "-", "-", "",
-                                               note=f"would fail: {exc}"))
-    contexts = load_contexts(engine, parsed, admin_emails(settings))
-    existing = load_deliveries(engine, list(contexts))
-    rows: dict[int, list[PlannedEmail]] = defaultdict(list)
-    for event_id, ctx in contexts.items():
-        event = next(e for e, _ in parsed if e.id == event_id)
+    loaded = load_batch(engine, events, settings)
+    existing = load_deliveries(engine, [event.id for event in events])
+    for event, ctx in loaded:
         if isinstance(ctx, EventError):
-            rows[event_id].append(PlannedEmail(event_id, event.event_type, "", "-", "-", "",
+            report.planned.append(PlannedEmail(event.id, event.event_type, "", "-", "-", "",
                                                note=f"would fail: {ctx}"))
             continue
         recipients = resolve(ctx, settings)
         subject = renderer.subject(ctx)
         for recipient in recipients.email:
-            record = existing.get((event_id, EMAIL, recipient.key))
+            record = existing.get((event.id, EMAIL, recipient.key))
             note = f"already {record.state}" if record and \
                 record.state in db.FINAL_DELIVERY_STATES else ""
             shown = recipient.address
             if settings.redirect_to:
                 shown = f"{settings.redirect_to} (for {recipient.address})"
-            rows[event_id].append(PlannedEmail(event_id, event.event_type, ctx.ticket.number,
+            report.planned.append(PlannedEmail(event.id, event.event_type, ctx.ticket.number,
                                                EMAIL, shown, subject, note))
         for user_id in recipients.in_app:
-            user = ctx.users[user_id]
-            rows[event_id].append(PlannedEmail(event_id, event.event_type, ctx.ticket.number,
-                                               IN_APP, user.username, subject))
-    for event_id in sorted(rows):
-        report.planned.extend(rows[event_id])
-    report.planned.sort(key=lambda row: row.event_id)
+            report.planned.append(PlannedEmail(event.id, event.event_type, ctx.ticket.number,
+                                               IN_APP, ctx.users[user_id].username, subject))
     return report
 
 

@@ -74,6 +74,8 @@ class TransportError(Exception):
 
 class Transport(Protocol):
     name: str
+    gave_up: str | None
+    """Why the last batch was abandoned (server unreachable, login refused), or None."""
 
     def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
         ...
@@ -130,6 +132,11 @@ class RateLimiter:
 RATE_LIMITED = "hourly rate ceiling reached (ITSM_RATE_PER_HOUR); retried later"
 
 
+def rate_limited(out: Outgoing) -> Outcome:
+    """The deferral of a message the hourly ceiling held back: it uses up no retry."""
+    return Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
+
+
 # --------------------------------------------------------------- console and file
 
 
@@ -142,6 +149,7 @@ class ConsoleTransport:
     """Prints each message readably: headers, the text part, the HTML part's size."""
 
     name = "console"
+    gave_up: str | None = None  # nothing here can give up
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
@@ -149,7 +157,7 @@ class ConsoleTransport:
     def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
         for out in messages:
             if not limiter.acquire():
-                yield Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
+                yield rate_limited(out)
                 continue
             msg = out.message
             html = msg.get_body(preferencelist=("html",))
@@ -171,6 +179,7 @@ class FileTransport:
     retried message replaces its file instead of adding a second one."""
 
     name = "file"
+    gave_up: str | None = None  # nothing here can give up
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -179,7 +188,7 @@ class FileTransport:
         self.folder.mkdir(parents=True, exist_ok=True)
         for out in messages:
             if not limiter.acquire():
-                yield Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
+                yield rate_limited(out)
                 continue
             msg_id = str(out.message["Message-ID"]).strip("<>")
             name = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in msg_id)
@@ -445,7 +454,7 @@ class SmtpTransport:
             return Outcome(out.key, DEFERRED, detail=batch.give_up_reason,
                            counts_as_attempt=False)
         if not limiter.acquire():
-            return Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
+            return rate_limited(out)
         try:
             return session.send(out, batch)
         except Exception as exc:  # a bug must not lose the message
