@@ -113,15 +113,17 @@ def db_init(config: ConfigOption = None, database_url: DatabaseOption = None) ->
 # ------------------------------------------------------------- send-pending
 
 
-def present_report(report: RunReport, *, quiet_when_idle: bool = True) -> None:
-    if quiet_when_idle and not report.events_handled and not report.problems:
-        return
-    for problem in report.problems:
+def present_run(command: str, summary: str, problems: list[str], did_work: bool) -> None:
+    """Problems, then one summary line: a check mark on a terminal, a log line under
+    cron, and silence when there was nothing to do (cron mails only news)."""
+    for problem in problems:
         err.print(f"[bold red]Problem:[/] {plain(problem)}", soft_wrap=True)
+    if not did_work and not problems:
+        return
     if interactive():
-        err.print(f"[green]✓[/] {report.summary()}")
+        err.print(f"[green]✓[/] {summary}", soft_wrap=True)
     else:
-        logging.getLogger("itsm_notify").info("send-pending: %s", report.summary())
+        logging.getLogger("itsm_notify").info("%s: %s", command, summary)
 
 
 def planned_table(report: RunReport, title: str) -> Table:
@@ -158,7 +160,7 @@ def send_pending_command(
                               markup=False, soft_wrap=True)
             return
         report = _run_with_progress(settings, engine, limit)
-    present_report(report)
+    present_run("send-pending", report.summary(), report.problems, report.events_handled > 0)
     raise typer.Exit(report.exit_code)
 
 
@@ -408,13 +410,7 @@ def overdue_scan_command(
     if dry_run:
         _present_planned_digests(report)
         return
-    for problem in report.problems:
-        err.print(f"[bold red]Problem:[/] {plain(problem)}", soft_wrap=True)
-    if report.digests or report.problems:  # silent under cron when there was nothing to send
-        if interactive():
-            err.print(f"[green]✓[/] {report.summary()}", soft_wrap=True)
-        else:
-            logging.getLogger("itsm_notify").info("overdue-scan: %s", report.summary())
+    present_run("overdue-scan", report.summary(), report.problems, report.digests > 0)
     raise typer.Exit(report.exit_code)
 
 
