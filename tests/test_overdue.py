@@ -394,7 +394,6 @@ def test_command_exits_1_when_the_server_is_down(sqlite_url: str, smtp_sink: Smt
     result = run_cli(["overdue-scan"], smtp_env(sqlite_url, smtp_sink))
     assert result.exit_code == 1
     assert alerts(engine) == set()
-    assert "Traceback" not in result.output
 
 
 # ------------------------------------------------------------------ units

@@ -165,4 +165,22 @@ def test_a_broken_template_override_fails_that_email_not_the_queue(
         error = conn.execute(sa.select(db.outbox.c.last_error)
                              .where(db.outbox.c.id == broken)).scalar_one()
     assert "could not render the email" in error and "no_such_variable" in error
-    assert "Traceback" not in result.output
+
+
+def test_a_broken_digest_template_fails_that_digest_not_the_scan(
+        sqlite_url, smtp_sink, tmp_path) -> None:
+    overrides = tmp_path / "my-templates" / "emails"
+    overrides.mkdir(parents=True)
+    (overrides / "overdue_alert.html").write_text("{{ no_such_variable }}")
+    engine = create_schema(sqlite_url)
+    ids = seed_helpdesk(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.update(db.tickets).where(db.tickets.c.id == ids["vpn"])
+                     .values(due_at=utcnow() - timedelta(days=2)))
+    env = smtp_env(sqlite_url, smtp_sink, ITSM_TEMPLATE_DIR=str(overrides.parent), **SETTINGS)
+    result = run_cli(["overdue-scan"], env)
+    assert result.exit_code == 1
+    assert smtp_sink.messages == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.overdue_alerts)
+                            ).scalar_one() == 0

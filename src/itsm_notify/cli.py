@@ -479,7 +479,7 @@ def test_email_command(
         out.print(f"[bold red]✗ {plain(result.failed_step)} failed:[/] "
                   f"{plain(result.reply or '')}", soft_wrap=True)
         out.print(f"[bold]Likely fix:[/] {plain(result.hint or '')}", soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(result.exit_code)
     total = sum(step.seconds for step in result.steps)
     out.print(f"[green]✓[/] Test email sent to {plain(address)} in {total * 1000:.0f} ms.",
               soft_wrap=True)

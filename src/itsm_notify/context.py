@@ -8,7 +8,7 @@ seven, whatever its size.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
@@ -37,15 +37,6 @@ def _comment(row: Any) -> Comment:
     return Comment(id=row.id, ticket_id=row.ticket_id, author_id=row.author_id,
                    body=row.body or "", is_internal=bool(row.is_internal),
                    created_at=row.created_at)
-
-
-def load_users(engine: Engine, user_ids: Iterable[int]) -> dict[int, User]:
-    ids = sorted(set(user_ids))
-    if not ids:
-        return {}
-    with engine.connect() as conn:
-        return {row.id: _user(row) for row in conn.execute(select(users)
-                                                            .where(users.c.id.in_(ids)))}
 
 
 def load_contexts(

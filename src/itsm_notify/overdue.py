@@ -60,7 +60,16 @@ from .render import (
     thread_id,
 )
 from .sender import delivery_log, setup_delivery_log, utcnow
-from .transport import DEFERRED, SENT, Outcome, Outgoing, RateLimiter, Transport, make_transport
+from .transport import (
+    DEFERRED,
+    FAILED,
+    SENT,
+    Outcome,
+    Outgoing,
+    RateLimiter,
+    Transport,
+    make_transport,
+)
 from .unsubscribe import unsubscribe_url
 
 EVENT_TYPE = "overdue"
@@ -158,7 +167,7 @@ def overdue_query(now: datetime, closed: Sequence[str]) -> Select[Any]:
     ``(due_at, status)`` index over ``due_at < now``."""
     return (
         select(tickets.c.id, tickets.c.number, tickets.c.title, tickets.c.priority,
-               tickets.c.status, tickets.c.due_at, tickets.c.assignee_id,
+               tickets.c.status, tickets.c.due_at,
                users.c.id.label("u_id"), users.c.username, users.c.email, users.c.first_name,
                users.c.last_name, users.c.is_active, users.c.is_manager, users.c.locale)
         .select_from(tickets.outerjoin(users, users.c.id == tickets.c.assignee_id))
@@ -346,10 +355,16 @@ class OverdueScan:
                 report.digests_skipped += digest.key not in suppressed
                 self._log(digest, reason.split(":")[0], None, reason)
                 continue
+            try:
+                message = self.message(digest, subject)
+            except Exception as exc:  # a broken template fails one digest, not the scan
+                self._answer(digest, Outcome(digest.key, FAILED, detail=f"could not render the "
+                                             f"digest ({type(exc).__name__}: {exc})"), report)
+                continue
             by_key[digest.key] = digest
             outgoing.append(Outgoing(key=digest.key, sender=sender_address(self.settings),
                                      rcpt=self.settings.redirect_to or digest.recipient.address,
-                                     message=self.message(digest, subject)))
+                                     message=message))
         if outgoing:
             self._deliver(outgoing, by_key, report)
         return report

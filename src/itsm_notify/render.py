@@ -492,9 +492,8 @@ def in_app_text(ctx: EventContext, subject: str) -> tuple[str, str, str]:
     elif kind == "status_changed":
         body = f"{who} changed the status of {ticket.number} to {ctx.payload['new_status']}"
     elif ctx.comment is not None:
-        label = "internal note" if ctx.comment.is_internal else "comment"
-        body = f"{who} added an {label}: {cut(ctx.comment.body, 280)[0]}" if \
-            ctx.comment.is_internal else f"{who} added a {label}: {cut(ctx.comment.body, 280)[0]}"
+        label = "an internal note" if ctx.comment.is_internal else "a comment"
+        body = f"{who} added {label}: {cut(ctx.comment.body, 280)[0]}"
     else:
         body = subject
     return one_line(subject, limit=500), body, ticket_path(ticket.id)

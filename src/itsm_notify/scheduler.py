@@ -89,6 +89,13 @@ def overdue_trigger(expression: str) -> CronTrigger:
             "fields, minute hour day month weekday, e.g. '0 * * * *' for every hour.") from None
 
 
+def _log_run(job: str, summary: str, problems: list[str]) -> None:
+    """One line per run, and a warning per problem (an unreachable server, say)."""
+    for problem in problems:
+        log.warning("%s: %s", job, problem)
+    log.info("%s: %s", job, summary)
+
+
 @dataclass(frozen=True)
 class ScheduledJob:
     name: str
@@ -134,7 +141,7 @@ class NotifyScheduler:
         except db.DatabaseUnavailable as exc:
             log.error("%s: %s", SEND_JOB, exc)
         else:
-            log.info("%s: %s", SEND_JOB, report.summary())
+            _log_run(SEND_JOB, report.summary(), report.problems)
 
     def _between_batches(self, _events: int) -> None:
         if self.stopping.is_set():
@@ -146,7 +153,7 @@ class NotifyScheduler:
         except db.DatabaseUnavailable as exc:
             log.error("%s: %s", OVERDUE_JOB, exc)
         else:
-            log.info("%s: %s", OVERDUE_JOB, report.summary())
+            _log_run(OVERDUE_JOB, report.summary(), report.problems)
 
     # ------------------------------------------------------------------ running
 
