@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from itsm_notify.config import load_settings
 from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
 from itsm_notify.recipients import resolve
-from itsm_notify.render import Renderer, message_id, thread_id
+from itsm_notify.render import Renderer, message_bytes, message_id, thread_id
 from itsm_notify.transport import Outgoing, RateLimiter, SmtpTransport, TransportError
 from itsm_notify.unsubscribe import (
     InvalidToken,
@@ -108,7 +108,8 @@ def test_hostile_text_cannot_add_headers_or_markup(event_type: str, title: str,
             msg_id=message_id(1, recipient.key, SETTINGS.from_domain),
             thread=thread_id(7, SETTINGS.from_domain), is_thread_start=True,
             unsubscribe_url=url)
-        parsed = BytesParser(policy=policy.default).parsebytes(msg.as_bytes(policy=policy.SMTP))
+        wire = message_bytes(msg, policy.SMTP)  # what the SMTP transport sends
+        parsed = BytesParser(policy=policy.default).parsebytes(wire)
         names = [name.lower() for name in parsed]
         assert len(names) == len(set(names)), f"a header repeats: {names}"
         expected = EXPECTED_HEADERS if recipient.user_id is not None else \
@@ -261,7 +262,7 @@ def test_non_ascii_names_and_subjects_are_encoded() -> None:
     msg = RENDERER.build_message(RENDERER.render_event(ctx, recipient), recipient,
                                  event_type_name="ticket_created", ticket_number="TKT-007",
                                  msg_id="<a@example.com>", thread=None)
-    raw = msg.as_bytes(policy=policy.SMTP)
+    raw = message_bytes(msg, policy.SMTP)
     assert raw.isascii(), "headers and bodies are 7-bit on the wire without SMTPUTF8"
     parsed = BytesParser(policy=policy.default).parsebytes(raw)
     assert parsed["Subject"] == "New Ticket: Imprimante cassée — 打印机 (TKT-007)"
