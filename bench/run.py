@@ -43,7 +43,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email import policy
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -285,8 +284,7 @@ class _Capture:
 
     def deliver(self, messages: Sequence[Outgoing], limiter: RateLimiter) -> Iterator[Outcome]:
         for out in messages:
-            self.messages.append((out.sender, out.rcpt,
-                                  out.message.as_bytes(policy=policy.SMTP)))
+            self.messages.append((out.sender, out.rcpt, out.data))
             yield Outcome(out.key, "sent", 250, "captured")
 
     def close(self) -> None:

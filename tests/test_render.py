@@ -58,20 +58,20 @@ def context(event_type: str, ticket: Ticket = TICKET, *, event_id: int = 100,
                         users=USERS, project=Project(1, "Network"), comment=comment)
 
 
-def compose(renderer: Renderer, ctx: EventContext, recipient: EmailRecipient) -> EmailMessage:
-    """The message send-pending builds for one recipient of one event."""
+def compose(renderer: Renderer, ctx: EventContext, recipient: EmailRecipient) -> bytes:
+    """The bytes send-pending sends to one recipient of one event."""
     domain = renderer.settings.from_domain
     rendered = renderer.render_event(ctx, recipient)
-    return renderer.build_message(
+    return renderer.compose(
         rendered, recipient, event_type_name=ctx.event.event_type,
         ticket_number=ctx.ticket.number, msg_id=message_id(ctx.event.id, recipient.key, domain),
         thread=thread_id(ctx.ticket.id, domain),
         is_thread_start=ctx.event.event_type == "ticket_created")
 
 
-def on_the_wire(msg: EmailMessage) -> EmailMessage:
+def on_the_wire(data: bytes) -> EmailMessage:
     """The message as a receiving server parses its bytes."""
-    parsed = email.message_from_bytes(msg.as_bytes(), policy=policy.default)
+    parsed = email.message_from_bytes(data, policy=policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -111,7 +111,7 @@ def test_exact_subjects(event_type: str, subject: str) -> None:
 
 def test_non_ascii_subject_is_encoded_and_decodes_back() -> None:
     ticket = _retitled("Drucker kaputt – Büro 3")
-    raw = compose(Renderer(settings()), context("status_changed", ticket), TO_ALICE).as_bytes()
+    raw = compose(Renderer(settings()), context("status_changed", ticket), TO_ALICE)
     assert raw.isascii(), "headers and parts are 7-bit on the wire"
     msg = on_the_wire(compose(Renderer(settings()), context("status_changed", ticket), TO_ALICE))
     assert msg["Subject"] == "Ticket Status Changed: Drucker kaputt – Büro 3 → waiting_on_customer"
@@ -215,7 +215,7 @@ def test_markup_in_a_comment_is_escaped_in_html() -> None:
 ])
 def test_a_title_cannot_add_a_header(injection: str) -> None:
     ticket = _retitled(injection)
-    data = compose(Renderer(settings()), context("ticket_created", ticket), TO_ALICE).as_bytes()
+    data = compose(Renderer(settings()), context("ticket_created", ticket), TO_ALICE)
     msg = email.message_from_bytes(data, policy=policy.default)
     assert msg["Bcc"] is None
     assert len(msg.get_all("Subject") or []) == 1

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from itsm_notify.config import load_settings
 from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
 from itsm_notify.recipients import resolve
-from itsm_notify.render import Renderer, message_bytes, message_id, thread_id
+from itsm_notify.render import Renderer, message_id, thread_id
 from itsm_notify.transport import Outgoing, RateLimiter, SmtpTransport, TransportError
 from itsm_notify.unsubscribe import (
     InvalidToken,
@@ -103,12 +103,11 @@ def test_hostile_text_cannot_add_headers_or_markup(event_type: str, title: str,
         url = unsubscribe_url(SETTINGS.site_url, SETTINGS.secret_key, recipient.user_id,
                               event_type)
         rendered = RENDERER.render_event(ctx, recipient, unsubscribe_url=url)
-        msg = RENDERER.build_message(
+        wire = RENDERER.compose(  # what the SMTP transport sends
             rendered, recipient, event_type_name=event_type, ticket_number="TKT-007",
             msg_id=message_id(1, recipient.key, SETTINGS.from_domain),
             thread=thread_id(7, SETTINGS.from_domain), is_thread_start=True,
             unsubscribe_url=url)
-        wire = message_bytes(msg, policy.SMTP)  # what the SMTP transport sends
         parsed = BytesParser(policy=policy.default).parsebytes(wire)
         names = [name.lower() for name in parsed]
         assert len(names) == len(set(names)), f"a header repeats: {names}"
@@ -189,7 +188,8 @@ def _outgoing() -> Outgoing:
     message = EmailMessage()
     message["Subject"] = "x"
     message.set_content("x")
-    return Outgoing(key=1, sender="desk@example.com", rcpt="a@example.com", message=message)
+    return Outgoing(key=1, sender="desk@example.com", rcpt="a@example.com",
+                    data=message.as_bytes(policy=policy.SMTP))
 
 
 def test_untrusted_certificate_fails_clearly(server_tls_context) -> None:
@@ -259,10 +259,9 @@ def test_non_ascii_names_and_subjects_are_encoded() -> None:
     ctx = _context("ticket_created", title="Imprimante cassée — 打印机", description="d",
                    first="Zoë", last="Ñandú", body="", status="open")
     recipient = next(r for r in resolve(ctx, SETTINGS).email if r.user_id == 2)
-    msg = RENDERER.build_message(RENDERER.render_event(ctx, recipient), recipient,
-                                 event_type_name="ticket_created", ticket_number="TKT-007",
-                                 msg_id="<a@example.com>", thread=None)
-    raw = message_bytes(msg, policy.SMTP)
+    raw = RENDERER.compose(RENDERER.render_event(ctx, recipient), recipient,
+                           event_type_name="ticket_created", ticket_number="TKT-007",
+                           msg_id="<a@example.com>", thread=None)
     assert raw.isascii(), "headers and bodies are 7-bit on the wire without SMTPUTF8"
     parsed = BytesParser(policy=policy.default).parsebytes(raw)
     assert parsed["Subject"] == "New Ticket: Imprimante cassée — 打印机 (TKT-007)"
@@ -278,7 +277,7 @@ def _utf8_and_ascii_messages() -> list[Outgoing]:
     message["To"] = "José <josé@example.com>"
     message.set_content("x")
     return [Outgoing(key=1, sender="desk@example.com", rcpt="josé@example.com",
-                     message=message), _outgoing()]
+                     data=message.as_bytes(policy=policy.SMTPUTF8)), _outgoing()]
 
 
 def _smtp_settings(sink):  # type: ignore[no-untyped-def]

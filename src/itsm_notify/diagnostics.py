@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from email import policy
-from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any, TypeVar
 
@@ -93,8 +91,9 @@ def effective_settings(settings: Settings) -> list[tuple[str, str]]:
     return rows
 
 
-def build_test_message(settings: Settings, address: str, now: datetime) -> EmailMessage:
-    """The ``test_email`` template to ``address`` (never redirected: it was asked for)."""
+def build_test_message(settings: Settings, address: str, now: datetime) -> tuple[str, bytes]:
+    """The subject and bytes of the ``test_email`` template to ``address`` (never
+    redirected: it was asked for)."""
     direct = dataclasses.replace(settings, debug=False)
     renderer = Renderer(direct)
     recipient = EmailRecipient(address=address, name="")
@@ -105,10 +104,9 @@ def build_test_message(settings: Settings, address: str, now: datetime) -> Email
     text, html = renderer.render("test_email", variables)
     rendered = RenderedEmail(subject=f"Test email from {settings.site_name}", text=text,
                              html=html)
-    return renderer.build_message(rendered, recipient, event_type_name="test_email",
-                                  ticket_number=None,
-                                  msg_id=make_msgid("itsm-notify.test", settings.from_domain),
-                                  thread=None, now=now)
+    return rendered.subject, renderer.compose(
+        rendered, recipient, event_type_name="test_email", ticket_number=None,
+        msg_id=make_msgid("itsm-notify.test", settings.from_domain), thread=None, now=now)
 
 
 class _SteppedSMTP(smtplib.SMTP):
@@ -138,12 +136,12 @@ class EmailProbe:
 
     def run(self) -> ProbeResult:
         try:
-            message = self.step("render", self._render)
+            data = self.step("render", self._render)
             if self.settings.email_backend == "smtp":
-                self._smtp(message)
+                self._smtp(data)
             else:
                 self.step(f"deliver ({self.settings.email_backend} backend)",
-                          lambda: self._other_backend(message))
+                          lambda: self._other_backend(data))
         except StepFailed:
             pass
         return self.result
@@ -177,14 +175,14 @@ class EmailProbe:
 
     # ------------------------------------------------------------------ backends
 
-    def _render(self) -> tuple[EmailMessage, str]:
-        message = build_test_message(self.settings, self.address, self.clock())
-        return message, f"subject {str(message['Subject'])!r}, {len(message.as_bytes())} bytes"
+    def _render(self) -> tuple[bytes, str]:
+        subject, data = build_test_message(self.settings, self.address, self.clock())
+        return data, f"subject {subject!r}, {len(data)} bytes"
 
-    def _other_backend(self, message: EmailMessage) -> tuple[None, str]:
+    def _other_backend(self, data: bytes) -> tuple[None, str]:
         transport = make_transport(self.settings)
         out = Outgoing(key=self.address, sender=sender_address(self.settings),
-                       rcpt=self.address, message=message)
+                       rcpt=self.address, data=data)
         try:
             outcome = next(iter(transport.deliver([out], RateLimiter())))
         finally:
@@ -193,7 +191,7 @@ class EmailProbe:
             raise StepFailed(outcome.detail, "check the backend's settings")
         return None, outcome.detail
 
-    def _smtp(self, message: EmailMessage) -> None:
+    def _smtp(self, data: bytes) -> None:
         s = self.settings
         addresses = self.step("resolve host", self._resolve)
         sock = self.step("connect", lambda: self._connect(addresses))
@@ -208,7 +206,7 @@ class EmailProbe:
                 self.step("STARTTLS (certificate checked)", lambda: self._starttls(smtp))
             if s.email_host_user:
                 self.step("AUTH", lambda: self._login(smtp))
-            self._send(smtp, message)
+            self._send(smtp, data)
             self.step("QUIT", lambda: self._quit(smtp))
         finally:
             smtp.close()
@@ -291,10 +289,9 @@ class EmailProbe:
         mechanisms = smtp.esmtp_features.get("auth", "").strip().upper()
         return None, f"{_reply_text(code, text)} as {s.email_host_user} (offered: {mechanisms})"
 
-    def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
+    def _send(self, smtp: smtplib.SMTP, data: bytes) -> None:
         sender = sender_address(self.settings)
-        options = self.step("MAIL FROM", lambda: self._mail(smtp, sender))
-        data = message.as_bytes(policy=policy.SMTPUTF8 if options else policy.SMTP)
+        self.step("MAIL FROM", lambda: self._mail(smtp, sender))
         self.step("RCPT TO", lambda: self._reply(smtp.rcpt(self.address), "RCPT TO"))
         self.step("DATA", lambda: self._reply(smtp.data(data), "DATA"))
 

@@ -356,7 +356,7 @@ class OverdueScan:
                 self._log(digest, reason.split(":")[0], None, reason)
                 continue
             try:
-                message = self.message(digest, subject)
+                data = self.message(digest, subject)
             except Exception as exc:  # a broken template fails one digest, not the scan
                 self._answer(digest, Outcome(digest.key, FAILED, detail=f"could not render the "
                                              f"digest ({type(exc).__name__}: {exc})"), report)
@@ -364,14 +364,14 @@ class OverdueScan:
             by_key[digest.key] = digest
             outgoing.append(Outgoing(key=digest.key, sender=sender_address(self.settings),
                                      rcpt=self.settings.redirect_to or digest.recipient.address,
-                                     message=message))
+                                     data=data))
         if outgoing:
             self._deliver(outgoing, by_key, report)
         return report
 
     # ---------------------------------------------------------------- messages
 
-    def message(self, digest: Digest, subject: str) -> Any:
+    def message(self, digest: Digest, subject: str) -> bytes:
         """The digest's email: the contract's headers; one ticket threads with it."""
         settings = self.settings
         listed = digest.tickets[:MAX_LISTED]
@@ -388,7 +388,7 @@ class OverdueScan:
         }
         text, html = self.renderer.render(TEMPLATE, variables)
         single = digest.tickets[0] if len(digest.tickets) == 1 else None
-        return self.renderer.build_message(
+        return self.renderer.compose(
             RenderedEmail(subject=subject, text=text, html=html), digest.recipient,
             event_type_name=EVENT_TYPE, ticket_number=single.number if single else None,
             msg_id=self._message_id(digest),

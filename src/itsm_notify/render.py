@@ -18,11 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy, quoprimime
-from email.generator import BytesGenerator
 from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
-from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,34 +66,27 @@ class ListUrlHeader(UnstructuredHeader):
         return str(super().fold(policy=policy))  # type: ignore[misc]
 
 
-class _CachingHeaderRegistry(HeaderRegistry):
-    """The email package's header factory, made cheap for a sender of many similar
-    messages: CPython builds a new header class for every header it stores, and parses
-    every value again although From, Auto-Submitted, the content types and the like are
-    the same in every message. Both are cached here; parsed headers are immutable, so
-    messages may share them. The messages are byte for byte what ``policy.SMTP`` makes."""
+class _HeaderRegistry(HeaderRegistry):
+    """The email package's header factory, with ``List-Unsubscribe`` a ListUrlHeader, and
+    each header's class made once: CPython makes a new class for every header it parses,
+    which costs more than the parsing."""
 
     def __init__(self) -> None:
         super().__init__()
         self.map_to_type("list-unsubscribe", ListUrlHeader)  # type: ignore[arg-type]
         self._classes: dict[str, type] = {}
-        self._parsed = functools.lru_cache(maxsize=2048)(self._parse)
 
     def __getitem__(self, name: str) -> type:
-        cls = self._classes.get(name)
-        if cls is None:
-            cls = self._classes[name] = super().__getitem__(name)
-        return cls
-
-    def _parse(self, name: str, value: str) -> Any:
-        return super().__call__(name, value)
-
-    def __call__(self, name: str, value: Any) -> Any:
-        return self._parsed(name, value) if type(value) is str else super().__call__(name, value)
+        made = self._classes.get(name)
+        if made is None:
+            made = self._classes[name] = super().__getitem__(name)
+        return made
 
 
-SMTP_POLICY = policy.SMTP.clone(header_factory=_CachingHeaderRegistry())
-"""``policy.SMTP`` with the caching header factory: the policy of every message built here."""
+SMTP_POLICY = policy.SMTP.clone(header_factory=_HeaderRegistry())
+"""``policy.SMTP``, with ``List-Unsubscribe`` kept a readable URL: every message's policy."""
+SMTPUTF8_POLICY = SMTP_POLICY.clone(utf8=True)
+"""For an envelope that needs SMTPUTF8 (a non-ASCII address)."""
 
 _UNSAFE_IN_HEADER = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 _ENCODED_WORD_START = re.compile(r"=\?(?=[^?\s]*\?[bBqQ]\?)")
@@ -154,6 +145,7 @@ class Renderer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.sender_address = sender_address(settings)
         loaders = []
         if settings.template_dir:
             loaders.append(FileSystemLoader(str(Path(settings.template_dir) / "emails")))
@@ -237,9 +229,11 @@ class Renderer:
 
     def render_event(self, ctx: EventContext, recipient: EmailRecipient,
                      shared: Mapping[str, Any] | None = None,
-                     unsubscribe_url: str | None = None) -> RenderedEmail:
+                     unsubscribe_url: str | None = None,
+                     subject: str | None = None) -> RenderedEmail:
         """One event's email for one recipient. Pass ``shared`` (from
-        ``event_variables``) when rendering several recipients of one event."""
+        ``event_variables``) and ``subject`` when rendering several recipients of one
+        event."""
         if ctx.comment is not None and ctx.comment.is_internal:
             # Belt and braces: the rules never email internal comments.
             raise ValueError("internal comments are never emailed")
@@ -249,207 +243,162 @@ class Renderer:
             text, html = self.slots.render(template, shared, personal)
         else:
             text, html = self.render(template, {**self.event_variables(ctx), **personal})
-        return RenderedEmail(subject=self.subject(ctx), text=text, html=html)
+        return RenderedEmail(subject=subject or self.subject(ctx), text=text, html=html)
 
     # ------------------------------------------------------------------ messages
+
+    def header_fields(self, subject: str, recipient: EmailRecipient, *, event_type_name: str,
+                      ticket_number: str | None, msg_id: str, thread: str | None,
+                      is_thread_start: bool = False, unsubscribe_url: str | None = None,
+                      now: datetime | None = None) -> list[tuple[str, str | Address]]:
+        """The contract's headers of one email, in order; the MIME ones follow them."""
+        settings = self.settings
+        to = header_address(recipient.name, recipient.address)
+        fields: list[tuple[str, str | Address]] = [("Subject", one_line(subject, limit=300)),
+                                                   ("From", settings.default_from_email)]
+        if settings.redirect_to:
+            fields += [("To", settings.redirect_to), ("X-Original-To", str(to))]
+        else:
+            fields.append(("To", to))
+        if settings.reply_to_email:
+            fields.append(("Reply-To", settings.reply_to_email))
+        fields += [("Date", formatdate(now.timestamp() if now else None, usegmt=True)),
+                   ("Message-ID", msg_id)]
+        if thread and not is_thread_start:
+            fields.append(("In-Reply-To", thread))
+        if thread:
+            fields.append(("References", thread))
+        fields += [("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "All")]
+        if ticket_number:
+            fields.append(("X-ITSM-Ticket", one_line(ticket_number)))
+        fields.append(("X-ITSM-Event", event_type_name))
+        if unsubscribe_url and unsubscribe_url.startswith("https://"):
+            # RFC 8058 one-click: only an HTTPS URI qualifies.
+            fields += [("List-Unsubscribe", f"<{unsubscribe_url}>"),
+                       ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+        return fields
 
     def build_message(self, rendered: RenderedEmail, recipient: EmailRecipient, *,
                       event_type_name: str, ticket_number: str | None, msg_id: str,
                       thread: str | None, is_thread_start: bool = False,
                       unsubscribe_url: str | None = None,
                       now: datetime | None = None) -> EmailMessage:
-        """A multipart/alternative message with the contract's headers."""
-        settings = self.settings
+        """A multipart/alternative message with the contract's headers, built the email
+        package's own way. ``compose`` gives its bytes faster."""
         msg = EmailMessage(policy=SMTP_POLICY)
-        msg["Subject"] = one_line(rendered.subject, limit=300)
-        msg["From"] = settings.default_from_email
-        to = header_address(recipient.name, recipient.address)
-        if settings.redirect_to:
-            msg["To"] = settings.redirect_to
-            msg["X-Original-To"] = str(to)
-        else:
-            _set_header(msg, "To", to)
-        if settings.reply_to_email:
-            msg["Reply-To"] = settings.reply_to_email
-        msg["Date"] = formatdate(now.timestamp() if now else None, usegmt=True)
-        _set_header(msg, "Message-ID", msg_id)
-        if thread and not is_thread_start:
-            msg["In-Reply-To"] = thread
-        if thread:
-            msg["References"] = thread
-        msg["Auto-Submitted"] = "auto-generated"
-        msg["X-Auto-Response-Suppress"] = "All"
-        if ticket_number:
-            msg["X-ITSM-Ticket"] = one_line(ticket_number)
-        msg["X-ITSM-Event"] = event_type_name
-        if unsubscribe_url and unsubscribe_url.startswith("https://"):
-            # RFC 8058 one-click: only an HTTPS URI qualifies.
-            msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        _check_headers(msg)
-        _set_alternatives(msg, rendered.text, rendered.html, thread or msg_id)
+        for name, value in self.header_fields(
+                rendered.subject, recipient, event_type_name=event_type_name,
+                ticket_number=ticket_number, msg_id=msg_id, thread=thread,
+                is_thread_start=is_thread_start, unsubscribe_url=unsubscribe_url, now=now):
+            msg[name] = value
+        for name, parsed in msg.items():
+            _refuse_line_breaks(name, parsed)
+        msg.set_content(rendered.text, cte="quoted-printable")
+        msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
+        msg.set_boundary(_boundary(thread or msg_id))
         return msg
 
+    def compose(self, rendered: RenderedEmail, recipient: EmailRecipient, *,
+                event_type_name: str, ticket_number: str | None, msg_id: str,
+                thread: str | None, is_thread_start: bool = False,
+                unsubscribe_url: str | None = None, now: datetime | None = None) -> bytes:
+        """The message ``build_message`` makes, as the SMTP transport sends it: its
+        ``as_bytes`` under policy.SMTP, or under SMTPUTF8 when the envelope needs it
+        (a non-ASCII address: then it is built that way, a rare case).
 
-# ------------------------------------------------------------- the MIME structure
-# What ``msg.set_content(text, cte="quoted-printable")`` then ``msg.add_alternative(html,
-# subtype="html", cte="quoted-printable")`` build, header for header and byte for byte,
-# at a fraction of the cost (tests/test_fast_paths.py holds the two side by side).
-
-
-@functools.lru_cache(maxsize=8192)
-def _qp_line(line: bytes) -> str:
-    return quoprimime.body_encode(line.decode("latin-1"), SMTP_POLICY.max_line_length or 78)
-
-
-def _qp_body(text: str) -> str:
-    """The email package's quoted-printable body, a line at a time: it encodes each
-    line on its own, and most lines (the template's) repeat from message to message."""
-    lines = text.encode("utf-8").splitlines()
-    return "\n".join(map(_qp_line, lines)) + "\n" if lines else "\n"
-
-
-def _text_part(content: str, subtype: str) -> EmailMessage:
-    part = EmailMessage(policy=SMTP_POLICY)
-    part.set_raw(*SMTP_POLICY.header_store_parse("Content-Type",
-                                                 f'text/{subtype}; charset="utf-8"'))
-    part.set_raw(*SMTP_POLICY.header_store_parse("Content-Transfer-Encoding",
-                                                 "quoted-printable"))
-    part.set_payload(_qp_body(content))
-    return part
-
-
-def _set_alternatives(msg: EmailMessage, text: str, html: str, thread: str) -> None:
-    """Make ``msg`` multipart/alternative with a text/plain and a text/html part."""
-    html_part = _text_part(html, "html")
-    html_part["MIME-Version"] = "1.0"
-    msg["MIME-Version"] = "1.0"
-    msg["Content-Type"] = f'multipart/alternative; boundary="{_boundary(thread)}"'
-    msg.attach(_text_part(text, "plain"))
-    msg.attach(html_part)
+        The common case skips the email package's message objects, which cost more than
+        rendering the templates: each header field is folded by the policy on its own (as
+        the generator does) and remembered, since most recur from email to email (From,
+        a user's To, a ticket's References...); each body line's quoted-printable encoding
+        is remembered too (see ``_qp_part``); and the MIME structure around them is the
+        fixed one ``set_content`` and ``add_alternative`` make. tests/test_fast_paths.py
+        holds the two byte for byte against each other."""
+        headers: dict[str, Any] = {
+            "event_type_name": event_type_name, "ticket_number": ticket_number,
+            "msg_id": msg_id, "thread": thread, "is_thread_start": is_thread_start,
+            "unsubscribe_url": unsubscribe_url, "now": now}
+        if not (self.sender_address.isascii()
+                and (self.settings.redirect_to or recipient.address).isascii()):
+            return self.build_message(rendered, recipient, **headers).as_bytes(
+                policy=SMTPUTF8_POLICY)
+        boundary = _boundary(thread or msg_id).encode("ascii")
+        return b"".join([
+            *(fold_header(name, value) for name, value in
+              self.header_fields(rendered.subject, recipient, **headers)),
+            _MULTIPART_HEAD.replace(_BOUNDARY_PLACEHOLDER, boundary), b"\r\n",
+            b"--", boundary, b"\r\n", _TEXT_PART_HEAD, _qp_part(rendered.text),
+            b"\r\n--", boundary, b"\r\n", _HTML_PART_HEAD, _qp_part(rendered.html),
+            b"\r\n--", boundary, b"--\r\n"])
 
 
-_BOUNDARY_KEY = secrets.token_bytes(16)
+# ------------------------------------------------------------------ wire format
 
 
-def _boundary(thread: str) -> str:
-    """The MIME boundary, in the email package's format, the same for the messages about
-    one ticket (so their Content-Type header is parsed and folded once) and unguessable
-    from outside. It cannot occur in a part: quoted-printable writes ``=`` as ``=3D``."""
-    digest = hmac.new(_BOUNDARY_KEY, thread.encode(), hashlib.sha256).digest()
-    return f"==============={int.from_bytes(digest[:8]) % 10**19:019d}=="
+def _refuse_line_breaks(name: str, parsed: Any) -> None:
+    """Last line of defence: no header value may hold a line break once parsed."""
+    value = str(parsed)
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"the {name} header would hold a line break")
 
 
 _PLAIN_HEADER = re.compile(r"[A-Za-z0-9@<>._+-]+(?: [A-Za-z0-9@<>._+-]+)*")
 
 
-def _set_header(msg: EmailMessage, name: str, value: str | Address) -> None:
-    """``msg[name] = value``, stored unparsed when the text is plain (letters, digits,
-    ``@<>._+-``, single spaces) and fits on a line: the email package writes such a value
-    as it is, and its parsed header would print the same text and fold to the same line.
-    Parsing a header costs more than the rest of the message; ``msg[name]`` still
-    parses it when someone reads it."""
-    text = str(value)
-    if len(name) + 2 + len(text) <= 78 and _PLAIN_HEADER.fullmatch(text):
-        msg.set_raw(name, text)
-    else:
-        msg[name] = value
+def fold_header(name: str, value: str | Address) -> bytes:
+    """One header field as ``msg[name] = value`` then ``as_bytes`` write it under
+    SMTP_POLICY, remembered (parsing a header value costs more than rendering a line of
+    a template). Raises ValueError if the parsed value would hold a line break.
+
+    A plain value (letters, digits, ``@<>._+-``, single spaces) that fits on a line, such
+    as a Message-ID, parses to itself and is written as it is: it is never parsed."""
+    if isinstance(value, Address):  # unhashable: remembered by its parts
+        return _fold(name, (value.display_name, value.username, value.domain))
+    if len(name) + 2 + len(value) <= 78 and _PLAIN_HEADER.fullmatch(value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return _fold(name, value)
 
 
-_FOLDED: dict[tuple[Any, ...], tuple[Any, bytes]] = {}
-_NEWLINE = re.compile(r"\r\n|\r|\n")  # email.generator's NLCRE
+@functools.lru_cache(maxsize=16384)
+def _fold(name: str, value: str | tuple[str, str, str]) -> bytes:
+    stored = Address(*value) if isinstance(value, tuple) else value
+    parsed = SMTP_POLICY.header_store_parse(name, stored)[1]
+    _refuse_line_breaks(name, parsed)
+    return bytes(SMTP_POLICY.fold_binary(name, parsed))
 
 
-def _folded(fold_policy: Any, name: str, value: Any) -> bytes:
-    """``fold_policy.fold_binary(name, value)``, remembered for a parsed header (the same
-    object in many messages, see _CachingHeaderRegistry). Keyed by what folding depends
-    on, not by the policy object: the generator clones its policy for every part."""
-    if not hasattr(value, "fold"):
-        return bytes(fold_policy.fold_binary(name, value))
-    key = (id(value), type(fold_policy), fold_policy.linesep, fold_policy.max_line_length,
-           fold_policy.utf8, fold_policy.cte_type)
-    hit = _FOLDED.get(key)
-    if hit is not None and hit[0] is value:
-        return hit[1]
-    folded = bytes(fold_policy.fold_binary(name, value))
-    if len(_FOLDED) >= 4096:
-        _FOLDED.clear()
-    _FOLDED[key] = (value, folded)
-    return folded
+@functools.lru_cache(maxsize=8192)
+def _qp_line(line: bytes) -> bytes:
+    """One line's quoted-printable encoding, its soft line breaks made CRLF."""
+    encoded = quoprimime.body_encode(line.decode("latin-1"), SMTP_POLICY.max_line_length or 78)
+    return encoded.replace("\n", "\r\n").encode("ascii")
 
 
-class _BytesGenerator(BytesGenerator):
-    """BytesGenerator's output with less work: folded headers remembered, and each body
-    converted to CRLF lines in one pass rather than two writes per line."""
-
-    # The private attributes _fp and _NL are BytesGenerator's own (typeshed omits them).
-
-    def _write_headers(self, msg: Any) -> None:
-        for name, value in msg.raw_items():
-            self._fp.write(_folded(self.policy, name, value))  # type: ignore[attr-defined]
-        self.write(self._NL)  # type: ignore[attr-defined]
-
-    def _write_lines(self, lines: str) -> None:
-        if lines:
-            self.write(_NEWLINE.sub(self._NL, lines))  # type: ignore[attr-defined]
+def _qp_part(text: str) -> bytes:
+    """A text part's body as ``set_content(text, cte="quoted-printable")`` encodes it and
+    the generator writes it: the encoder works a line at a time, and most lines (the
+    template's) recur from email to email, so each line's encoding is remembered."""
+    lines = text.encode("utf-8").splitlines()
+    return b"\r\n".join(map(_qp_line, lines)) + b"\r\n" if lines else b"\r\n"
 
 
-def message_bytes(msg: EmailMessage, serialize_policy: Any) -> bytes:
-    """``msg.as_bytes(policy=serialize_policy)``, faster: see _alternative_bytes and
-    _BytesGenerator."""
-    fast = _alternative_bytes(msg, serialize_policy)
-    if fast is not None:
-        return fast
-    out = BytesIO()
-    _BytesGenerator(out, mangle_from_=False, policy=serialize_policy).flatten(msg)
-    return out.getvalue()
+_BOUNDARY_KEY = secrets.token_bytes(16)
+_BOUNDARY_PLACEHOLDER = b"===============0000000000000000000=="
 
 
-def _ascii_text_part(part: object) -> bool:
-    if not isinstance(part, EmailMessage) or part.is_multipart():
-        return False
-    payload = part.get_payload()
-    return isinstance(payload, str) and payload.isascii()
+def _boundary(thread: str) -> str:
+    """The MIME boundary, in the email package's format (so every boundary folds alike:
+    see _MULTIPART_HEAD), unguessable from outside. It cannot occur in a part:
+    quoted-printable writes ``=`` as ``=3D``."""
+    digest = hmac.new(_BOUNDARY_KEY, thread.encode(), hashlib.sha256).digest()
+    return f"==============={int.from_bytes(digest[:8]) % 10**19:019d}=="
 
 
-def _alternative_bytes(msg: EmailMessage, serialize_policy: Any) -> bytes | None:
-    """What the generator writes for a message as build_message makes it (multipart
-    with its boundary set, no preamble or epilogue, parts of ASCII text), without the
-    generator's machinery; None for any other message."""
-    boundary = msg.get_boundary()
-    parts = msg.get_payload()
-    if boundary is None or not msg.is_multipart() or msg.preamble is not None \
-            or msg.epilogue is not None or not isinstance(parts, list) \
-            or not all(_ascii_text_part(part) for part in parts):
-        return None
-    linesep = serialize_policy.linesep
-    newline, delimiter = linesep.encode("ascii"), f"--{boundary}".encode("ascii")
-
-    def headers(message: EmailMessage) -> bytes:
-        return b"".join(_folded(serialize_policy, name, value)
-                        for name, value in message.raw_items()) + newline
-
-    chunks = [headers(msg), delimiter + newline]
-    for index, part in enumerate(parts):
-        if index:
-            chunks.append(newline + delimiter + newline)
-        payload = str(part.get_payload())
-        lines = payload.replace("\n", linesep) if "\r" not in payload else \
-            _NEWLINE.sub(linesep, payload)
-        chunks += [headers(part), lines.encode("ascii")]
-    chunks.append(newline + delimiter + b"--" + newline)
-    return b"".join(chunks)
-
-
-def _check_headers(msg: EmailMessage) -> None:
-    """Last line of defence: no header value may hold a line break once parsed."""
-    for name, raw in msg.raw_items():
-        # A plain value (see _set_header) parses to itself: no need to parse it here.
-        plain = isinstance(raw, str) and not hasattr(raw, "name") and \
-            _PLAIN_HEADER.fullmatch(raw)
-        value = raw if plain else msg.policy.header_fetch_parse(name, raw)
-        if "\r" in str(value) or "\n" in str(value):
-            raise ValueError(f"the {name} header would hold a line break")
+_MULTIPART_HEAD = fold_header("MIME-Version", "1.0") + fold_header(
+    "Content-Type", f'multipart/alternative; boundary="{_BOUNDARY_PLACEHOLDER.decode()}"')
+_TEXT_PART_HEAD = (b'Content-Type: text/plain; charset="utf-8"\r\n'
+                   b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+_HTML_PART_HEAD = (b'Content-Type: text/html; charset="utf-8"\r\n'
+                   b"Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n\r\n")
 
 
 def recipient_variables(recipient: EmailRecipient) -> dict[str, Any]:

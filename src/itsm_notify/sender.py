@@ -398,23 +398,22 @@ class Sender:
 
     def _render_each(self, to_send: list[tuple[EventContext, EmailRecipient]],
                      unrendered: list[Outcome]) -> Iterator[Outgoing]:
-        shared: dict[int, dict[str, Any]] = {}
-        domain = self.domain
+        renderer, settings = self.renderer, self.settings
+        current: tuple[int, dict[str, Any], str] | None = None  # one event's shared parts
         for ctx, recipient in to_send:
             event = ctx.event
             key = (event.id, recipient.key)
             try:
-                if event.id not in shared:
-                    shared.clear()  # one event at a time: keep only the current one's
-                    shared[event.id] = self.renderer.event_variables(ctx)
-                unsubscribe = _unsubscribe_url(self.settings.site_url, self.settings.secret_key,
+                if current is None or current[0] != event.id:
+                    current = (event.id, renderer.event_variables(ctx), renderer.subject(ctx))
+                unsubscribe = _unsubscribe_url(settings.site_url, settings.secret_key,
                                                recipient.user_id, event.event_type)
-                rendered = self.renderer.render_event(ctx, recipient, shared[event.id],
-                                                      unsubscribe_url=unsubscribe)
-                message = self.renderer.build_message(
+                rendered = renderer.render_event(ctx, recipient, current[1],
+                                                 unsubscribe_url=unsubscribe, subject=current[2])
+                data = renderer.compose(
                     rendered, recipient, event_type_name=event.event_type,
                     ticket_number=ctx.ticket.number, msg_id=self._message_id(ctx, recipient),
-                    thread=thread_id(ctx.ticket.id, domain),
+                    thread=thread_id(ctx.ticket.id, self.domain),
                     is_thread_start=event.event_type == "ticket_created",
                     unsubscribe_url=unsubscribe)
             except Exception as exc:  # any template error must fail one email, not the queue
@@ -422,7 +421,7 @@ class Sender:
                                                              f"({type(exc).__name__}: {exc})"))
                 continue
             yield Outgoing(key=key, sender=self.sender_address,
-                           rcpt=self.settings.redirect_to or recipient.address, message=message)
+                           rcpt=settings.redirect_to or recipient.address, data=data)
 
     # ---------------------------------------------------------------- sending
 

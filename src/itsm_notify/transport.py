@@ -23,23 +23,33 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, cast
 
 from .config import Settings
-from .render import message_bytes
 
 SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message for one envelope recipient."""
+    """One message for one envelope recipient, as it goes on the wire."""
 
     key: Hashable
     sender: str
     rcpt: str
-    message: EmailMessage
+    data: bytes
+    """The message's bytes (CRLF line ends): ``Renderer.compose``'s, with 8-bit headers
+    only when the envelope needs SMTPUTF8."""
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        return not (self.sender.isascii() and self.rcpt.isascii())
+
+    def parsed(self) -> EmailMessage:
+        """The message read back, for the console and file backends."""
+        return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(self.data))
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,7 @@ class ConsoleTransport:
             if not limiter.acquire():
                 yield rate_limited(out)
                 continue
-            msg = out.message
+            msg = out.parsed()
             html = msg.get_body(preferencelist=("html",))
             lines = [f"{'─' * 72}", f"Envelope: {out.sender} → {out.rcpt}"]
             lines += [f"{name}: {value}" for name, value in msg.items()]
@@ -190,11 +200,11 @@ class FileTransport:
             if not limiter.acquire():
                 yield rate_limited(out)
                 continue
-            msg_id = str(out.message["Message-ID"]).strip("<>")
+            msg_id = str(out.parsed()["Message-ID"]).strip("<>")
             name = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in msg_id)
             path = self.folder / f"{name}.eml"
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(out.message.as_bytes(policy=policy.SMTPUTF8))
+            tmp.write_bytes(out.data)
             tmp.replace(path)
             yield Outcome(out.key, SENT, code=250, detail=str(path))
 
@@ -214,10 +224,6 @@ def classify_reply(code: int, text: bytes | str) -> tuple[str, str]:
     if 500 <= code < 600:
         return FAILED, detail
     return DEFERRED, detail
-
-
-def _needs_smtputf8(out: Outgoing) -> bool:
-    return not (out.sender.isascii() and out.rcpt.isascii())
 
 
 class _Batch:
@@ -334,15 +340,13 @@ class SmtpSession:
 
     def _transmit(self, smtp: smtplib.SMTP, out: Outgoing) -> Outcome:
         options: list[str] = []
-        msg_policy = policy.SMTP
-        if _needs_smtputf8(out):
+        if out.needs_smtputf8:
             if not smtp.has_extn("smtputf8"):
                 return Outcome(out.key, FAILED, detail="the address is not ASCII and the server "
                                "does not offer SMTPUTF8")
-            options, msg_policy = ["SMTPUTF8"], policy.SMTPUTF8
-        data = message_bytes(out.message, msg_policy)  # as_bytes(), faster
+            options = ["SMTPUTF8"]
         try:
-            smtp.sendmail(out.sender, [out.rcpt], data, mail_options=options)
+            smtp.sendmail(out.sender, [out.rcpt], out.data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = exc.recipients.get(out.rcpt, (450, b"recipient refused"))
             status, detail = classify_reply(code, text)
