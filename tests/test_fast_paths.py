@@ -88,14 +88,14 @@ def test_filled_rendering_equals_direct_rendering(event_type: str, name: str, fi
     assert not RENDERER.slots._broken
 
 
-def test_one_event_is_inlined_once_for_all_its_recipients() -> None:
+def test_one_event_is_rendered_once_for_all_its_recipients() -> None:
     renderer = Renderer(make_settings())
     ctx = context("ticket_created")
     shared = renderer.event_variables(ctx)
     calls: list[str] = []
-    inline = renderer.inliner.inline
-    with mock.patch.object(renderer, "inliner", mock.Mock(inline=lambda html: (
-            calls.append(html), inline(html))[1])):
+    render_directly = renderer.slots.direct
+    with mock.patch.object(renderer.slots, "direct", lambda name, variables: (
+            calls.append(name), render_directly(name, variables))[1]):
         people = [EmailRecipient(f"p{i}@example.com", f"Person {i}", f"P{i}", i)
                   for i in range(10)]
         for person in people:

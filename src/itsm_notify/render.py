@@ -36,6 +36,7 @@ from jinja2 import (
 )
 
 from .config import Settings, ticket_path
+from .inline import StructureInliner
 from .models import EventContext, Ticket
 from .recipients import EmailRecipient, assignee_id, event_type
 from .slots import SlotRenderer
@@ -151,6 +152,7 @@ class Renderer:
             loaders.append(FileSystemLoader(str(Path(settings.template_dir) / "emails")))
             loaders.append(FileSystemLoader(settings.template_dir))
         loaders.append(FileSystemLoader(str(packaged_template_dir() / "emails")))
+        self.structures = StructureInliner(css_inline.CSSInliner(keep_at_rules=True))
         self.env = Environment(
             loader=ChoiceLoader(loaders),
             autoescape=select_autoescape(["html"]),
@@ -158,8 +160,8 @@ class Renderer:
             lstrip_blocks=True,
             undefined=StrictUndefined,
             auto_reload=False,  # compiled once per process: no stat() per message
+            finalize=self.structures.finalize,  # values become markers while inlining
         )
-        self.inliner = css_inline.CSSInliner(keep_at_rules=True)
         self._templates: dict[str, Template] = {}
         self.slots = SlotRenderer(self.env, self.render)
 
@@ -168,8 +170,7 @@ class Renderer:
     def render(self, template: str, variables: Mapping[str, Any]) -> tuple[str, str]:
         """The (text, html) pair of ``template``; the HTML with its CSS inlined."""
         text = self._template(f"{template}.txt").render(variables)
-        html = self._template(f"{template}.html").render(variables)
-        return text, self.inliner.inline(html)
+        return text, self.structures.render(self._template(f"{template}.html"), variables)
 
     def _template(self, name: str) -> Template:
         """A compiled template, kept here: Jinja's own cache costs a lock and a lookup
