@@ -28,7 +28,8 @@ from delivery_support import (
 from helpdesk import create_schema, smtp_env, utcnow
 from itsm_notify import db
 from itsm_notify.config import load_settings
-from itsm_notify.sender import FLUSH_EVERY, send_pending
+from itsm_notify.pipeline import FLUSH_EVERY
+from itsm_notify.sender import send_pending
 from smtp_server import SmtpSink
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from itsm_notify.config import load_settings
 from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
 from itsm_notify.recipients import resolve
 from itsm_notify.render import Renderer, message_id, thread_id
-from itsm_notify.transport import Outgoing, RateLimiter, SmtpTransport, TransportError
+from itsm_notify.transport import Outgoing, SmtpTransport, TransportError, deliver_all
 from itsm_notify.unsubscribe import (
     InvalidToken,
     make_token,
@@ -200,7 +200,7 @@ def test_untrusted_certificate_fails_clearly(server_tls_context) -> None:
                                   "email_port": sink.port, "email_use_tls": True,
                                   "smtp_connections": 1}, environ={}, dotenv_path=None)
         transport = SmtpTransport(settings)
-        [outcome] = list(transport.deliver([_outgoing()], RateLimiter()))
+        [outcome] = deliver_all(transport, [_outgoing()])
         assert outcome.status == "deferred"
         assert "certificate is not trusted" in outcome.detail
         assert isinstance(transport.last_error, TransportError)
@@ -215,7 +215,7 @@ def test_trusted_certificate_delivers(server_tls_context, ca_bundle_path) -> Non
                                   "email_port": sink.port, "email_use_tls": True,
                                   "email_ssl_cafile": str(ca_bundle_path),
                                   "smtp_connections": 1}, environ={}, dotenv_path=None)
-        [outcome] = list(SmtpTransport(settings).deliver([_outgoing()], RateLimiter()))
+        [outcome] = deliver_all(SmtpTransport(settings), [_outgoing()])
         assert outcome.status == "sent"
         assert sink.messages[0].tls
 
@@ -228,12 +228,12 @@ def test_auth_is_refused_over_plaintext_unless_allowed() -> None:
                 "email_host_user": "desk", "email_host_password": "pw-123",
                 "smtp_connections": 1}
         refused = SmtpTransport(load_settings(base, environ={}, dotenv_path=None))
-        [outcome] = list(refused.deliver([_outgoing()], RateLimiter()))
+        [outcome] = deliver_all(refused, [_outgoing()])
         assert outcome.status == "deferred" and "unencrypted" in outcome.detail
         assert "pw-123" not in outcome.detail and sink.messages == []
         allowed = SmtpTransport(load_settings({**base, "email_allow_plaintext_auth": True},
                                               environ={}, dotenv_path=None))
-        [outcome] = list(allowed.deliver([_outgoing()], RateLimiter()))
+        [outcome] = deliver_all(allowed, [_outgoing()])
         assert outcome.status == "sent"
         assert sink.messages[0].auth_login == "desk"
 
@@ -248,7 +248,7 @@ def test_wrong_password_is_one_sentence_without_the_password() -> None:
                                   "email_allow_plaintext_auth": True, "smtp_connections": 1},
                                  environ={}, dotenv_path=None)
         transport = SmtpTransport(settings)
-        [outcome] = list(transport.deliver([_outgoing()], RateLimiter()))
+        [outcome] = deliver_all(transport, [_outgoing()])
         assert outcome.status == "deferred"
         assert "refused the login" in outcome.detail and "535" in outcome.detail
         assert "wrong-pw-987" not in outcome.detail
@@ -287,8 +287,8 @@ def _smtp_settings(sink):  # type: ignore[no-untyped-def]
 
 
 def test_non_ascii_address_uses_smtputf8_where_offered(smtp_sink) -> None:
-    first, second = SmtpTransport(_smtp_settings(smtp_sink)).deliver(
-        _utf8_and_ascii_messages(), RateLimiter())
+    first, second = deliver_all(SmtpTransport(_smtp_settings(smtp_sink)),
+                                _utf8_and_ascii_messages())
     assert (first.status, second.status) == ("sent", "sent")
     assert smtp_sink.messages[0].rcpt_tos == ["josé@example.com"]
     assert "To: José <josé@example.com>".encode() in smtp_sink.messages[0].data
@@ -298,8 +298,8 @@ def test_non_ascii_address_without_smtputf8_fails_that_message_only() -> None:
     from smtp_server import SmtpSink
 
     with SmtpSink(smtputf8=False) as sink:
-        first, second = SmtpTransport(_smtp_settings(sink)).deliver(
-            _utf8_and_ascii_messages(), RateLimiter())
+        first, second = deliver_all(SmtpTransport(_smtp_settings(sink)),
+                                    _utf8_and_ascii_messages())
         assert first.status == "failed" and "SMTPUTF8" in first.detail
         assert second.status == "sent"
         assert [m.rcpt_tos for m in sink.messages] == [["a@example.com"]]

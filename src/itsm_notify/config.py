@@ -165,6 +165,7 @@ class Settings:
     retry_max_seconds: float = _setting(3600.0, "ITSM_RETRY_MAX_SECONDS", _parse_float)
     max_attempts: int = _setting(8, "ITSM_MAX_ATTEMPTS", _parse_int)
     smtp_connections: int = _setting(4, "ITSM_SMTP_CONNECTIONS", _parse_int)
+    one_cpu: bool = _setting(True, "ITSM_ONE_CPU", _parse_bool)
     rate_per_second: float = _setting(0.0, "ITSM_RATE_PER_SECOND", _parse_float)
     rate_per_hour: int = _setting(0, "ITSM_RATE_PER_HOUR", _parse_int)
     delivery_log: str = _setting("logs/email.log", "ITSM_DELIVERY_LOG", _parse_str)

@@ -27,7 +27,7 @@ from .config import Settings
 from .recipients import EmailRecipient
 from .render import RenderedEmail, Renderer, display_time, recipient_variables, sender_address
 from .sender import utcnow
-from .transport import SENT, Outgoing, RateLimiter, make_transport
+from .transport import SENT, Outgoing, deliver_all, make_transport
 
 T = TypeVar("T")
 
@@ -184,7 +184,7 @@ class EmailProbe:
         out = Outgoing(key=self.address, sender=sender_address(self.settings),
                        rcpt=self.address, data=data)
         try:
-            outcome = next(iter(transport.deliver([out], RateLimiter())))
+            [outcome] = deliver_all(transport, [out])
         finally:
             transport.close()
         if outcome.status != SENT:

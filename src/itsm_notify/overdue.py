@@ -35,6 +35,7 @@ commonly treat as one message.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -59,7 +60,7 @@ from .render import (
     sender_address,
     thread_id,
 )
-from .sender import delivery_log, setup_delivery_log, utcnow
+from .sender import log_deliveries, setup_delivery_log, utcnow
 from .transport import (
     DEFERRED,
     FAILED,
@@ -427,10 +428,14 @@ class OverdueScan:
         if settings.rate_per_hour:
             limiter.sent_last_hour = emails_sent_since(self.engine, self.now - timedelta(hours=1))
         transport = self.transport or make_transport(settings)
+        one_at_a_time = threading.Lock()  # the SMTP sessions answer from their threads
+
+        def answered(outcome: Outcome) -> None:
+            with one_at_a_time:
+                self._answer(by_key[str(outcome.key)], outcome, report)
+
         try:
-            for outcome in transport.deliver(outgoing, limiter):
-                digest = by_key[str(outcome.key)]
-                self._answer(digest, outcome, report)
+            transport.deliver(outgoing, limiter, answered)
         finally:
             transport.close()
         if transport.gave_up:
@@ -453,9 +458,9 @@ class OverdueScan:
     @staticmethod
     def _log(digest: Digest, outcome: str, code: int | None, detail: str) -> None:
         numbers = one_line(",".join(t.number for t in digest.tickets), limit=200)
-        delivery_log.info("overdue digest recipient=%s tickets=%d (%s) outcome=%s code=%s "
-                          "detail=%r", digest.key, len(digest.tickets), numbers, outcome,
-                          code if code is not None else "-", detail)
+        log_deliveries([f"overdue digest recipient={digest.key} tickets={len(digest.tickets)} "
+                        f"({numbers}) outcome={outcome} code={'-' if code is None else code} "
+                        f"detail={detail!r}"])
 
 
 def _chunks(items: Sequence[OverdueTicket], size: int) -> Iterator[Sequence[OverdueTicket]]:

@@ -1,15 +1,18 @@
 """send-pending: claim outbox events in batches and deliver them.
 
-One batch, in order, with a fixed number of database round trips:
+One batch, with a fixed number of database round trips:
 
 1. claim up to ``ITSM_BATCH_SIZE`` events (one short transaction, a lease);
 2. load their context (a handful of queries for the whole batch) and the delivery
    records and suppressions already known;
 3. decide each event's recipients (pure rules) and write the new delivery rows and the
    in-app notifications in one transaction;
-4. render and send the emails not yet accepted; record answers as they come, in small
-   groups, so a killed worker re-sends at most the messages it had not yet recorded;
-5. finish the events: done, failed with a reason, or back to pending for a retry.
+4. render the emails not yet accepted and hand them to the pipeline (pipeline.py): the
+   SMTP sessions send them while this thread renders the next ones and claims the next
+   batch, and the recorder writes the answers in small groups, so a killed worker
+   re-sends at most the messages it had not yet recorded;
+5. once all its answers are written, finish the batch's events: done, failed with a
+   reason, or back to pending for a retry.
 
 An event that can never be delivered fails alone; the batch goes on.
 """
@@ -26,13 +29,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import chain
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from . import db
@@ -61,15 +62,13 @@ from .deliveries import (
     write_plan,
 )
 from .models import EventContext, EventError, OutboxEvent
+from .pipeline import Batch, Pipeline, on_one_cpu
 from .recipients import EmailRecipient, parse_payload, resolve
 from .render import Renderer, in_app_text, message_id, sender_address, thread_id
 from .transport import Outcome, Outgoing, RateLimiter, Transport, make_transport
 from .unsubscribe import unsubscribe_url
 
 Clock = Callable[[], datetime]
-FLUSH_EVERY = 20
-"""Answers recorded per write while sending: the most a killed worker can re-send."""
-
 log = logging.getLogger("itsm_notify")
 delivery_log = logging.getLogger("itsm_notify.delivery")
 
@@ -153,10 +152,20 @@ def setup_delivery_log(path: str) -> None:
         old.close()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = _RotatingLog(path, maxBytes=10_000_000, backupCount=5, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setFormatter(logging.Formatter("%(message)s"))  # lines come stamped
     delivery_log.addHandler(handler)
     delivery_log.setLevel(logging.INFO)
     delivery_log.propagate = False
+
+
+def log_deliveries(lines: list[str]) -> None:
+    """Write delivery-log lines, each stamped with the time, in one write: a log record
+    per email cost as much as the rest of its bookkeeping."""
+    if lines and delivery_log.isEnabledFor(logging.INFO):
+        now = time.time()
+        stamp = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}," \
+                f"{int(now * 1000) % 1000:03d}"
+        delivery_log.info("\n".join(f"{stamp} {line}" for line in lines))
 
 
 def admin_emails(settings: Settings) -> list[str]:
@@ -191,22 +200,6 @@ _unsubscribe_url = functools.lru_cache(maxsize=4096)(unsubscribe_url)
 _address_problem = functools.lru_cache(maxsize=4096)(address_problem)
 
 
-@dataclass(frozen=True)
-class _Batch:
-    """A batch's messages for the transport: counted up front, rendered one by one as
-    the SMTP sessions take them, so rendering the next message overlaps the sessions'
-    waits for the server instead of preceding all of them."""
-
-    size: int
-    messages: Iterator[Outgoing]
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[Outgoing]:
-        return self.messages
-
-
 @dataclass
 class _EventWork:
     """The email deliveries of one event as this batch sees them."""
@@ -215,6 +208,18 @@ class _EventWork:
     states: dict[str, str] = field(default_factory=dict)  # recipient → delivery state
     errors: dict[str, str] = field(default_factory=dict)
     retry_at: list[datetime] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _SendBatch(Batch):
+    """A claimed batch in the pipeline: what its events need to be finished."""
+
+    started: datetime
+    works: dict[int, _EventWork]
+    """The events with email deliveries to decide, by id."""
+    existing: dict[DeliveryKey, DeliveryRecord]
+    settled: list[EventOutcome]
+    """Events already decided: failed (bad events), or handed back (a collision)."""
 
 
 class Sender:
@@ -244,32 +249,52 @@ class Sender:
         if self.settings.rate_per_hour:
             self.limiter.sent_last_hour = emails_sent_since(
                 self.engine, self.clock() - timedelta(hours=1))
+        with on_one_cpu(self.settings.one_cpu):
+            return self._run(report, limit)
+
+    def _run(self, report: RunReport, limit: int | None) -> RunReport:
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        pipeline: Pipeline[_SendBatch] = Pipeline(
+            self.transport, self.limiter, sessions=self.settings.smtp_connections,
+            write=lambda outcomes, batches, renew: self._record(outcomes, batches, renew,
+                                                                report),
+            finish=lambda batch: self._finish_batch(batch, report),
+            renew_every=lease.total_seconds() / 3)
+        claimed = 0
         try:
-            while limit is None or report.events_handled < limit:
+            while limit is None or claimed < limit:
                 if self.limiter.exhausted:
                     log.info("hourly rate ceiling (ITSM_RATE_PER_HOUR=%s) reached; the rest "
                              "waits for a later run", self.settings.rate_per_hour)
                     break
+                if not pipeline.ready_for_more():
+                    break  # the server is unreachable: the next run tries again
                 size = self.settings.batch_size if limit is None else \
-                    min(self.settings.batch_size, limit - report.events_handled)
+                    min(self.settings.batch_size, limit - claimed)
                 events = db.claim_events(self.engine, worker_id=self.worker_id, limit=size,
-                                         now=self.clock(),
-                                         lease=timedelta(seconds=self.settings.lease_seconds))
+                                         now=self.clock(), lease=lease)
                 if not events:
                     break
-                self.process_batch(events, report)
+                claimed += len(events)
+                self.process_batch(events, pipeline, report)
                 if self.on_progress:
                     self.on_progress(len(events))
-                if self.transport.gave_up:
-                    break  # the server is unreachable: the next run tries again
         finally:
-            self.transport.close()
+            try:
+                pipeline.close()
+            finally:
+                self.transport.close()
+        if self.transport.gave_up:
+            report.problems.append(self.transport.gave_up)
         return report
 
-    def process_batch(self, events: list[OutboxEvent], report: RunReport) -> None:
+    def process_batch(self, events: list[OutboxEvent], pipeline: Pipeline[_SendBatch],
+                      report: RunReport) -> None:
+        """Plan a claimed batch and hand its emails to the pipeline, rendered one by one
+        (the sessions send the first ones while the rest render)."""
         now = self.clock()
-        finished: list[EventOutcome] = []
-        contexts = self._contexts(events, finished)
+        settled: list[EventOutcome] = []
+        contexts = self._contexts(events, settled)
         existing = load_deliveries(self.engine, [ctx.event.id for ctx in contexts])
         works, to_send = self._plan(contexts, existing, report, now)
         if works is None:
@@ -277,24 +302,14 @@ class Sender:
             # when this worker's lease ran out): hand back those still ours, unsent, for
             # a later claim (not this run's next one, which would collide again).
             retry_at = now + backoff(1, self.settings)
-            finished += [EventOutcome(ctx.event.id, PENDING, available_at=retry_at,
-                                      error="taken over by another worker; retried")
-                         for ctx in contexts]
-        else:
-            outgoing, unrendered = self._messages(to_send)
-            self._send(outgoing, unrendered, works, existing, report)
-            finished += [self._finish(work, now) for work in works.values()]
-        for outcome in finished:
-            if outcome.state == DONE:
-                report.events_done += 1
-            elif outcome.state == FAILED:
-                report.events_failed += 1
-            else:
-                report.events_retrying += 1
-        db.finish_events(self.engine, finished, worker_id=self.worker_id, now=self.clock())
-        for outcome in finished:
-            if outcome.state == FAILED:
-                log.warning("event %s failed: %s", outcome.event_id, outcome.error)
+            settled += [EventOutcome(ctx.event.id, PENDING, available_at=retry_at,
+                                     error="taken over by another worker; retried")
+                        for ctx in contexts]
+            works = {}
+        pipeline.open(_SendBatch(event_ids=[event.id for event in events],
+                                 unanswered=len(to_send), started=now, works=works,
+                                 existing=existing, settled=settled))
+        pipeline.send(self._render_each(to_send, pipeline))
 
     def _contexts(self, events: list[OutboxEvent],
                   finished: list[EventOutcome]) -> list[EventContext]:
@@ -387,17 +402,10 @@ class Sender:
     def _message_id(self, ctx: EventContext, recipient: EmailRecipient) -> str:
         return message_id(ctx.event.id, recipient.key, self.domain)
 
-    def _messages(self, to_send: list[tuple[EventContext, EmailRecipient]]
-                  ) -> tuple[_Batch, list[Outcome]]:
-        """The messages to send, rendered one at a time as the transport takes them, and
-        a failed outcome for each email that could not be rendered (a broken template
-        override, say): that recipient fails with the reason, and the batch goes on. The
-        failed outcomes are known once the transport has gone through the messages."""
-        unrendered: list[Outcome] = []
-        return _Batch(len(to_send), self._render_each(to_send, unrendered)), unrendered
-
     def _render_each(self, to_send: list[tuple[EventContext, EmailRecipient]],
-                     unrendered: list[Outcome]) -> Iterator[Outgoing]:
+                     pipeline: Pipeline[_SendBatch]) -> Iterator[Outgoing]:
+        """Each email rendered; one that cannot be (a broken template override, say)
+        fails that recipient with the reason, and the batch goes on."""
         renderer, settings = self.renderer, self.settings
         current: tuple[int, dict[str, Any], str] | None = None  # one event's shared parts
         for ctx, recipient in to_send:
@@ -417,65 +425,51 @@ class Sender:
                     is_thread_start=event.event_type == "ticket_created",
                     unsubscribe_url=unsubscribe)
             except Exception as exc:  # any template error must fail one email, not the queue
-                unrendered.append(Outcome(key, FAILED, detail=f"could not render the email "
-                                                             f"({type(exc).__name__}: {exc})"))
+                pipeline.settle(Outcome(key, FAILED, detail=f"could not render the email "
+                                                           f"({type(exc).__name__}: {exc})"))
                 continue
             yield Outgoing(key=key, sender=self.sender_address,
                            rcpt=settings.redirect_to or recipient.address, data=data)
 
-    # ---------------------------------------------------------------- sending
+    # ---------------------------------------------------------------- recording
 
-    def _send(self, outgoing: _Batch, unrendered: list[Outcome],
-              works: dict[int, _EventWork],
-              existing: dict[DeliveryKey, DeliveryRecord], report: RunReport) -> None:
-        pending_rows: list[dict[str, Any]] = []
+    def _record(self, outcomes: list[Outcome], batches: list[_SendBatch], renew: list[int],
+                report: RunReport) -> None:
+        """Write answers (the recorder's thread), renewing leases in the same transaction."""
+        rows: list[dict[str, Any]] = []
         refused: list[tuple[str, int | None, str]] = []
-        lease = timedelta(seconds=self.settings.lease_seconds)
-        last_flush = time.monotonic()
-        last_renewal: float | None = None
-
-        def renew_lease(conn: Connection) -> None:
-            # In the first flush, then once a third of the lease has passed: flushes come
-            # at least that often, so the lease never runs short (renewing it in every
-            # flush of FLUSH_EVERY answers was most of the flush's cost).
-            nonlocal last_renewal
-            if last_renewal is not None and \
-                    time.monotonic() - last_renewal < lease.total_seconds() / 3:
-                return
-            db.renew_lease(conn, list(works), worker_id=self.worker_id,
-                           until=self.clock() + lease)
-            last_renewal = time.monotonic()
-
-        def flush() -> None:
-            nonlocal last_flush
-            if pending_rows or refused:
-                record_outcomes(self.engine, pending_rows, refused, self.clock(),
-                                also=renew_lease)
-                pending_rows.clear()
-                refused.clear()
-            last_flush = time.monotonic()
-
-        # The unrendered list fills as the transport takes the messages: it comes second.
-        for outcome in chain(self.transport.deliver(outgoing, self.limiter), unrendered):
+        lines: list[str] = []
+        for outcome, batch in zip(outcomes, batches, strict=True):
             event_id, recipient = cast(tuple[int, str], outcome.key)
-            record = existing.get((event_id, EMAIL, recipient))
-            row = self._answer(works[event_id], recipient, outcome,
+            record = batch.existing.get((event_id, EMAIL, recipient))
+            row = self._answer(batch.works[event_id], recipient, outcome,
                                record.attempts if record else 0, report)
-            pending_rows.append(row)
+            rows.append(row)
             if outcome.refused_recipient:
                 refused.append((recipient, outcome.code, outcome.detail))
-            delivery_log.info("event=%s channel=email recipient=%s outcome=%s code=%s "
-                              "detail=%r", event_id, recipient, row["b_state"],
-                              outcome.code if outcome.code is not None else "-",
-                              outcome.detail)
-            # Record every FLUSH_EVERY answers, and often enough to keep the lease.
-            if len(pending_rows) >= FLUSH_EVERY or \
-                    time.monotonic() - last_flush > lease.total_seconds() / 3:
-                flush()
-        flush()
-        problem = self.transport.gave_up
-        if problem and problem not in report.problems:
-            report.problems.append(problem)
+            code = outcome.code if outcome.code is not None else "-"
+            lines.append(f"event={event_id} channel=email recipient={recipient} "
+                         f"outcome={row['b_state']} code={code} detail={outcome.detail!r}")
+        lease_until = self.clock() + timedelta(seconds=self.settings.lease_seconds)
+        record_outcomes(self.engine, rows, refused, self.clock(), also=lambda conn: db.renew_lease(
+            conn, renew, worker_id=self.worker_id, until=lease_until))
+        log_deliveries(lines)
+
+    def _finish_batch(self, batch: _SendBatch, report: RunReport) -> None:
+        """End a batch whose answers are all written (the recorder's thread)."""
+        finished = batch.settled + [self._finish(work, batch.started)
+                                    for work in batch.works.values()]
+        for outcome in finished:
+            if outcome.state == DONE:
+                report.events_done += 1
+            elif outcome.state == FAILED:
+                report.events_failed += 1
+            else:
+                report.events_retrying += 1
+        db.finish_events(self.engine, finished, worker_id=self.worker_id, now=self.clock())
+        for outcome in finished:
+            if outcome.state == FAILED:
+                log.warning("event %s failed: %s", outcome.event_id, outcome.error)
 
     def _answer(self, work: _EventWork, recipient: str, outcome: Outcome,
                 previous_attempts: int, report: RunReport) -> dict[str, Any]:

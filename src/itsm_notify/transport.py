@@ -1,17 +1,19 @@
 """Transports: where rendered messages go (console, a folder of .eml files, SMTP).
 
-Every transport takes a batch of messages and yields one ``Outcome`` per message as
-soon as it is known, so the sender can record it before the next one goes out.
+Every transport takes messages as they come (the sender keeps rendering while earlier
+ones go out) and reports one ``Outcome`` per message as soon as it is known, through a
+callback, so the sender can record it while the next ones go out.
 
 SMTP keeps K sessions open for the whole run (not one per message, django-mailer's
-cost) and sends over them in parallel. A reply is classified: 2xx sent, 4xx deferred
-(retried later), 5xx failed at once. A session that drops is reopened once; after a
-second drop, or when the server cannot be reached, the rest of the batch is deferred.
+cost) and sends over them in parallel, each session in its own thread. A reply is
+classified: 2xx sent, 4xx deferred (retried later), 5xx failed at once. A session that
+drops is reopened; when it drops again before a message got through, or when the server
+cannot be reached, the messages left are deferred without using up a retry.
 """
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import smtplib
 import socket
 import ssl
@@ -19,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -66,15 +68,9 @@ class Outcome:
     (the rate ceiling): such a deferral does not use up a retry."""
 
 
-class Messages(Protocol):
-    """What a transport takes: messages it can count and go through once. A list, or the
-    sender's batch, which renders each message as a session takes it."""
-
-    def __len__(self) -> int:
-        ...
-
-    def __iter__(self) -> Iterator[Outgoing]:
-        ...
+Answered = Callable[[Outcome], None]
+"""Takes each outcome as soon as it is known, possibly from several threads at once. If
+it raises, the transport stops taking messages and ``deliver`` raises that error."""
 
 
 class TransportError(Exception):
@@ -84,14 +80,29 @@ class TransportError(Exception):
 
 class Transport(Protocol):
     name: str
-    gave_up: str | None
-    """Why the last batch was abandoned (server unreachable, login refused), or None."""
 
-    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
+    @property
+    def gave_up(self) -> str | None:
+        """Why delivery was abandoned (server unreachable, login refused), or None. Set
+        as soon as it happens, so the sender stops claiming events."""
+        ...
+
+    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
+                answered: Answered) -> None:
+        """Send each message as ``messages`` yields it and report its outcome to
+        ``answered``; return once ``messages`` is exhausted and every outcome reported."""
         ...
 
     def close(self) -> None:
         ...
+
+
+def deliver_all(transport: Transport, messages: Iterable[Outgoing],
+                limiter: RateLimiter | None = None) -> list[Outcome]:
+    """Every message's outcome, in the order they came (for a handful of messages)."""
+    outcomes: list[Outcome] = []
+    transport.deliver(messages, limiter or RateLimiter(), outcomes.append)
+    return outcomes
 
 
 # --------------------------------------------------------------------- rate ceiling
@@ -164,10 +175,11 @@ class ConsoleTransport:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
 
-    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
+    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
+                answered: Answered) -> None:
         for out in messages:
             if not limiter.acquire():
-                yield rate_limited(out)
+                answered(rate_limited(out))
                 continue
             msg = out.parsed()
             html = msg.get_body(preferencelist=("html",))
@@ -178,7 +190,7 @@ class ConsoleTransport:
                       "characters]", ""]
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
-            yield Outcome(out.key, SENT, code=250, detail="printed")
+            answered(Outcome(out.key, SENT, code=250, detail="printed"))
 
     def close(self) -> None:
         pass
@@ -194,11 +206,12 @@ class FileTransport:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
-    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
+    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
+                answered: Answered) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         for out in messages:
             if not limiter.acquire():
-                yield rate_limited(out)
+                answered(rate_limited(out))
                 continue
             msg_id = str(out.parsed()["Message-ID"]).strip("<>")
             name = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in msg_id)
@@ -206,7 +219,7 @@ class FileTransport:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(out.data)
             tmp.replace(path)
-            yield Outcome(out.key, SENT, code=250, detail=str(path))
+            answered(Outcome(out.key, SENT, code=250, detail=str(path)))
 
     def close(self) -> None:
         pass
@@ -226,35 +239,28 @@ def classify_reply(code: int, text: bytes | str) -> tuple[str, str]:
     return DEFERRED, detail
 
 
-class _Batch:
-    """What the SMTP sessions of one batch share: the work queue and the verdict that
-    the server is gone (then nobody else tries).
+class _Delivery:
+    """What the SMTP sessions of one ``deliver`` call share: the messages, taken one at a
+    time, and the verdict that the server is gone (then nobody else tries)."""
 
-    ``credits`` bounds the messages sent whose outcome the caller has not taken yet to
-    one per session, so a worker killed at any moment has at most that many answers,
-    plus those the sender had not yet recorded, unknown to the database."""
-
-    def __init__(self, messages: Messages, sessions: int) -> None:
-        # Taken one at a time: a lazy batch then renders the next message while the
-        # other sessions wait for the server.
-        self._jobs: Iterator[Outgoing] = iter(messages)
-        self._jobs_lock = threading.Lock()
-        self.results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
-        self.credits = threading.Semaphore(sessions)
+    def __init__(self, messages: Iterable[Outgoing]) -> None:
+        self._messages: Iterator[Outgoing] = iter(messages)
+        self._lock = threading.Lock()
         self.give_up_reason: str | None = None
         self.error: TransportError | None = None
-        self.reconnected = False
+        self.failure: BaseException | None = None
+        """What ``answered`` raised: it ends the delivery and ``deliver`` raises it."""
 
-    def next_job(self) -> Outgoing | None:
-        with self._jobs_lock:
-            return next(self._jobs, None)
+    def next_message(self) -> Outgoing | None:
+        with self._lock:
+            return next(self._messages, None)
 
-    def abandon(self, sessions: int) -> None:
-        """The caller stopped listening: drop the jobs left and wake every session."""
-        with self._jobs_lock:
-            self._jobs = iter(())
-        for _ in range(sessions):
-            self.credits.release()
+    def stop(self, failure: BaseException) -> None:
+        """Take no more messages (those left are the caller's to retry)."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = failure
+            self._messages = iter(())
 
 
 class SmtpSession:
@@ -264,6 +270,8 @@ class SmtpSession:
         self.settings = settings
         self.smtp: smtplib.SMTP | None = None
         self.connections_opened = 0
+        self.dropped = False
+        """The connection dropped and no message got through since it was reopened."""
 
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.settings.email_ssl_cafile)
@@ -310,61 +318,96 @@ class SmtpSession:
         self.connections_opened += 1
         return smtp
 
-    def send(self, out: Outgoing, batch: _Batch) -> Outcome:
-        """Send one message, reopening a dropped session once per batch."""
-        for _ in range(2):
-            if batch.give_up_reason:
-                return Outcome(out.key, DEFERRED, detail=batch.give_up_reason,
+    def send(self, out: Outgoing, delivery: _Delivery) -> Outcome:
+        """Send one message, reopening a dropped session (but not twice in a row)."""
+        while True:
+            if delivery.give_up_reason:
+                return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason,
                                counts_as_attempt=False)
             # A message that never reached a server does not use up a retry.
             try:
                 smtp = self.smtp or self.connect()
             except TransportError as exc:
-                batch.error, batch.give_up_reason = exc, str(exc)
+                delivery.error, delivery.give_up_reason = exc, str(exc)
                 return Outcome(out.key, DEFERRED, detail=str(exc), counts_as_attempt=False)
             except (OSError, smtplib.SMTPException) as exc:
-                batch.give_up_reason = (f"cannot reach the SMTP server "
-                                        f"{self.settings.email_host}:{self.settings.email_port} "
-                                        f"({_describe(exc)})")
-                return Outcome(out.key, DEFERRED, detail=batch.give_up_reason,
+                delivery.give_up_reason = (
+                    f"cannot reach the SMTP server {self.settings.email_host}:"
+                    f"{self.settings.email_port} ({_describe(exc)})")
+                return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason,
                                counts_as_attempt=False)
             try:
-                return self._transmit(smtp, out)
+                outcome = self._transmit(smtp, out)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.close()
-                if batch.reconnected:
-                    batch.give_up_reason = f"the SMTP connection dropped twice ({_describe(exc)})"
-                    return Outcome(out.key, DEFERRED, detail=batch.give_up_reason)
-                batch.reconnected = True
-        return Outcome(out.key, DEFERRED, detail="the SMTP connection dropped")
+                if self.dropped:
+                    delivery.give_up_reason = \
+                        f"the SMTP connection dropped twice ({_describe(exc)})"
+                    return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason)
+                self.dropped = True
+                continue
+            self.dropped = False
+            return outcome
 
     def _transmit(self, smtp: smtplib.SMTP, out: Outgoing) -> Outcome:
-        options: list[str] = []
+        """One mail transaction: MAIL, RCPT, DATA. smtplib's ``sendmail`` parses both
+        addresses again and runs a regular expression over the whole message for every
+        email; the envelope addresses here are bare and checked, and a message needs the
+        leading-period quoting only when a line starts with a period. Replies are
+        classified as they come; a dropped connection raises SMTPServerDisconnected."""
+        options = ""
         if out.needs_smtputf8:
             if not smtp.has_extn("smtputf8"):
                 return Outcome(out.key, FAILED, detail="the address is not ASCII and the server "
                                "does not offer SMTPUTF8")
-            options = ["SMTPUTF8"]
-        try:
-            smtp.sendmail(out.sender, [out.rcpt], out.data, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, text = exc.recipients.get(out.rcpt, (450, b"recipient refused"))
-            status, detail = classify_reply(code, text)
-            return Outcome(out.key, status, code, detail, refused_recipient=status == FAILED)
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-            status, detail = classify_reply(exc.smtp_code, exc.smtp_error)
-            return Outcome(out.key, status, exc.smtp_code, detail)
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code == -1:
-                raise smtplib.SMTPServerDisconnected(str(exc.smtp_error)) from None
-            status, detail = classify_reply(exc.smtp_code, exc.smtp_error)
-            return Outcome(out.key, status, exc.smtp_code, detail)
-        return Outcome(out.key, SENT, 250, "250 accepted")
+            smtp.command_encoding, options = "utf-8", " SMTPUTF8"
+        if smtp.has_extn("size"):
+            options += f" SIZE={len(out.data)}"
+        code, reply = smtp.docmd("MAIL", f"FROM:<{out.sender}>{options}")
+        if code != 250:
+            return self._refused(smtp, out, code, reply)
+        code, reply = smtp.docmd("RCPT", f"TO:<{out.rcpt}>")
+        if code not in (250, 251):
+            return self._refused(smtp, out, code, reply, recipient=True)
+        code, reply = smtp.docmd("DATA")
+        if code != 354:
+            return self._refused(smtp, out, code, reply)
+        smtp.send(_dot_stuffed(out.data) + b".\r\n")
+        code, reply = smtp.getreply()
+        if code != 250:
+            return self._refused(smtp, out, code, reply)
+        return Outcome(out.key, SENT, code, classify_reply(code, reply)[1])
+
+    def _refused(self, smtp: smtplib.SMTP, out: Outgoing, code: int, reply: bytes, *,
+                 recipient: bool = False) -> Outcome:
+        """A refusal ends the transaction: RSET, or the session when the server is
+        closing it (421), as smtplib does."""
+        if code == 421:
+            self.close()
+        else:
+            _reset(smtp)
+        status, detail = classify_reply(code, reply)
+        return Outcome(out.key, status, code, detail,
+                       refused_recipient=recipient and status == FAILED)
 
     def close(self) -> None:
         if self.smtp is not None:
             _quietly_close(self.smtp)
             self.smtp = None
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message as DATA carries it (RFC 5321 §4.5.2): a line that starts with a period
+    gets another, and the message ends with a line break."""
+    data = data.replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def _reset(smtp: smtplib.SMTP) -> None:
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):  # the next message reconnects
+        smtp.rset()
 
 
 def _quietly_close(smtp: smtplib.SMTP) -> None:
@@ -393,74 +436,60 @@ class SmtpTransport:
         self.settings = settings
         self.sessions = [SmtpSession(settings) for _ in range(settings.smtp_connections)]
         self.last_error: TransportError | None = None
-        self.gave_up: str | None = None
-        """Why the last batch was cut short (server unreachable, login refused, the
-        connection dropped twice), or None: the sender then ends the run."""
+        self._delivery: _Delivery | None = None
+        self._gave_up: str | None = None
+
+    @property
+    def gave_up(self) -> str | None:
+        """Why delivery was cut short (server unreachable, login refused, the connection
+        dropped twice), or None: the sender then claims no more events."""
+        return self._delivery.give_up_reason if self._delivery else self._gave_up
 
     @property
     def connections_opened(self) -> int:
         return sum(s.connections_opened for s in self.sessions)
 
-    def deliver(self, messages: Messages, limiter: RateLimiter) -> Iterator[Outcome]:
-        """Yield each outcome as soon as it is known. Sending waits for the caller to take
-        the outcomes already in hand, so at most one answer per session is unknown to it."""
-        if not messages:
-            return
-        workers = min(len(self.sessions), len(messages))
-        batch = _Batch(messages, workers)
+    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
+                answered: Answered) -> None:
+        """Each session in its own thread takes the next message, sends it and reports
+        the outcome; one session sends in the caller's thread."""
+        delivery = self._delivery = _Delivery(messages)
         try:
-            if workers == 1:
-                while (out := batch.next_job()) is not None:
-                    yield self._attempt(self.sessions[0], out, batch, limiter)
+            if len(self.sessions) == 1:
+                self._work(self.sessions[0], delivery, limiter, answered)
             else:
-                yield from self._deliver_parallel(self.sessions[:workers], batch, limiter)
+                threads = [threading.Thread(target=self._work, daemon=True,
+                                            args=(session, delivery, limiter, answered))
+                           for session in self.sessions]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
         finally:
-            self.last_error, self.gave_up = batch.error, batch.give_up_reason
+            self._delivery = None
+            self.last_error, self._gave_up = delivery.error, delivery.give_up_reason
+        if delivery.failure is not None:
+            raise delivery.failure
 
-    def _deliver_parallel(self, sessions: list[SmtpSession], batch: _Batch,
-                          limiter: RateLimiter) -> Iterator[Outcome]:
-        threads = [threading.Thread(target=self._work, args=(session, batch, limiter),
-                                    daemon=True) for session in sessions]
-        for thread in threads:
-            thread.start()
-        finished = 0
-        try:
-            while finished < len(threads):
-                outcome = batch.results.get()
-                if outcome is None:
-                    finished += 1
-                else:
-                    yield outcome
-                    batch.credits.release()
-        finally:
-            if finished < len(threads):
-                batch.abandon(len(threads))
-            for thread in threads:
-                thread.join()
-
-    def _work(self, session: SmtpSession, batch: _Batch, limiter: RateLimiter) -> None:
-        """One session's thread: take a credit, then a message, until none is left."""
-        try:
-            while True:
-                batch.credits.acquire()
-                out = batch.next_job()
-                if out is None:
-                    batch.credits.release()
-                    return
-                batch.results.put(self._attempt(session, out, batch, limiter))
-        finally:
-            batch.results.put(None)
+    def _work(self, session: SmtpSession, delivery: _Delivery, limiter: RateLimiter,
+              answered: Answered) -> None:
+        while (out := delivery.next_message()) is not None:
+            outcome = self._attempt(session, out, delivery, limiter)
+            try:
+                answered(outcome)
+            except BaseException as exc:  # deliver() raises it once the sessions stop
+                delivery.stop(exc)
 
     @staticmethod
-    def _attempt(session: SmtpSession, out: Outgoing, batch: _Batch,
+    def _attempt(session: SmtpSession, out: Outgoing, delivery: _Delivery,
                  limiter: RateLimiter) -> Outcome:
-        if batch.give_up_reason:
-            return Outcome(out.key, DEFERRED, detail=batch.give_up_reason,
+        if delivery.give_up_reason:
+            return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason,
                            counts_as_attempt=False)
         if not limiter.acquire():
             return rate_limited(out)
         try:
-            return session.send(out, batch)
+            return session.send(out, delivery)
         except Exception as exc:  # a bug must not lose the message
             return Outcome(out.key, DEFERRED, detail=f"unexpected error: {_describe(exc)}")
 
