@@ -121,8 +121,12 @@ def cut(text: str, limit: int) -> tuple[str, bool]:
 
 def message_id(event_id: int | str, recipient_key: str, domain: str) -> str:
     """The same email (event, recipient) keeps the same Message-ID when retried."""
-    digest = hashlib.sha256(recipient_key.encode()).hexdigest()[:16]
-    return f"<itsm-notify.{event_id}.{digest}@{domain}>"
+    return f"<itsm-notify.{event_id}.{_address_digest(recipient_key)}@{domain}>"
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_digest(recipient_key: str) -> str:
+    return hashlib.sha256(recipient_key.encode()).hexdigest()[:16]
 
 
 def thread_id(ticket_id: int, domain: str) -> str:
@@ -253,18 +257,21 @@ class Renderer:
                       is_thread_start: bool = False, unsubscribe_url: str | None = None,
                       now: datetime | None = None) -> list[tuple[str, str | Address]]:
         """The contract's headers of one email, in order; the MIME ones follow them."""
+        return [*self._shared_fields(subject, event_type_name=event_type_name,
+                                     ticket_number=ticket_number, thread=thread,
+                                     is_thread_start=is_thread_start, now=now),
+                *self._personal_fields(recipient, msg_id, unsubscribe_url)]
+
+    def _shared_fields(self, subject: str, *, event_type_name: str, ticket_number: str | None,
+                       thread: str | None, is_thread_start: bool, now: datetime | None
+                       ) -> tuple[tuple[str, str], ...]:
+        """The headers every recipient of an email gets alike: they come first, so that
+        compose writes them once for all of an event's recipients."""
         settings = self.settings
-        to = header_address(recipient.name, recipient.address)
-        fields: list[tuple[str, str | Address]] = [("Subject", one_line(subject, limit=300)),
-                                                   ("From", settings.default_from_email)]
-        if settings.redirect_to:
-            fields += [("To", settings.redirect_to), ("X-Original-To", str(to))]
-        else:
-            fields.append(("To", to))
+        fields = [("Subject", one_line(subject, limit=300)), ("From", settings.default_from_email)]
         if settings.reply_to_email:
             fields.append(("Reply-To", settings.reply_to_email))
-        fields += [("Date", formatdate(now.timestamp() if now else None, usegmt=True)),
-                   ("Message-ID", msg_id)]
+        fields.append(("Date", formatdate(now.timestamp() if now else None, usegmt=True)))
         if thread and not is_thread_start:
             fields.append(("In-Reply-To", thread))
         if thread:
@@ -273,6 +280,17 @@ class Renderer:
         if ticket_number:
             fields.append(("X-ITSM-Ticket", one_line(ticket_number)))
         fields.append(("X-ITSM-Event", event_type_name))
+        return tuple(fields)
+
+    def _personal_fields(self, recipient: EmailRecipient, msg_id: str,
+                         unsubscribe_url: str | None) -> list[tuple[str, str | Address]]:
+        to = header_address(recipient.name, recipient.address)
+        fields: list[tuple[str, str | Address]] = []
+        if self.settings.redirect_to:
+            fields += [("To", self.settings.redirect_to), ("X-Original-To", str(to))]
+        else:
+            fields.append(("To", to))
+        fields.append(("Message-ID", msg_id))
         if unsubscribe_url and unsubscribe_url.startswith("https://"):
             # RFC 8058 one-click: only an HTTPS URI qualifies.
             fields += [("List-Unsubscribe", f"<{unsubscribe_url}>"),
@@ -309,23 +327,25 @@ class Renderer:
 
         The common case skips the email package's message objects, which cost more than
         rendering the templates: each header field is folded by the policy on its own (as
-        the generator does) and remembered, since most recur from email to email (From,
-        a user's To, a ticket's References...); each body line's quoted-printable encoding
-        is remembered too (see ``_qp_part``); and the MIME structure around them is the
-        fixed one ``set_content`` and ``add_alternative`` make. tests/test_fast_paths.py
-        holds the two byte for byte against each other."""
-        headers: dict[str, Any] = {
-            "event_type_name": event_type_name, "ticket_number": ticket_number,
-            "msg_id": msg_id, "thread": thread, "is_thread_start": is_thread_start,
-            "unsubscribe_url": unsubscribe_url, "now": now}
+        the generator does) and remembered, since most recur from email to email (the
+        fields an event's recipients share, a user's To...); each body line's
+        quoted-printable encoding is remembered too (see ``_qp_part``); and the MIME
+        structure around them is the fixed one ``set_content`` and ``add_alternative``
+        make. tests/test_fast_paths.py holds the two byte for byte against each other."""
         if not (self.sender_address.isascii()
                 and (self.settings.redirect_to or recipient.address).isascii()):
-            return self.build_message(rendered, recipient, **headers).as_bytes(
-                policy=SMTPUTF8_POLICY)
+            return self.build_message(
+                rendered, recipient, event_type_name=event_type_name,
+                ticket_number=ticket_number, msg_id=msg_id, thread=thread,
+                is_thread_start=is_thread_start, unsubscribe_url=unsubscribe_url, now=now,
+            ).as_bytes(policy=SMTPUTF8_POLICY)
         boundary = _boundary(thread or msg_id).encode("ascii")
         return b"".join([
+            _fold_all(self._shared_fields(rendered.subject, event_type_name=event_type_name,
+                                          ticket_number=ticket_number, thread=thread,
+                                          is_thread_start=is_thread_start, now=now)),
             *(fold_header(name, value) for name, value in
-              self.header_fields(rendered.subject, recipient, **headers)),
+              self._personal_fields(recipient, msg_id, unsubscribe_url)),
             _MULTIPART_HEAD.replace(_BOUNDARY_PLACEHOLDER, boundary), b"\r\n",
             b"--", boundary, b"\r\n", _TEXT_PART_HEAD, _qp_part(rendered.text),
             b"\r\n--", boundary, b"\r\n", _HTML_PART_HEAD, _qp_part(rendered.html),
@@ -359,6 +379,12 @@ def fold_header(name: str, value: str | Address) -> bytes:
     return _fold(name, value)
 
 
+@functools.lru_cache(maxsize=256)
+def _fold_all(fields: tuple[tuple[str, str], ...]) -> bytes:
+    """Header fields folded, one after the other: the fields an event's recipients share."""
+    return b"".join(fold_header(name, value) for name, value in fields)
+
+
 @functools.lru_cache(maxsize=16384)
 def _fold(name: str, value: str | tuple[str, str, str]) -> bytes:
     stored = Address(*value) if isinstance(value, tuple) else value
@@ -386,6 +412,7 @@ _BOUNDARY_KEY = secrets.token_bytes(16)
 _BOUNDARY_PLACEHOLDER = b"===============0000000000000000000=="
 
 
+@functools.lru_cache(maxsize=4096)
 def _boundary(thread: str) -> str:
     """The MIME boundary, in the email package's format (so every boundary folds alike:
     see _MULTIPART_HEAD), unguessable from outside. It cannot occur in a part:
@@ -414,6 +441,7 @@ def recipient_variables(recipient: EmailRecipient) -> dict[str, Any]:
 _ADDRESS_SPECIALS = re.compile(r'[<>()\[\]:;@\\,"]')
 
 
+@functools.lru_cache(maxsize=4096)
 def header_address(name: str, address: str) -> Address:
     """``Name <addr>`` as an Address object (assigned as is, never re-parsed), its display
     name on one line and without RFC 5322 specials: CPython folds a long display name
