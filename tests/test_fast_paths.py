@@ -224,3 +224,35 @@ def test_the_delivery_log_still_rotates_at_its_size(tmp_path: Path) -> None:
     assert files == ["email.log", "email.log.1", "email.log.2"]
     assert all(p.stat().st_size <= 200 for p in tmp_path.iterdir())
     assert "event=11 " in path.read_text()
+
+
+# --------------------------------------------------------------- SQLite timestamps
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes())
+def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(moment: datetime) -> None:
+    from sqlalchemy.dialects import sqlite
+
+    from itsm_notify.db import _SQLiteTimestamp
+
+    dialect = sqlite.dialect()
+    fast = _SQLiteTimestamp().bind_processor(dialect)
+    plain = sqlite.DATETIME().bind_processor(dialect)
+    assert fast(moment) == plain(moment)
+
+
+# ------------------------------------------------------------------ dot-stuffing
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200) | st.text(alphabet=".\r\nab", max_size=60).map(str.encode))
+def test_dot_stuffing_is_smtplibs(data: bytes) -> None:
+    import smtplib
+
+    from itsm_notify.transport import _dot_stuffed
+
+    expected = smtplib._quote_periods(data)
+    if expected[-2:] != b"\r\n":
+        expected += b"\r\n"
+    assert _dot_stuffed(data) == expected

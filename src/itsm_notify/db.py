@@ -40,7 +40,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.ext.compiler import compiles
@@ -74,7 +74,24 @@ def _utc_now_mysql(element: Any, compiler: Any, **kw: Any) -> str:
     return "(UTC_TIMESTAMP(6))"
 
 
-Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+class _SQLiteTimestamp(sqlite.DATETIME):
+    """SQLite's DATETIME, written with ``isoformat``: the same text as SQLAlchemy's own
+    storage format (``2026-11-30 09:15:04.000123``) at a fraction of its cost, which
+    builds a dict per value; send-pending writes several timestamps per email."""
+
+    def bind_processor(self, dialect: Any) -> Any:
+        general = super().bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            if type(value) is datetime and value.tzinfo is None:
+                return value.isoformat(" ", "microseconds")
+            return general(value) if general else value
+
+        return process
+
+
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb") \
+    .with_variant(_SQLiteTimestamp(), "sqlite")
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Address = String(320)
 
