@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from multiprocessing.connection import Connection
@@ -55,7 +55,7 @@ from itsm_notify.render import message_id
 from itsm_notify.transport import Outcome, Outgoing, RateLimiter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sink import HOST, SinkProcess
+from sink import HOST, SinkProcess, placement
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/itsm_bench"
 FROM_DOMAIN = "example.com"
@@ -282,10 +282,11 @@ class _Capture:
     def __init__(self) -> None:
         self.messages: list[tuple[str, str, bytes]] = []
 
-    def deliver(self, messages: Sequence[Outgoing], limiter: RateLimiter) -> Iterator[Outcome]:
+    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
+                answered: Callable[[Outcome], None]) -> None:
         for out in messages:
             self.messages.append((out.sender, out.rcpt, out.data))
-            yield Outcome(out.key, "sent", 250, "captured")
+            answered(Outcome(out.key, "sent", 250, "captured"))
 
     def close(self) -> None:
         pass
@@ -611,7 +612,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     check = Check()
     results: dict[str, Any] = {"machine": info, "argv": sys.argv[1:]}
-    with tempfile.TemporaryDirectory(prefix="itsm-bench-") as tmp, SinkProcess() as sink:
+    sink_cpu, client_cpus = placement()
+    if client_cpus is not None:
+        # Inherited by send-pending's process and the baseline's threads.
+        os.sched_setaffinity(0, client_cpus)
+        print(f"CPUs: the sink on {sink_cpu}, the client on {sorted(client_cpus)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="itsm-bench-") as tmp, \
+            SinkProcess(sink_cpu) as sink:
         workdir = Path(tmp)
         rows: list[Row] = []
         if not args.skip_throughput:

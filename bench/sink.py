@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import re
 import socket
 import threading
@@ -71,7 +72,9 @@ class _Controller(Controller):
         return _CountingSMTP(self.state, self.handler, **self.SMTP_kwargs)
 
 
-def _serve(port: int, control: Connection) -> None:
+def _serve(port: int, control: Connection, cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # before the controller's thread starts
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     state = _State()
     controller = _Controller(state, hostname=HOST, port=port, server_hostname="bench-sink",
@@ -107,14 +110,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class SinkProcess:
-    """Start with ``with SinkProcess() as sink:``; ``sink.port`` is where it listens."""
+def placement() -> tuple[int | None, set[int] | None]:
+    """The sink's CPU and the client's CPUs: a relay runs on a machine of its own, so the
+    sink gets a CPU of its own and the client (bare smtplib or send-pending) the others.
+    Without that, the kernel often wakes the sink on the client's CPU (both ends of a
+    loopback connection) and the run measures the scheduler. (None, None) on a machine
+    with a single CPU or without CPU affinity."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None, None
+    if len(cpus) < 2:
+        return None, None
+    return cpus[-1], set(cpus[:-1])
 
-    def __init__(self) -> None:
+
+class SinkProcess:
+    """Start with ``with SinkProcess() as sink:``; ``sink.port`` is where it listens. The
+    sink runs on ``cpu`` alone when given."""
+
+    def __init__(self, cpu: int | None = None) -> None:
         self.port = _free_port()
         self._control, child = multiprocessing.Pipe()
         self._process = multiprocessing.get_context("spawn").Process(
-            target=_serve, args=(self.port, child), daemon=True, name="bench-smtp-sink")
+            target=_serve, args=(self.port, child, cpu), daemon=True, name="bench-smtp-sink")
 
     def __enter__(self) -> SinkProcess:
         self._process.start()
