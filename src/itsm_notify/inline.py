@@ -57,9 +57,11 @@ class _Recording:
 _recording: ContextVar[_Recording | None] = ContextVar("itsm_notify_inline", default=None)
 _REWRITTEN_BY_PARSER = re.compile(r"[\r\x00]")
 _UNSTYLED_ONLY = frozenset({"class", "id", "style"})
-_RAW_TEXT = ("style", "script", "xmp", "iframe", "noembed", "noframes", "noscript",
-             "plaintext")
-_ATTRIBUTE_VALUE = re.compile(r"""\s([^\s"'=<>/]+)="[^"]*\Z""")
+_MARKUP = re.compile(  # as css-inline writes a page: attribute values in double quotes
+    r"""(?P<opaque><!--.*?-->"""
+    r"""|<(style|script|xmp|iframe|noembed|noframes|noscript|plaintext)\b[^>]*>.*?</\2\s*>)"""
+    r"""|<[A-Za-z/!?](?:[^>"]|"[^"]*")*>""", re.IGNORECASE | re.DOTALL)
+_ATTRIBUTE = re.compile(r"""([^\s"'=<>/]+)="([^"]*)["]""")
 _STYLE_BLOCK = re.compile(r"<style\b[^>]*>(.*?)</style>", re.IGNORECASE | re.DOTALL)
 
 
@@ -151,27 +153,37 @@ class StructureInliner:
     def _cut(self, html: str) -> _Inlined | None:
         """The inlined structure cut at its markers, each with the escaping its place
         needs; None when a marker sits where a value could change the styling or the
-        way the page parses."""
+        way the page parses. One pass over the page's markup."""
         attribute_selectors = any("[" in css for css in _STYLE_BLOCK.findall(html))
         pieces: list[str | tuple[int, Callable[[str], str]]] = []
-        start = 0
-        for match in self._slot.finditer(html):
-            at = match.start()
-            if html.rfind("<!--", 0, at) > html.rfind("-->", 0, at):
-                return None  # in a comment
-            tag_open, tag_close = html.rfind("<", 0, at), html.rfind(">", 0, at)
-            if tag_open > tag_close:  # inside a tag: must be an attribute's value
-                attribute = _ATTRIBUTE_VALUE.search(html, tag_open, at)
+        start = 0  # the end of the last piece taken
+
+        def take(upto: int, index: int, escaper: Callable[[str], str]) -> None:
+            nonlocal start
+            pieces.extend((html[start:upto], (index, escaper)))
+
+        position = 0
+        for markup in _MARKUP.finditer(html):
+            for marker in self._slot.finditer(html, position, markup.start()):  # text
+                take(marker.start(), int(marker.group(1)), escape_text)
+                start = marker.end()
+            position = markup.end()
+            if not self._slot.search(html, markup.start(), markup.end()):
+                continue
+            if markup.group("opaque") is not None:
+                return None  # in a comment, a <style> or another raw-text element
+            values = {value.start(2): value for value in
+                      _ATTRIBUTE.finditer(html, markup.start(), markup.end())}
+            for marker in self._slot.finditer(html, markup.start(), markup.end()):
+                attribute = next((v for v in values.values()
+                                  if v.start(2) <= marker.start() < v.end(2)), None)
                 if attribute is None or attribute.group(1).lower() in _UNSTYLED_ONLY \
                         or attribute_selectors:
                     return None
-                escaper = escape_attribute
-            else:
-                if any(html.rfind(f"<{name}", 0, at) > html.rfind(f"</{name}", 0, at)
-                       for name in _RAW_TEXT):
-                    return None
-                escaper = escape_text
-            pieces += [html[start:at], (int(match.group(1)), escaper)]
-            start = match.end()
+                take(marker.start(), int(marker.group(1)), escape_attribute)
+                start = marker.end()
+        for marker in self._slot.finditer(html, position):
+            take(marker.start(), int(marker.group(1)), escape_text)
+            start = marker.end()
         pieces.append(html[start:])
         return _Inlined(tuple(pieces))
