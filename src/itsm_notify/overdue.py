@@ -24,8 +24,8 @@ alerted and when. A ticket is listed again for the same recipient only after
 ``ITSM_OVERDUE_REALERT_HOURS``, or at once when its due date moved (the new date
 re-arms the alert). A digest lists only the tickets due for an alert, so an hourly
 scan does not repeat what the person was told an hour ago. An alert is recorded only
-once the transport accepted the digest: a deferred or failed digest is tried again by
-the next scan.
+once the transport accepted the digest (in groups of ``RECORDED_TOGETHER``): a deferred
+or failed digest is tried again by the next scan.
 
 Run the scan from one host (cron or ``itsm-notify scheduler``); two scans at the same
 moment may both send a digest, though with the same Message-ID, which mail systems
@@ -78,6 +78,9 @@ TEMPLATE = "overdue_alert"
 MAX_LISTED = 100
 """Tickets listed in one digest; the rest are counted ("and 40 more")."""
 _CHUNK = 500  # ids per IN list when recording alerts
+RECORDED_TOGETHER = 20
+"""Accepted digests remembered per transaction: a scan killed meanwhile sends at most
+this many again (with the same Message-IDs) at its next run."""
 
 
 @dataclass(frozen=True)
@@ -344,8 +347,7 @@ class OverdueScan:
     def run(self) -> OverdueReport:
         report = OverdueReport()
         digests, suppressed = self.plan(report)
-        outgoing: list[Outgoing] = []
-        by_key: dict[str, Digest] = {}
+        to_send: list[tuple[Digest, str]] = []
         for digest in digests:
             reason = self._skip_reason(digest, suppressed)
             subject = digest_subject(digest)
@@ -356,18 +358,9 @@ class OverdueScan:
                 report.digests_skipped += digest.key not in suppressed
                 self._log(digest, reason.split(":")[0], None, reason)
                 continue
-            try:
-                data = self.message(digest, subject)
-            except Exception as exc:  # a broken template fails one digest, not the scan
-                self._answer(digest, Outcome(digest.key, FAILED, detail=f"could not render the "
-                                             f"digest ({type(exc).__name__}: {exc})"), report)
-                continue
-            by_key[digest.key] = digest
-            outgoing.append(Outgoing(key=digest.key, sender=sender_address(self.settings),
-                                     rcpt=self.settings.redirect_to or digest.recipient.address,
-                                     data=data))
-        if outgoing:
-            self._deliver(outgoing, by_key, report)
+            to_send.append((digest, subject))
+        if to_send:
+            self._deliver(to_send, report)
         return report
 
     # ---------------------------------------------------------------- messages
@@ -420,30 +413,54 @@ class OverdueScan:
 
     # ---------------------------------------------------------------- sending
 
-    def _deliver(self, outgoing: list[Outgoing], by_key: dict[str, Digest],
-                 report: OverdueReport) -> None:
+    def _deliver(self, to_send: list[tuple[Digest, str]], report: OverdueReport) -> None:
         settings = self.settings
+        by_key = {digest.key: digest for digest, _ in to_send}
         setup_delivery_log(settings.delivery_log)
         limiter = RateLimiter(per_second=settings.rate_per_second, per_hour=settings.rate_per_hour)
         if settings.rate_per_hour:
             limiter.sent_last_hour = emails_sent_since(self.engine, self.now - timedelta(hours=1))
         transport = self.transport or make_transport(settings)
         one_at_a_time = threading.Lock()  # the SMTP sessions answer from their threads
+        accepted: list[Digest] = []
 
         def answered(outcome: Outcome) -> None:
             with one_at_a_time:
-                self._answer(by_key[str(outcome.key)], outcome, report)
+                digest = by_key[str(outcome.key)]
+                self._answer(digest, outcome, report)
+                if outcome.status == SENT:
+                    accepted.append(digest)
+                    if len(accepted) >= RECORDED_TOGETHER:
+                        record_alerts(self.engine, accepted, self.now)
+                        accepted.clear()
 
         try:
-            transport.deliver(outgoing, limiter, answered)
+            transport.deliver(self._rendered(to_send, report, one_at_a_time), limiter,
+                              answered)
+            record_alerts(self.engine, accepted, self.now)
         finally:
             transport.close()
         if transport.gave_up:
             report.problems.append(transport.gave_up)
 
+    def _rendered(self, to_send: list[tuple[Digest, str]], report: OverdueReport,
+                  one_at_a_time: threading.Lock) -> Iterator[Outgoing]:
+        """Each digest's message, rendered as a session takes it, so that rendering the
+        next digests overlaps sending the first ones."""
+        sender = sender_address(self.settings)
+        for digest, subject in to_send:
+            try:
+                data = self.message(digest, subject)
+            except Exception as exc:  # a broken template fails one digest, not the scan
+                with one_at_a_time:
+                    self._answer(digest, Outcome(digest.key, FAILED, detail=(
+                        f"could not render the digest ({type(exc).__name__}: {exc})")), report)
+                continue
+            yield Outgoing(key=digest.key, sender=sender,
+                           rcpt=self.settings.redirect_to or digest.recipient.address, data=data)
+
     def _answer(self, digest: Digest, outcome: Outcome, report: OverdueReport) -> None:
         if outcome.status == SENT:
-            record_alerts(self.engine, digest, self.now)
             report.digests_sent += 1
             report.tickets_alerted += len(digest.tickets)
         elif outcome.status == DEFERRED:
@@ -468,17 +485,21 @@ def _chunks(items: Sequence[OverdueTicket], size: int) -> Iterator[Sequence[Over
         yield items[start:start + size]
 
 
-def record_alerts(engine: Engine, digest: Digest, now: datetime) -> None:
-    """Remember that ``digest``'s recipient was told of its tickets (and their due dates)
-    now, replacing older records of the same (ticket, recipient), in one transaction."""
+def record_alerts(engine: Engine, digests: Sequence[Digest], now: datetime) -> None:
+    """Remember that each digest's recipient was told of its tickets (and their due
+    dates) now, replacing older records of the same (ticket, recipient), in one
+    transaction."""
+    if not digests:
+        return
     with engine.begin() as conn:
-        for chunk in _chunks(digest.tickets, _CHUNK):
-            conn.execute(delete(overdue_alerts).where(
-                overdue_alerts.c.recipient == digest.key,
-                overdue_alerts.c.ticket_id.in_([t.id for t in chunk])))
+        for digest in digests:
+            for chunk in _chunks(digest.tickets, _CHUNK):
+                conn.execute(delete(overdue_alerts).where(
+                    overdue_alerts.c.recipient == digest.key,
+                    overdue_alerts.c.ticket_id.in_([t.id for t in chunk])))
         conn.execute(insert(overdue_alerts), [
             {"ticket_id": t.id, "recipient": digest.key, "due_at": t.due_at, "alerted_at": now}
-            for t in digest.tickets])
+            for digest in digests for t in digest.tickets])
 
 
 def overdue_scan(settings: Settings, *, dry_run: bool = False, engine: Engine | None = None,
