@@ -340,11 +340,11 @@ class Sender:
         to_send: list[tuple[EventContext, EmailRecipient]] = []
         for event_id, (ctx, recipients) in resolved.items():
             work = works[event_id] = _EventWork(ctx)
-            subject = self.renderer.subject(ctx)
+            if recipients.in_app:
+                title, body, url = in_app_text(ctx, self.renderer.subject(ctx))
             for user_id in recipients.in_app:
                 if (event_id, IN_APP, str(user_id)) in existing:
                     continue
-                title, body, url = in_app_text(ctx, subject)
                 notifications.append({"user_id": user_id, "ticket_id": ctx.ticket.id,
                                       "event_type": ctx.event.event_type, "title": title,
                                       "body": body, "url": url, "created_at": now})
