@@ -92,7 +92,7 @@ def _timed(fn: Any, repeat: int = 3) -> tuple[float, float, Any]:
 
 
 def run(postgres_url: str, n_tickets: int, n_overdue: int, check: Any,
-        sink_port: int | None = None, workdir: Path | None = None) -> dict[str, Any]:
+        sink: Any = None, workdir: Path | None = None) -> dict[str, Any]:
     from itsm_notify.config import load_settings
     from itsm_notify.overdue import find_overdue, overdue_query, overdue_scan
 
@@ -107,9 +107,9 @@ def run(postgres_url: str, n_tickets: int, n_overdue: int, check: Any,
     overrides = {"database_url": postgres_url, "default_from_email": "helpdesk@example.com",
                  "site_url": "https://helpdesk.example.com", "admins": "ops@example.com",
                  "secret_key": "bench-secret-key"}
-    if sink_port:
+    if sink is not None:
         overrides |= {"email_backend": "smtp", "email_host": "127.0.0.1",
-                      "email_port": sink_port,
+                      "email_port": sink.port,
                       "delivery_log": str((workdir or Path(".")) / "overdue-email.log")}
     settings = load_settings(overrides, environ={}, dotenv_path=None)
     now = utcnow() + timedelta(seconds=1)
@@ -132,11 +132,21 @@ def run(postgres_url: str, n_tickets: int, n_overdue: int, check: Any,
                               "query_median": query_median, "dry_run_best": dry_best,
                               "dry_run_median": dry_median, "digests": len(preview.planned),
                               "plan": plan}
-    if sink_port:
+    if sink is not None:
+        sink.reset()
+        sink_cpu = sink.report()["cpu"]
         started = time.perf_counter()
         report = overdue_scan(settings, engine=engine, now=now)
         result["real_scan_seconds"] = time.perf_counter() - started
+        received = sink.report()
+        result["sink_seconds"] = received["cpu"] - sink_cpu
+        result["digest_megabytes"] = received["bytes"] / 1e6
+        check.expect(received["count"] == report.digests_sent == len(preview.planned),
+                     f"overdue: the sink got {received['count']} digests, the scan sent "
+                     f"{report.digests_sent} of {len(preview.planned)}")
         print(f"  overdue-scan, sending ({report.summary()}): "
-              f"{result['real_scan_seconds']:.2f} s", flush=True)
+              f"{result['real_scan_seconds']:.2f} s; the sink took "
+              f"{result['digest_megabytes']:.1f} MB in {result['sink_seconds']:.2f} s of CPU",
+              flush=True)
     engine.dispose()
     return result

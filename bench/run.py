@@ -533,7 +533,7 @@ def overdue(args: argparse.Namespace, check: Check, sink: SinkProcess,
 
     sink.set_latency(0)
     return overdue_bench.run(args.postgres_url, args.overdue_tickets, args.overdue_count, check,
-                             sink_port=sink.port, workdir=workdir)
+                             sink=sink, workdir=workdir)
 
 
 # --------------------------------------------------------------------------- main

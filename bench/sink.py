@@ -7,7 +7,7 @@ reply to DATA) stands in for a real relay's round trip; other connections go on.
 
 The parent drives it over a ``multiprocessing`` pipe: ``("latency", seconds)``,
 ``("reset",)``, ``("report",)`` → ``{"count", "ids", "connections", "cpu"}`` (the sink's
-CPU seconds so far), ``("stop",)``.
+CPU seconds so far), ``("stop",)``; the report also gives ``bytes`` received.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re
 class _State:
     latency: float = 0.0
     count: int = 0
+    received_bytes: int = 0
     ids: list[bytes] = field(default_factory=list)
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -52,6 +53,7 @@ class _Handler:
             await asyncio.sleep(self.state.latency)
         with self.state.lock:
             self.state.count += 1
+            self.state.received_bytes += len(data)
             self.state.ids.append(match.group(1) if match else b"")
         return "250 OK"
 
@@ -91,11 +93,12 @@ def _serve(port: int, control: Connection, cpu: int | None) -> None:
                 control.send("ok")
             elif command == "reset":
                 with state.lock:
-                    state.count, state.ids, state.connections = 0, [], 0
+                    state.count, state.received_bytes, state.ids, state.connections = 0, 0, [], 0
                 control.send("ok")
             elif command == "report":
                 with state.lock:
-                    control.send({"count": state.count, "ids": list(state.ids),
+                    control.send({"count": state.count, "bytes": state.received_bytes,
+                                  "ids": list(state.ids),
                                   "connections": state.connections,
                                   "cpu": time.process_time()})
             elif command == "stop":
