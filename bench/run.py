@@ -49,7 +49,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, insert, select, text
 
-from itsm_notify import db
+from itsm_notify import db, deliveries
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.render import message_id
 from itsm_notify.transport import Outcome, Outgoing, RateLimiter
@@ -209,6 +209,16 @@ def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection
     @event.listens_for(engine, "commit")
     def _commit(conn: Any) -> None:
         counts["commits"] += 1
+
+    insert_many = deliveries.insert_many
+
+    def counted_insert_many(conn: Any, table: Any, rows: Any) -> None:
+        if conn.dialect.name == "postgresql" and rows:  # a COPY: no cursor execute event
+            counts["statements"] += 1
+            kinds[f"COPY {table.name}"] = kinds.get(f"COPY {table.name}", 0) + 1
+        insert_many(conn, table, rows)
+
+    deliveries.insert_many = counted_insert_many
 
     profiler = spy = None
     if profile and os.environ.get("ITSM_BENCH_PY_SPY"):

@@ -7,14 +7,26 @@ transaction as its delivery row, so it is written exactly once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .db import (
     DEFERRED,
@@ -70,9 +82,37 @@ def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
     (its lease on the event ran out while this worker held it)."""
     with engine.begin() as conn:
         if new_deliveries:
-            conn.execute(insert(deliveries), list(new_deliveries))
+            insert_many(conn, deliveries, new_deliveries)
         if notifications:
-            conn.execute(insert(app_notifications), list(notifications))
+            insert_many(conn, app_notifications, notifications)
+
+
+def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` (dicts with the same keys). On PostgreSQL with psycopg, by COPY: a
+    batch writes about ten rows per email, and COPY costs a fraction of an INSERT per row,
+    on both ends. Errors come out as SQLAlchemy's (IntegrityError on a duplicate)."""
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg" or not rows:
+        conn.execute(insert(table), list(rows))
+        return
+    columns = tuple(rows[0])
+    statement = _copy_statement(table.name, columns)
+    driver: Any = conn.connection.driver_connection
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[column] for column in columns])
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error) \
+            from None
+
+
+@functools.lru_cache(maxsize=16)
+def _copy_statement(table: str, columns: tuple[str, ...]) -> str:
+    """``COPY table (columns) FROM STDIN``, names quoted as PostgreSQL wants them."""
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    return f"COPY {quoted(table)} ({', '.join(map(quoted, columns))}) FROM STDIN"
 
 
 _OUTCOME_UPDATE = (

@@ -18,7 +18,6 @@ accepted are ever unknown to the database.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -35,15 +34,12 @@ FLUSH_EVERY = 20
 """Answers accepted by a server and not yet written, beyond one per session: the most a
 killed worker can send twice."""
 WRITE_AT = 16
-"""The recorder writes once this many answers wait, so the sessions never run out of
-permits while it writes."""
+"""The recorder writes once this many answers wait (or WRITE_WITHIN has passed): few
+transactions, and the permits left over keep the sessions sending while it writes."""
 WRITE_WITHIN = 0.2
 """Seconds an answer waits at most to be written when fewer than WRITE_AT wait."""
 QUEUE_AHEAD = 64
 """Rendered messages waiting for a session: enough to cover planning the next batch."""
-
-log = logging.getLogger("itsm_notify")
-
 
 @contextmanager
 def on_one_cpu(enabled: bool = True) -> Iterator[None]:
@@ -82,6 +78,7 @@ def _current_cpu() -> int | None:
         return int(stat.rpartition(")")[2].split()[36])
     except (OSError, ValueError, IndexError):
         return None
+
 
 B = TypeVar("B", bound="Batch")
 
