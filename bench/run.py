@@ -223,7 +223,8 @@ def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection
     profiler = spy = None
     if profile and os.environ.get("ITSM_BENCH_PY_SPY"):
         # Samples every thread (cProfile sees only this one): collapsed stacks to `profile`.
-        spy = subprocess.Popen([*os.environ["ITSM_BENCH_PY_SPY"].split(), "record", "-p",
+        # --gil: the thread holding the GIL, i.e. where the process's Python time goes.
+        spy = subprocess.Popen([*os.environ["ITSM_BENCH_PY_SPY"].split(), "record", "--gil", "-p",
                                 str(os.getpid()), "-o", profile, "--format", "raw", "-r", "250",
                                 "--nonblocking"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
