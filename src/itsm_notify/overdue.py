@@ -24,8 +24,10 @@ alerted and when. A ticket is listed again for the same recipient only after
 ``ITSM_OVERDUE_REALERT_HOURS``, or at once when its due date moved (the new date
 re-arms the alert). A digest lists only the tickets due for an alert, so an hourly
 scan does not repeat what the person was told an hour ago. An alert is recorded only
-once the transport accepted the digest (in groups of ``RECORDED_TOGETHER``): a deferred
-or failed digest is tried again by the next scan.
+once the transport accepted the digest, a group at a time as in send-pending (a scan
+killed meanwhile sends at most ``pipeline.FLUSH_EVERY`` plus one per SMTP connection
+again, with the same Message-IDs): a deferred or failed digest is tried again by the
+next scan.
 
 Run the scan from one host (cron or ``itsm-notify scheduler``); two scans at the same
 moment may both send a digest, though with the same Message-ID, which mail systems
@@ -35,7 +37,6 @@ commonly treat as one message.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,7 @@ from .config import Settings, address_problem
 from .db import EMAIL, overdue_alerts, preferences, tickets, users
 from .deliveries import emails_sent_since, record_outcomes, suppressed_among
 from .models import User
+from .pipeline import Batch, Pipeline, on_one_cpu
 from .recipients import EmailRecipient
 from .render import (
     RenderedEmail,
@@ -78,9 +80,6 @@ TEMPLATE = "overdue_alert"
 MAX_LISTED = 100
 """Tickets listed in one digest; the rest are counted ("and 40 more")."""
 _CHUNK = 500  # ids per IN list when recording alerts
-RECORDED_TOGETHER = 20
-"""Accepted digests remembered per transaction: a scan killed meanwhile sends at most
-this many again (with the same Message-IDs) at its next run."""
 
 
 @dataclass(frozen=True)
@@ -414,50 +413,57 @@ class OverdueScan:
     # ---------------------------------------------------------------- sending
 
     def _deliver(self, to_send: list[tuple[Digest, str]], report: OverdueReport) -> None:
+        """Render the digests and send them as send-pending sends (pipeline.py): the
+        sessions send while the next digests render, and the recorder remembers the
+        accepted digests' alerts a group at a time."""
         settings = self.settings
-        by_key = {digest.key: digest for digest, _ in to_send}
         setup_delivery_log(settings.delivery_log)
         limiter = RateLimiter(per_second=settings.rate_per_second, per_hour=settings.rate_per_hour)
         if settings.rate_per_hour:
             limiter.sent_last_hour = emails_sent_since(self.engine, self.now - timedelta(hours=1))
         transport = self.transport or make_transport(settings)
-        one_at_a_time = threading.Lock()  # the SMTP sessions answer from their threads
-        accepted: list[Digest] = []
-
-        def answered(outcome: Outcome) -> None:
-            with one_at_a_time:
-                digest = by_key[str(outcome.key)]
-                self._answer(digest, outcome, report)
-                if outcome.status == SENT:
-                    accepted.append(digest)
-                    if len(accepted) >= RECORDED_TOGETHER:
-                        record_alerts(self.engine, accepted, self.now)
-                        accepted.clear()
-
-        try:
-            transport.deliver(self._rendered(to_send, report, one_at_a_time), limiter,
-                              answered)
-            record_alerts(self.engine, accepted, self.now)
-        finally:
-            transport.close()
+        by_key = {digest.key: digest for digest, _ in to_send}
+        with on_one_cpu(settings.one_cpu):
+            pipeline: Pipeline[Batch] = Pipeline(
+                transport, limiter, sessions=settings.smtp_connections,
+                route=lambda outcome: outcome.key,
+                write=lambda outcomes, _batches, _renew: self._record(outcomes, by_key, report),
+                finish=lambda _batch: None)
+            try:
+                pipeline.open(Batch(keys=list(by_key), unanswered=len(to_send)))
+                pipeline.send(self._rendered(to_send, pipeline))
+            finally:
+                try:
+                    pipeline.close()
+                finally:
+                    transport.close()
         if transport.gave_up:
             report.problems.append(transport.gave_up)
 
-    def _rendered(self, to_send: list[tuple[Digest, str]], report: OverdueReport,
-                  one_at_a_time: threading.Lock) -> Iterator[Outgoing]:
-        """Each digest's message, rendered as a session takes it, so that rendering the
-        next digests overlaps sending the first ones."""
+    def _rendered(self, to_send: list[tuple[Digest, str]],
+                  pipeline: Pipeline[Batch]) -> Iterator[Outgoing]:
         sender = sender_address(self.settings)
         for digest, subject in to_send:
             try:
                 data = self.message(digest, subject)
             except Exception as exc:  # a broken template fails one digest, not the scan
-                with one_at_a_time:
-                    self._answer(digest, Outcome(digest.key, FAILED, detail=(
-                        f"could not render the digest ({type(exc).__name__}: {exc})")), report)
+                pipeline.settle(Outcome(digest.key, FAILED, detail=(
+                    f"could not render the digest ({type(exc).__name__}: {exc})")))
                 continue
             yield Outgoing(key=digest.key, sender=sender,
                            rcpt=self.settings.redirect_to or digest.recipient.address, data=data)
+
+    def _record(self, outcomes: list[Outcome], by_key: dict[str, Digest],
+                report: OverdueReport) -> None:
+        """Count and log answers, and remember the accepted digests' alerts in one
+        transaction (the recorder's thread)."""
+        accepted = []
+        for outcome in outcomes:
+            digest = by_key[str(outcome.key)]
+            self._answer(digest, outcome, report)
+            if outcome.status == SENT:
+                accepted.append(digest)
+        record_alerts(self.engine, accepted, self.now)
 
     def _answer(self, digest: Digest, outcome: Outcome, report: OverdueReport) -> None:
         if outcome.status == SENT:

@@ -22,11 +22,11 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 from .transport import Outcome, Outgoing, RateLimiter, Transport
 
@@ -85,16 +85,12 @@ B = TypeVar("B", bound="Batch")
 
 @dataclass(eq=False)
 class Batch:
-    """What the pipeline knows of a claimed batch: its events and its unanswered emails."""
+    """What the pipeline knows of a batch: what its answers are routed by (send-pending:
+    its event ids), and its unanswered messages."""
 
-    event_ids: list[int]
+    keys: list[Hashable]
     unanswered: int
-    """Emails handed to the pipeline whose answer is not written yet."""
-
-
-def _event_id(outcome: Outcome) -> int:
-    """send-pending's outcomes are keyed (event id, recipient)."""
-    return cast(tuple[int, str], outcome.key)[0]
+    """Messages handed to the pipeline whose answer is not written yet."""
 
 
 @dataclass
@@ -107,7 +103,7 @@ class _Answer:
 @dataclass
 class _Shared(Generic[B]):
     answers: list[_Answer] = field(default_factory=list)
-    batches: dict[int, B] = field(default_factory=dict)  # event id → its open batch
+    batches: dict[Hashable, B] = field(default_factory=dict)  # key → its open batch
     open: list[B] = field(default_factory=list)  # in claim order
     closing: bool = False
     reached_server: bool = False
@@ -116,16 +112,18 @@ class _Shared(Generic[B]):
 class Pipeline(Generic[B]):
     """Carries rendered messages to the transport and answers to the database.
 
+    ``route(outcome)`` gives the key of the batch an answer belongs to;
     ``write(answers, batches, renew)`` turns answers into database rows and commits them
-    (with each answer's batch; ``renew`` lists the event ids whose leases to renew in the
-    same transaction, or is empty); ``finish(batch)`` ends a batch whose answers are all
-    written. Both run in the recorder's thread only."""
+    (with each answer's batch; ``renew`` lists the keys whose leases to renew in the same
+    transaction, every ``renew_every`` seconds, or is empty); ``finish(batch)`` ends a
+    batch whose answers are all written. Both run in the recorder's thread only."""
 
     def __init__(self, transport: Transport, limiter: RateLimiter, *, sessions: int,
-                 write: Callable[[list[Outcome], list[B], list[int]], None],
-                 finish: Callable[[B], None], renew_every: float) -> None:
+                 route: Callable[[Outcome], Hashable],
+                 write: Callable[[list[Outcome], list[B], list[Hashable]], None],
+                 finish: Callable[[B], None], renew_every: float = float("inf")) -> None:
         self.transport = transport
-        self._write, self._finish = write, finish
+        self._route, self._write, self._finish = route, write, finish
         self._renew_every = renew_every
         self.permits = threading.Semaphore(FLUSH_EVERY + sessions)
         self._queue: queue.Queue[Outgoing | None] = queue.Queue(maxsize=QUEUE_AHEAD)
@@ -145,8 +143,8 @@ class Pipeline(Generic[B]):
         """Announce a batch before handing over its messages (or with none to send)."""
         with self._changed:
             self._state.open.append(batch)
-            for event_id in batch.event_ids:
-                self._state.batches[event_id] = batch
+            for key in batch.keys:
+                self._state.batches[key] = batch
             self._changed.notify_all()
 
     def send(self, messages: Iterable[Outgoing]) -> None:
@@ -234,9 +232,9 @@ class Pipeline(Generic[B]):
                     or any(batch.unanswered == 0 for batch in state.open), WRITE_WITHIN)
                 answers, state.answers = state.answers, []
                 closing = state.closing
-                batches = [state.batches[_event_id(a.outcome)] for a in answers]
-                open_ids = [event_id for batch in state.open for event_id in batch.event_ids]
-            renew = open_ids if time.monotonic() - renewed > self._renew_every else []
+                batches = [state.batches[self._route(a.outcome)] for a in answers]
+                open_keys = [key for batch in state.open for key in batch.keys]
+            renew = open_keys if time.monotonic() - renewed > self._renew_every else []
             try:
                 if answers or renew:
                     self._write([a.outcome for a in answers], batches, renew)
@@ -261,8 +259,8 @@ class Pipeline(Generic[B]):
             with self._changed:
                 for batch in done:
                     state.open.remove(batch)
-                    for event_id in batch.event_ids:
-                        state.batches.pop(event_id, None)
+                    for key in batch.keys:
+                        state.batches.pop(key, None)
                 self._changed.notify_all()
                 if closing and not state.answers:
                     return

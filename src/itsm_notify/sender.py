@@ -256,8 +256,9 @@ class Sender:
         lease = timedelta(seconds=self.settings.lease_seconds)
         pipeline: Pipeline[_SendBatch] = Pipeline(
             self.transport, self.limiter, sessions=self.settings.smtp_connections,
-            write=lambda outcomes, batches, renew: self._record(outcomes, batches, renew,
-                                                                report),
+            route=lambda outcome: cast(tuple[int, str], outcome.key)[0],  # the event id
+            write=lambda outcomes, batches, renew: self._record(
+                outcomes, batches, cast(list[int], renew), report),
             finish=lambda batch: self._finish_batch(batch, report),
             renew_every=lease.total_seconds() / 3)
         claimed = 0
@@ -306,7 +307,7 @@ class Sender:
                                      error="taken over by another worker; retried")
                         for ctx in contexts]
             works = {}
-        pipeline.open(_SendBatch(event_ids=[event.id for event in events],
+        pipeline.open(_SendBatch(keys=[event.id for event in events],
                                  unanswered=len(to_send), started=now, works=works,
                                  existing=existing, settled=settled))
         pipeline.send(self._render_each(to_send, pipeline))
