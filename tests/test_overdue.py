@@ -313,6 +313,22 @@ def test_deferred_digest_is_retried_next_scan(sqlite_url: str, smtp_sink: SmtpSi
     assert [m.rcpt_tos for m in smtp_sink.messages] == [["bob@example.com"]]
 
 
+def test_digests_count_against_the_hourly_rate_ceiling(desk: dict[str, Any],
+                                                       smtp_sink: SmtpSink) -> None:
+    ticket(desk, "TKT-301", assignee="bob", due=timedelta(hours=2))
+    ticket(desk, "TKT-302", assignee="carol", due=timedelta(hours=2))
+    settings = settings_for(desk["url"], smtp_sink, rate_per_hour=1)
+    first = overdue_scan(settings, engine=desk["engine"], now=NOW)
+    assert (first.digests_sent, first.digests_deferred) == (1, 1)
+    # Half an hour later the hour's one email is the digest already sent: nothing goes.
+    again = overdue_scan(settings, engine=desk["engine"], now=NOW + timedelta(minutes=30))
+    assert (again.digests_sent, again.digests_deferred) == (0, 1)
+    assert len(smtp_sink.messages) == 1
+    later = overdue_scan(settings, engine=desk["engine"], now=NOW + timedelta(hours=2))
+    assert later.digests_sent == 1
+    assert len(smtp_sink.messages) == 2
+
+
 def test_debug_redirect(sqlite_url: str, smtp_sink: SmtpSink) -> None:
     desk = {"engine": create_schema(sqlite_url), "url": sqlite_url}
     desk["alice"] = add_user(desk["engine"], "alice")

@@ -38,6 +38,7 @@ from .db import (
     app_notifications,
     deliveries,
     outbox,
+    overdue_alerts,
     suppressions,
 )
 
@@ -182,11 +183,16 @@ def list_suppressions(engine: Engine) -> list[dict[str, Any]]:
 
 
 def emails_sent_since(engine: Engine, since: datetime) -> int:
-    """Emails accepted since ``since``: seeds the hourly rate ceiling across runs."""
+    """Emails accepted since ``since``, overdue digests included (one per recipient and
+    scan in ``overdue_alerts``): seeds the hourly rate ceiling across runs and commands."""
+    digests = select(overdue_alerts.c.recipient, overdue_alerts.c.alerted_at).where(
+        overdue_alerts.c.alerted_at >= since).distinct().subquery()
     with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(deliveries).where(
+        emails = conn.execute(select(func.count()).select_from(deliveries).where(
             and_(deliveries.c.channel == EMAIL, deliveries.c.state == SENT,
                  deliveries.c.sent_at >= since))).scalar_one()
+        return int(emails) + int(conn.execute(
+            select(func.count()).select_from(digests)).scalar_one())
 
 
 def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tuple[int, int]:
