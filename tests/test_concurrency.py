@@ -28,7 +28,7 @@ from delivery_support import (
 from helpdesk import create_schema, smtp_env, utcnow
 from itsm_notify import db
 from itsm_notify.config import load_settings
-from itsm_notify.pipeline import FLUSH_EVERY
+from itsm_notify.pipeline import MAX_UNRECORDED
 from itsm_notify.sender import send_pending
 from smtp_server import SmtpSink
 
@@ -78,7 +78,7 @@ def test_worker_killed_mid_batch_is_taken_over_after_its_lease(
         database_url: str, smtp_sink: SmtpSink, tmp_path: Path) -> None:
     engine = create_schema(database_url)
     desk = seed_bulk(engine, 120)
-    # One connection (sent inline) on SQLite, several (sent by threads) elsewhere.
+    # One SMTP connection on SQLite, several (a thread each) elsewhere.
     connections = {"sqlite": 1, "postgresql": 3, "mariadb": 2}[_kind(database_url)]
     settings = smtp_env(database_url, smtp_sink, ADMINS=ADMIN, ITSM_BATCH_SIZE=50,
                         ITSM_SMTP_CONNECTIONS=connections, ITSM_LEASE_SECONDS=5)
@@ -94,7 +94,7 @@ def test_worker_killed_mid_batch_is_taken_over_after_its_lease(
     before = received(smtp_sink)
     in_flight = set(before) - sent_deliveries(engine)
     assert 0 < sum(before.values()) < len(desk.expected_emails), "kill was not mid-run"
-    assert len(in_flight) <= FLUSH_EVERY + connections
+    assert len(in_flight) <= MAX_UNRECORDED + connections
 
     # Before the lease runs out nobody touches the dead worker's events: a run takes the
     # next pending event instead.

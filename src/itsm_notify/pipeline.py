@@ -5,15 +5,17 @@
     renders batches         messages               send and answer            writes answers
 
 The main thread renders the next messages, and claims and plans the next batch, while
-the sessions send; the sessions never wait for the database; the recorder writes the
-answers in groups, renews the leases of the batches in flight on a timer, and finishes
-each batch (its events done, failed or back to pending) once all its answers are
-written. Nothing waits on another stage except through the queue and the permits.
+the sessions send; the recorder writes the answers in groups, renews the leases of the
+batches in flight on a timer, and finishes each batch (its events done, failed or back
+to pending) once all its answers are written. The stages wait on one another only
+through the queue and the permits (and the main thread, before claiming a second batch,
+on a first answer from the server).
 
 The permits bound what a killed worker can send twice (issue 3): a session takes one
 before it sends a message, and the recorder gives them back once the answers are
-committed, so at most ``FLUSH_EVERY`` plus one per session of the messages a server
-accepted are ever unknown to the database.
+committed, so at most ``MAX_UNRECORDED`` plus one per session of the messages a server
+accepted are ever unknown to the database. The sessions never wait for the database
+otherwise: while the recorder writes, the permits left over keep them sending.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Generic, TypeVar
 
 from .transport import Outcome, Outgoing, RateLimiter, Transport
 
-FLUSH_EVERY = 20
+MAX_UNRECORDED = 20
 """Answers accepted by a server and not yet written, beyond one per session: the most a
 killed worker can send twice."""
 WRITE_AT = 16
@@ -116,7 +118,7 @@ class Pipeline(Generic[B]):
     ``write(answers, batches, renew)`` turns answers into database rows and commits them
     (with each answer's batch; ``renew`` lists the keys whose leases to renew in the same
     transaction, every ``renew_every`` seconds, or is empty); ``finish(batch)`` ends a
-    batch whose answers are all written. Both run in the recorder's thread only."""
+    batch whose answers are all written. All three run in the recorder's thread only."""
 
     def __init__(self, transport: Transport, limiter: RateLimiter, *, sessions: int,
                  route: Callable[[Outcome], Hashable],
@@ -125,7 +127,7 @@ class Pipeline(Generic[B]):
         self.transport = transport
         self._route, self._write, self._finish = route, write, finish
         self._renew_every = renew_every
-        self.permits = threading.Semaphore(FLUSH_EVERY + sessions)
+        self.permits = threading.Semaphore(MAX_UNRECORDED + sessions)
         self._queue: queue.Queue[Outgoing | None] = queue.Queue(maxsize=QUEUE_AHEAD)
         self._state: _Shared[B] = _Shared()
         self._changed = threading.Condition()
@@ -183,10 +185,27 @@ class Pipeline(Generic[B]):
                                    or self.failure is not None or bool(self.transport.gave_up))
         return self.failure is None and not self.transport.gave_up
 
-    def close(self) -> None:
-        """Send what is queued, write every answer, finish every batch; then raise what
-        went wrong in another stage, if anything did."""
+    def __enter__(self) -> Pipeline[B]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Close the pipeline, then the transport. Interrupted (Ctrl-C), what is still
+        queued is dropped instead of sent."""
         try:
+            self.close(send_queued=kind is not KeyboardInterrupt)
+        finally:
+            self.transport.close()
+
+    def close(self, *, send_queued: bool = True) -> None:
+        """Send what is queued (or, interrupted, drop it: those emails stay for a later
+        run), write every answer, finish every batch; then raise what went wrong in
+        another stage, if anything did."""
+        try:
+            while not send_queued:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
             self._put(None)
         finally:
             self._sender.join()
@@ -205,6 +224,8 @@ class Pipeline(Generic[B]):
     def _messages(self) -> Iterator[Outgoing]:
         while (message := self._queue.get()) is not None:
             self.permits.acquire()
+            if self.failure is not None:
+                return  # its answer could not be recorded: it stays for a later run
             yield message
 
     def _deliver(self, limiter: RateLimiter) -> None:
@@ -223,6 +244,13 @@ class Pipeline(Generic[B]):
     # ------------------------------------------------------------ the recorder
 
     def _record(self) -> None:
+        """The recorder's thread: a failure anywhere stops the pipeline (``_fail``)."""
+        try:
+            self._record_until_closed()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _record_until_closed(self) -> None:
         renewed = time.monotonic()
         state = self._state
         while True:
@@ -233,15 +261,11 @@ class Pipeline(Generic[B]):
                 answers, state.answers = state.answers, []
                 closing = state.closing
                 batches = [state.batches[self._route(a.outcome)] for a in answers]
-                open_keys = [key for batch in state.open for key in batch.keys]
-            renew = open_keys if time.monotonic() - renewed > self._renew_every else []
-            try:
-                if answers or renew:
-                    self._write([a.outcome for a in answers], batches, renew)
-                    renewed = time.monotonic() if renew else renewed
-            except BaseException as exc:
-                self._fail(exc)
-                return
+                renew = [key for batch in state.open for key in batch.keys] \
+                    if time.monotonic() - renewed > self._renew_every else []
+            if answers or renew:
+                self._write([a.outcome for a in answers], batches, renew)
+                renewed = time.monotonic() if renew else renewed
             if sent := sum(a.sent for a in answers):
                 self.permits.release(sent)
             with self._changed:
@@ -250,12 +274,8 @@ class Pipeline(Generic[B]):
                     state.reached_server |= answer.outcome.counts_as_attempt
                 done = [b for b in state.open if b.unanswered == 0 or closing]
                 self._changed.notify_all()
-            try:
-                for batch in done:
-                    self._finish(batch)
-            except BaseException as exc:
-                self._fail(exc)
-                return
+            for batch in done:
+                self._finish(batch)
             with self._changed:
                 for batch in done:
                     state.open.remove(batch)
@@ -270,4 +290,4 @@ class Pipeline(Generic[B]):
             if self.failure is None:
                 self.failure = exc
             self._changed.notify_all()
-        self.permits.release(FLUSH_EVERY * 1000)  # wake sessions waiting for a permit
+        self.permits.release(MAX_UNRECORDED * 1000)  # wake sessions waiting for a permit
