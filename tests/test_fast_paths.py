@@ -18,6 +18,7 @@ import json
 import logging
 from datetime import datetime
 from email import policy
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -140,12 +141,23 @@ def headers(link: str | None, msg_id: str = "<m.1@example.com>", *, thread_start
             "unsubscribe_url": link, "now": NOW}
 
 
+def _stdlib_policy() -> Any:
+    """policy.SMTP with the email package's own header factory (no cached classes), and
+    List-Unsubscribe never made encoded words (render.ListUrlHeader)."""
+    registry = HeaderRegistry()
+    registry.map_to_type("list-unsubscribe", render.ListUrlHeader)
+    return policy.SMTP.clone(header_factory=registry)
+
+
 def wanted(renderer: Renderer, rendered: RenderedEmail, recipient: EmailRecipient,
            fields: dict[str, Any]) -> bytes:
-    """The same message built and serialized by the email package itself."""
+    """The same message built and serialized by the email package itself, under a policy
+    of its own (not the one compose's caches use)."""
     envelope = renderer.settings.redirect_to or recipient.address
-    serialize = render.SMTPUTF8_POLICY if not envelope.isascii() else render.SMTP_POLICY
-    return renderer.build_message(rendered, recipient, **fields).as_bytes(policy=serialize)
+    stdlib = _stdlib_policy()
+    with mock.patch.object(render, "SMTP_POLICY", stdlib):
+        message = renderer.build_message(rendered, recipient, **fields)
+    return message.as_bytes(policy=stdlib.clone(utf8=not envelope.isascii()))
 
 
 REPLYING = Renderer(make_settings(reply_to_email="Support <support@example.com>"))

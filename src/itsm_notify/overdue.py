@@ -25,7 +25,7 @@ alerted and when. A ticket is listed again for the same recipient only after
 re-arms the alert). A digest lists only the tickets due for an alert, so an hourly
 scan does not repeat what the person was told an hour ago. An alert is recorded only
 once the transport accepted the digest, a group at a time as in send-pending (a scan
-killed meanwhile sends at most ``pipeline.FLUSH_EVERY`` plus one per SMTP connection
+killed meanwhile sends at most ``pipeline.MAX_UNRECORDED`` plus one per SMTP connection
 again, with the same Message-IDs): a deferred or failed digest is tried again by the
 next scan.
 
@@ -48,7 +48,7 @@ from sqlalchemy import Engine, Select, and_, delete, false, func, insert, select
 from . import db
 from .config import Settings, address_problem
 from .db import EMAIL, overdue_alerts, preferences, tickets, users
-from .deliveries import emails_sent_since, record_outcomes, suppressed_among
+from .deliveries import record_outcomes, suppressed_among
 from .models import User
 from .pipeline import Batch, Pipeline, on_one_cpu
 from .recipients import EmailRecipient
@@ -59,17 +59,15 @@ from .render import (
     message_id,
     one_line,
     recipient_variables,
-    sender_address,
     thread_id,
 )
-from .sender import log_deliveries, setup_delivery_log, utcnow
+from .sender import log_deliveries, rate_limiter, setup_delivery_log, utcnow
 from .transport import (
     DEFERRED,
     FAILED,
     SENT,
     Outcome,
     Outgoing,
-    RateLimiter,
     Transport,
     make_transport,
 )
@@ -355,7 +353,7 @@ class OverdueScan:
             if reason:
                 report.digests_suppressed += digest.key in suppressed
                 report.digests_skipped += digest.key not in suppressed
-                self._log(digest, reason.split(":")[0], None, reason)
+                log_deliveries([self._log_line(digest, reason.split(":")[0], None, reason)])
                 continue
             to_send.append((digest, subject))
         if to_send:
@@ -418,31 +416,21 @@ class OverdueScan:
         accepted digests' alerts a group at a time."""
         settings = self.settings
         setup_delivery_log(settings.delivery_log)
-        limiter = RateLimiter(per_second=settings.rate_per_second, per_hour=settings.rate_per_hour)
-        if settings.rate_per_hour:
-            limiter.sent_last_hour = emails_sent_since(self.engine, self.now - timedelta(hours=1))
         transport = self.transport or make_transport(settings)
         by_key = {digest.key: digest for digest, _ in to_send}
-        with on_one_cpu(settings.one_cpu):
-            pipeline: Pipeline[Batch] = Pipeline(
-                transport, limiter, sessions=settings.smtp_connections,
-                route=lambda outcome: outcome.key,
+        with on_one_cpu(settings.one_cpu), Pipeline[Batch](
+                transport, rate_limiter(settings, self.engine, self.now),
+                sessions=settings.smtp_connections, route=lambda outcome: outcome.key,
                 write=lambda outcomes, _batches, _renew: self._record(outcomes, by_key, report),
-                finish=lambda _batch: None)
-            try:
-                pipeline.open(Batch(keys=list(by_key), unanswered=len(to_send)))
-                pipeline.send(self._rendered(to_send, pipeline))
-            finally:
-                try:
-                    pipeline.close()
-                finally:
-                    transport.close()
+                finish=lambda _batch: None) as pipeline:
+            pipeline.open(Batch(keys=list(by_key), unanswered=len(to_send)))
+            pipeline.send(self._rendered(to_send, pipeline))
         if transport.gave_up:
             report.problems.append(transport.gave_up)
 
     def _rendered(self, to_send: list[tuple[Digest, str]],
                   pipeline: Pipeline[Batch]) -> Iterator[Outgoing]:
-        sender = sender_address(self.settings)
+        sender = self.renderer.sender_address
         for digest, subject in to_send:
             try:
                 data = self.message(digest, subject)
@@ -458,12 +446,15 @@ class OverdueScan:
         """Count and log answers, and remember the accepted digests' alerts in one
         transaction (the recorder's thread)."""
         accepted = []
+        lines = []
         for outcome in outcomes:
             digest = by_key[str(outcome.key)]
             self._answer(digest, outcome, report)
+            lines.append(self._log_line(digest, outcome.status, outcome.code, outcome.detail))
             if outcome.status == SENT:
                 accepted.append(digest)
         record_alerts(self.engine, accepted, self.now)
+        log_deliveries(lines)
 
     def _answer(self, digest: Digest, outcome: Outcome, report: OverdueReport) -> None:
         if outcome.status == SENT:
@@ -476,14 +467,13 @@ class OverdueScan:
             if outcome.refused_recipient:
                 record_outcomes(self.engine, [], [(digest.key, outcome.code, outcome.detail)],
                                 self.now)
-        self._log(digest, outcome.status, outcome.code, outcome.detail)
 
     @staticmethod
-    def _log(digest: Digest, outcome: str, code: int | None, detail: str) -> None:
+    def _log_line(digest: Digest, outcome: str, code: int | None, detail: str) -> str:
         numbers = one_line(",".join(t.number for t in digest.tickets), limit=200)
-        log_deliveries([f"overdue digest recipient={digest.key} tickets={len(digest.tickets)} "
-                        f"({numbers}) outcome={outcome} code={'-' if code is None else code} "
-                        f"detail={detail!r}"])
+        return (f"overdue digest recipient={digest.key} tickets={len(digest.tickets)} "
+                f"({numbers}) outcome={outcome} code={'-' if code is None else code} "
+                f"detail={detail!r}")
 
 
 def _chunks(items: Sequence[OverdueTicket], size: int) -> Iterator[Sequence[OverdueTicket]]:

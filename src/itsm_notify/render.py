@@ -332,8 +332,7 @@ class Renderer:
         quoted-printable encoding is remembered too (see ``_qp_part``); and the MIME
         structure around them is the fixed one ``set_content`` and ``add_alternative``
         make. tests/test_fast_paths.py holds the two byte for byte against each other."""
-        if not (self.sender_address.isascii()
-                and (self.settings.redirect_to or recipient.address).isascii()):
+        if needs_smtputf8(self.sender_address, self.settings.redirect_to or recipient.address):
             return self.build_message(
                 rendered, recipient, event_type_name=event_type_name,
                 ticket_number=ticket_number, msg_id=msg_id, thread=thread,
@@ -353,6 +352,12 @@ class Renderer:
 
 
 # ------------------------------------------------------------------ wire format
+
+
+def needs_smtputf8(sender: str, rcpt: str) -> bool:
+    """Whether an envelope needs SMTPUTF8 (a non-ASCII address), and its message 8-bit
+    headers."""
+    return not (sender.isascii() and rcpt.isascii())
 
 
 def _refuse_line_breaks(name: str, parsed: Any) -> None:

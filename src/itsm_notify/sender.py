@@ -64,7 +64,7 @@ from .deliveries import (
 from .models import EventContext, EventError, OutboxEvent
 from .pipeline import Batch, Pipeline, on_one_cpu
 from .recipients import EmailRecipient, parse_payload, resolve
-from .render import Renderer, in_app_text, message_id, sender_address, thread_id
+from .render import Renderer, in_app_text, message_id, thread_id
 from .transport import Outcome, Outgoing, RateLimiter, Transport, make_transport
 from .unsubscribe import unsubscribe_url
 
@@ -188,6 +188,15 @@ def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
             for event in events]
 
 
+def rate_limiter(settings: Settings, engine: Engine, now: datetime) -> RateLimiter:
+    """The ceilings of ``ITSM_RATE_PER_SECOND`` and ``ITSM_RATE_PER_HOUR``, the hour's
+    budget less what was sent in the last hour (by any command)."""
+    limiter = RateLimiter(per_second=settings.rate_per_second, per_hour=settings.rate_per_hour)
+    if settings.rate_per_hour:
+        limiter.sent_last_hour = emails_sent_since(engine, now - timedelta(hours=1))
+    return limiter
+
+
 def backoff(attempts: int, settings: Settings) -> timedelta:
     """Exponential backoff with jitter: base·2^(n-1), capped, times a random 0.5–1."""
     ceiling = min(settings.retry_max_seconds,
@@ -236,33 +245,29 @@ class Sender:
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
         self.on_progress = on_progress
-        self.sender_address = sender_address(settings)
+        self.sender_address = self.renderer.sender_address
         self.domain = settings.from_domain  # parsed once, not twice per message
-        self.limiter = RateLimiter(per_second=settings.rate_per_second,
-                                   per_hour=settings.rate_per_hour)
+        self.limiter = RateLimiter()  # run() sets the configured ceilings
 
     # ---------------------------------------------------------------- the run
 
     def run(self, limit: int | None = None) -> RunReport:
         report = RunReport()
         setup_delivery_log(self.settings.delivery_log)
-        if self.settings.rate_per_hour:
-            self.limiter.sent_last_hour = emails_sent_since(
-                self.engine, self.clock() - timedelta(hours=1))
+        self.limiter = rate_limiter(self.settings, self.engine, self.clock())
         with on_one_cpu(self.settings.one_cpu):
             return self._run(report, limit)
 
     def _run(self, report: RunReport, limit: int | None) -> RunReport:
         lease = timedelta(seconds=self.settings.lease_seconds)
-        pipeline: Pipeline[_SendBatch] = Pipeline(
-            self.transport, self.limiter, sessions=self.settings.smtp_connections,
-            route=lambda outcome: cast(tuple[int, str], outcome.key)[0],  # the event id
-            write=lambda outcomes, batches, renew: self._record(
-                outcomes, batches, cast(list[int], renew), report),
-            finish=lambda batch: self._finish_batch(batch, report),
-            renew_every=lease.total_seconds() / 3)
         claimed = 0
-        try:
+        with Pipeline[_SendBatch](
+                self.transport, self.limiter, sessions=self.settings.smtp_connections,
+                route=lambda outcome: cast(tuple[int, str], outcome.key)[0],  # the event id
+                write=lambda outcomes, batches, renew: self._record(
+                    outcomes, batches, cast(list[int], renew), report),
+                finish=lambda batch: self._finish_batch(batch, report),
+                renew_every=lease.total_seconds() / 3) as pipeline:
             while limit is None or claimed < limit:
                 if self.limiter.exhausted:
                     log.info("hourly rate ceiling (ITSM_RATE_PER_HOUR=%s) reached; the rest "
@@ -280,11 +285,6 @@ class Sender:
                 self.process_batch(events, pipeline, report)
                 if self.on_progress:
                     self.on_progress(len(events))
-        finally:
-            try:
-                pipeline.close()
-            finally:
-                self.transport.close()
         if self.transport.gave_up:
             report.problems.append(self.transport.gave_up)
         return report

@@ -25,11 +25,12 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import IO, Protocol, cast
 
 from .config import Settings
+from .render import needs_smtputf8
 
 SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
 
@@ -47,7 +48,7 @@ class Outgoing:
 
     @property
     def needs_smtputf8(self) -> bool:
-        return not (self.sender.isascii() and self.rcpt.isascii())
+        return needs_smtputf8(self.sender, self.rcpt)
 
     def parsed(self) -> EmailMessage:
         """The message read back, for the console and file backends."""
@@ -213,7 +214,8 @@ class FileTransport:
             if not limiter.acquire():
                 answered(rate_limited(out))
                 continue
-            msg_id = str(out.parsed()["Message-ID"]).strip("<>")
+            msg_id = str(BytesHeaderParser(policy=policy.default).parsebytes(out.data)
+                         ["Message-ID"]).strip("<>")
             name = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in msg_id)
             path = self.folder / f"{name}.eml"
             tmp = path.with_suffix(".tmp")
