@@ -181,6 +181,27 @@ def test_composed_bytes_equal_the_email_packages(subject: str, text: str, html: 
         assert renderer.compose(rendered, recipient, **fields) == expected
 
 
+@settings(max_examples=500, deadline=None)
+@given(name=st.sampled_from(["Subject", "X-ITSM-Ticket", "X-ITSM-Event", "Auto-Submitted",
+                             "List-Unsubscribe", "List-Unsubscribe-Post"]),
+       value=st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1,
+                     max_size=90) | st.sampled_from(["Re: =?utf-8?q?x?=", "a  b", " a", "a ",
+                                                     "[#T-1] (x) \"q\" <a@b> \\ ;,:"]))
+def test_header_fields_written_unparsed_are_what_the_policy_writes(name: str,
+                                                                    value: str) -> None:
+    """Unstructured fields (and List-Unsubscribe, which is not written that way) with any
+    printable ASCII: fold_header's unparsed line is the policy's, or both refuse."""
+    try:
+        expected: bytes | type[Exception] = render._fold(name, value)
+    except Exception as exc:  # a value the policy refuses must be refused alike
+        expected = type(exc)
+    try:
+        written: bytes | type[Exception] = render.fold_header(name, value)
+    except Exception as exc:
+        written = type(exc)
+    assert written == expected
+
+
 def test_long_lines_trailing_space_and_crlf_encode_alike() -> None:
     text = ("word " * 40 + "\r\n" + "é" * 100 + " \n\tTab line\t\n" + "=" * 90 + "\n\n.\n"
             + "x" * 77 + " \r")

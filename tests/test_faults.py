@@ -350,15 +350,64 @@ def test_a_worker_whose_lease_ran_out_cannot_undo_the_new_owners_work(
     assert report.events_done == 1 and len(smtp_sink.messages) == 3
 
     # The stalled worker wakes up: its late answers and its verdict change nothing.
-    late = {"b_event": event, "b_recipient": CAROL, "b_state": "deferred", "b_attempts": 1,
-            "b_code": 451, "b_error": "451 late", "b_next": t0, "b_sent": None,
-            "b_updated": t0}
+    late = {"event_id": event, "channel": "email", "recipient": CAROL, "state": "deferred",
+            "attempts": 1, "last_code": 451, "last_error": "451 late", "next_attempt_at": t0,
+            "sent_at": None, "updated_at": t0}
     record_outcomes(engine, [late], [], t0)
     changed = db.finish_events(engine, [db.EventOutcome(event, "pending", "late")],
                                worker_id="stalled", now=t0)
     assert changed == 0
     assert email_rows(engine, event)[CAROL]["state"] == "sent"
     assert event_row(engine, event)["state"] == "done"
+
+
+def test_many_rows_are_updated_in_one_statement_each_with_its_own_values(
+        database_url: str) -> None:
+    """db.RowUpdate: one statement per run (an executemany; on MariaDB, whose driver
+    sends those a row at a time, one UPDATE joined to a derived table of the rows), each
+    row its own values, NULLs kept, rows the condition excludes untouched; the same
+    object again on other rows."""
+    engine = create_schema(database_url)
+    t0 = utcnow().replace(microsecond=123456)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(db.deliveries), [
+            {"event_id": event, "channel": "email", "recipient": f"u{event}@example.com",
+             "state": "sent" if event == 3 else "pending", "attempts": 0}
+            for event in (1, 2, 3, 4, 5)])
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    answers = [
+        {"event_id": 1, "recipient": "u1@example.com", "state": "sent", "last_code": 250,
+         "last_error": None, "sent_at": t0},
+        {"event_id": 2, "recipient": "u2@example.com", "state": "deferred", "last_code": None,
+         "last_error": "451 it's \"busy\"; try later", "sent_at": None},
+        {"event_id": 3, "recipient": "u3@example.com", "state": "deferred", "last_code": 451,
+         "last_error": "late", "sent_at": None},  # final already: the condition keeps it
+        {"event_id": 9, "recipient": "nobody@example.com", "state": "sent", "last_code": 250,
+         "last_error": None, "sent_at": t0},  # no such row
+    ]
+    update = db.RowUpdate(db.deliveries, keys=["event_id", "recipient"],
+                          columns=["event_id", "recipient", "state", "last_code", "last_error",
+                                   "sent_at"],
+                          where=[db.deliveries.c.state == sa.bindparam("from_state")])
+    with engine.begin() as conn:
+        changed = update.run(conn, answers, from_state="pending")
+    with engine.begin() as conn:
+        again = update.run(conn, [{**answers[0], "event_id": 5, "recipient": "u5@example.com",
+                                   "last_code": 251}], from_state="pending")
+    assert (changed, again) == (2, 1)
+    assert len([s for s in statements if s.lstrip().upper().startswith("UPDATE")]) == 2
+    with engine.connect() as conn:
+        rows = {r.event_id: r for r in conn.execute(sa.select(db.deliveries))}
+    assert (rows[1].state, rows[1].last_code, rows[1].last_error, rows[1].sent_at) == \
+        ("sent", 250, None, t0)
+    assert (rows[2].state, rows[2].last_code, rows[2].last_error, rows[2].sent_at) == \
+        ("deferred", None, "451 it's \"busy\"; try later", None)
+    assert (rows[3].state, rows[3].last_error) == ("sent", None)
+    assert (rows[4].state, rows[4].last_code) == ("pending", None)
+    assert (rows[5].state, rows[5].last_code, rows[5].sent_at) == ("sent", 251, t0)
+    engine.dispose()
 
 
 def test_a_plan_that_collides_with_another_workers_hands_the_events_back_unsent(

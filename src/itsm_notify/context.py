@@ -14,7 +14,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
 
 from .db import comments, preferences, project_members, projects, tickets, users
-from .models import Comment, EventContext, EventError, OutboxEvent, Project, Ticket, User
+from .models import (
+    Comment,
+    EventContext,
+    EventError,
+    OutboxEvent,
+    Project,
+    Ticket,
+    User,
+    UserDirectory,
+)
 from .recipients import EVENT_TYPES
 
 
@@ -102,8 +111,8 @@ def load_contexts(
             if admin_emails:
                 user_filter = or_(user_filter, func.lower(users.c.email).in_(
                     sorted({a.lower() for a in admin_emails})))
-        user_by_id = {row.id: _user(row) for row in conn.execute(select(users)
-                                                                  .where(user_filter))}
+        user_by_id = UserDirectory((row.id, _user(row)) for row in conn.execute(
+            select(users).where(user_filter)))
         manager_ids = tuple(sorted(u.id for u in user_by_id.values()
                                    if u.is_manager and u.is_active))
 

@@ -11,7 +11,7 @@ claimable again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,15 +36,17 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from .models import OutboxEvent
 
@@ -395,6 +397,51 @@ def claim_events(engine: Engine, *, worker_id: str, limit: int, now: datetime,
     return [_row_to_event(row, attempts=row.attempts + 1) for row in rows]
 
 
+class RowUpdate:
+    """An UPDATE of many rows, each with its own values, in one round trip: each row
+    (a dict of ``columns``) sets its columns other than ``keys`` on the row of ``table``
+    its ``keys`` name, where ``where`` holds too (its bind parameters are given to
+    ``run``). Built once, run many times.
+
+    SQLite runs an ``executemany`` in C within the process, and psycopg pipelines one,
+    each row's UPDATE on a prepared plan by the key. PyMySQL though sends it a row at a
+    time, a round trip each, so MariaDB gets the rows as a derived table of ``UNION
+    ALL`` selects joined by ``keys``. (One PostgreSQL statement ``FROM unnest(arrays)``
+    saved a little client CPU and cost more server CPU, and its plan depends on the
+    table's statistics: on a table not yet analyzed it scanned every email row.)"""
+
+    def __init__(self, table: Table, *, keys: Sequence[str], columns: Sequence[str],
+                 where: Sequence[ColumnElement[bool]] = ()) -> None:
+        self.table, self.keys, self.columns = table, list(keys), list(columns)
+        self.where = list(where)
+        self._executemany = self._statement({c: bindparam(f"u_{c}") for c in self.columns})
+
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]],
+            **params: Any) -> int:
+        """Update ``rows``; return the number of rows changed."""
+        if not rows:
+            return 0
+        dialect = conn.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            result = conn.execute(self._statement(union_all(*[
+                select(*[literal(row[c], self.table.c[c].type).label(c) for c in self.columns])
+                for row in rows]).subquery("v")), params)
+        else:
+            result = conn.execute(self._executemany, [
+                {**{f"u_{c}": row[c] for c in self.columns}, **params} for row in rows])
+        return result.rowcount if result.rowcount is not None and result.rowcount >= 0 \
+            else len(rows)
+
+    def _statement(self, source: Any) -> Any:
+        """``source``: a FROM clause with the columns, or a dict of bind parameters."""
+        def value(column: str) -> Any:
+            return source[column] if isinstance(source, dict) else source.c[column]
+
+        return (update(self.table)
+                .where(*[self.table.c[k] == value(k) for k in self.keys], *self.where)
+                .values({c: value(c) for c in self.columns if c not in self.keys}))
+
+
 def renew_lease(conn: Connection, event_ids: Sequence[int], *, worker_id: str,
                 until: datetime) -> None:
     """Extend this worker's lease on events it still holds (a long batch, a slow relay),
@@ -430,23 +477,18 @@ def finish_events(engine: Engine, outcomes: Sequence[EventOutcome], *, worker_id
     changed: a worker whose lease ran out must not overwrite the new owner's state."""
     if not outcomes:
         return 0
-    stmt = (
-        update(outbox)
-        .where(outbox.c.id == bindparam("b_id"), outbox.c.locked_by == worker_id,
-               outbox.c.state == PROCESSING)
-        .values(state=bindparam("b_state"), last_error=bindparam("b_error"),
-                available_at=bindparam("b_available"), processed_at=bindparam("b_processed"),
-                locked_by=None, locked_until=None)
-    )
-    params = [
-        {"b_id": o.event_id, "b_state": o.state, "b_error": o.error,
-         "b_available": o.available_at or now,
-         "b_processed": now if o.state in (DONE, FAILED) else None}
-        for o in outcomes
-    ]
+    rows = [{"id": o.event_id, "state": o.state, "last_error": o.error,
+             "available_at": o.available_at or now,
+             "processed_at": now if o.state in (DONE, FAILED) else None,
+             "locked_by": None, "locked_until": None}
+            for o in outcomes]
     with engine.begin() as conn:
-        result = conn.execute(stmt, params)
-    return result.rowcount if result.rowcount is not None else len(params)
+        return _FINISH.run(conn, rows, worker=worker_id)
+
+
+_FINISH = RowUpdate(outbox, keys=["id"], columns=[
+    "id", "state", "last_error", "available_at", "processed_at", "locked_by", "locked_until"],
+    where=[outbox.c.locked_by == bindparam("worker"), outbox.c.state == PROCESSING])
 
 
 def outbox_status(engine: Engine, *, now: datetime) -> dict[str, Any]:

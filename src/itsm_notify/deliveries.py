@@ -17,13 +17,11 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
-    bindparam,
     delete,
     func,
     insert,
     or_,
     select,
-    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -35,6 +33,7 @@ from .db import (
     FAILED,
     PENDING,
     SENT,
+    RowUpdate,
     app_notifications,
     deliveries,
     outbox,
@@ -116,31 +115,23 @@ def _copy_statement(table: str, columns: tuple[str, ...]) -> str:
     return f"COPY {quoted(table)} ({', '.join(map(quoted, columns))}) FROM STDIN"
 
 
-_OUTCOME_UPDATE = (
-    update(deliveries)
-    .where(deliveries.c.event_id == bindparam("b_event"),
-           deliveries.c.channel == EMAIL,
-           deliveries.c.recipient == bindparam("b_recipient"),
-           # A late answer (this worker's lease ran out and another worker finished the
-           # delivery meanwhile) never overwrites a final state.
-           or_(deliveries.c.state == PENDING, deliveries.c.state == DEFERRED))
-    .values(state=bindparam("b_state"), attempts=bindparam("b_attempts"),
-            last_code=bindparam("b_code"), last_error=bindparam("b_error"),
-            next_attempt_at=bindparam("b_next"), sent_at=bindparam("b_sent"),
-            updated_at=bindparam("b_updated"))
-)
+_ANSWERS = RowUpdate(
+    deliveries, keys=["event_id", "channel", "recipient"],
+    columns=["event_id", "channel", "recipient", "state", "attempts", "last_code",
+             "last_error", "next_attempt_at", "sent_at", "updated_at"],
+    # A late answer (this worker's lease ran out and another worker finished the
+    # delivery meanwhile) never overwrites a final state.
+    where=[or_(deliveries.c.state == PENDING, deliveries.c.state == DEFERRED)])
 
 
 def record_outcomes(engine: Engine, outcomes: Sequence[dict[str, Any]],
                     refused: Sequence[tuple[str, int | None, str]], now: datetime, *,
                     also: Callable[[Connection], None] | None = None) -> None:
-    """Store answered deliveries (keys ``b_event``, ``b_recipient``, ``b_state``,
-    ``b_attempts``, ``b_code``, ``b_error``, ``b_next``, ``b_sent``, ``b_updated``) and
-    suppress the addresses the server refused for good, in one transaction, with
-    ``also`` (the sender renews its lease there)."""
+    """Store answered deliveries (dicts of ``_ANSWERS.columns``) and suppress the
+    addresses the server refused for good, in one transaction, with ``also`` (the sender
+    renews its lease there)."""
     with engine.begin() as conn:
-        if outcomes:
-            conn.execute(_OUTCOME_UPDATE, list(outcomes))
+        _ANSWERS.run(conn, outcomes)
         for address, code, reason in refused:
             _suppress(conn, address, reason, code, now)
         if also is not None:

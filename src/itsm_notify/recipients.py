@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-from .models import EventContext, EventError
+from .models import EventContext, EventError, UserDirectory, accounts_by_address
 
 EMAIL, IN_APP = "email", "in_app"
 
@@ -71,8 +71,9 @@ class Audience:
     def admins(self) -> None:
         """ADMINS by email; an admin address that belongs to an active user account is
         that user (email and in-app, their name, their preferences)."""
-        accounts = {u.email.strip().lower(): u for u in self.ctx.users.values()
-                    if u.email and u.is_active}
+        users = self.ctx.users
+        accounts = users.by_address if isinstance(users, UserDirectory) \
+            else accounts_by_address(users.values())
         for admin in self.settings.admins:
             account = accounts.get(admin.email.lower())
             if account is not None:

@@ -93,6 +93,7 @@ _UNSAFE_IN_HEADER = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 _ENCODED_WORD_START = re.compile(r"=\?(?=[^?\s]*\?[bBqQ]\?)")
 
 
+@functools.lru_cache(maxsize=4096)  # the same titles and names, email after email
 def one_line(text: str, limit: int = 200) -> str:
     """Text fit for a header: control characters, line and paragraph separators and
     format characters become spaces; runs of white space fold to one; long text is cut.
@@ -368,6 +369,8 @@ def _refuse_line_breaks(name: str, parsed: Any) -> None:
 
 
 _PLAIN_HEADER = re.compile(r"[A-Za-z0-9@<>._+-]+(?: [A-Za-z0-9@<>._+-]+)*")
+_PLAIN_TEXT = re.compile(r"[!-<>-~]+(?: [!-<>-~]+)*")
+"""Printable ASCII words but ``=`` (no encoded word can start), single spaces between."""
 
 
 def fold_header(name: str, value: str | Address) -> bytes:
@@ -375,13 +378,22 @@ def fold_header(name: str, value: str | Address) -> bytes:
     SMTP_POLICY, remembered (parsing a header value costs more than rendering a line of
     a template). Raises ValueError if the parsed value would hold a line break.
 
-    A plain value (letters, digits, ``@<>._+-``, single spaces) that fits on a line, such
-    as a Message-ID, parses to itself and is written as it is: it is never parsed."""
+    A value that fits on a line and parses to itself is written as it is, never parsed:
+    a plain one (letters, digits, ``@<>._+-``, single spaces) such as a Message-ID, and
+    in an unstructured field (a Subject, an X- field) printable ASCII words but ``=``."""
     if isinstance(value, Address):  # unhashable: remembered by its parts
         return _fold(name, (value.display_name, value.username, value.domain))
-    if len(name) + 2 + len(value) <= 78 and _PLAIN_HEADER.fullmatch(value):
+    if len(name) + 2 + len(value) <= 78 and (_PLAIN_HEADER.fullmatch(value) or (
+            _unstructured(name) and _PLAIN_TEXT.fullmatch(value))):
         return f"{name}: {value}\r\n".encode("ascii")
     return _fold(name, value)
+
+
+@functools.lru_cache(maxsize=64)
+def _unstructured(name: str) -> bool:
+    """Whether the policy parses ``name`` as unstructured text, folded the plain way."""
+    kind = SMTP_POLICY.header_factory[name]  # type: ignore[index]
+    return issubclass(kind, UnstructuredHeader) and not issubclass(kind, ListUrlHeader)
 
 
 @functools.lru_cache(maxsize=256)

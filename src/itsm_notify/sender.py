@@ -450,7 +450,7 @@ class Sender:
                 refused.append((recipient, outcome.code, outcome.detail))
             code = outcome.code if outcome.code is not None else "-"
             lines.append(f"event={event_id} channel=email recipient={recipient} "
-                         f"outcome={row['b_state']} code={code} detail={outcome.detail!r}")
+                         f"outcome={row['state']} code={code} detail={outcome.detail!r}")
         lease_until = self.clock() + timedelta(seconds=self.settings.lease_seconds)
         record_outcomes(self.engine, rows, refused, self.clock(), also=lambda conn: db.renew_lease(
             conn, renew, worker_id=self.worker_id, until=lease_until))
@@ -490,10 +490,10 @@ class Sender:
         report.emails_sent += state == SENT
         report.emails_deferred += state == DEFERRED
         report.emails_failed += state == FAILED
-        return {"b_event": work.ctx.event.id, "b_recipient": recipient, "b_state": state,
-                "b_attempts": attempts, "b_code": outcome.code,
-                "b_error": None if state == SENT else error, "b_next": retry_at,
-                "b_sent": now if state == SENT else None, "b_updated": now}
+        return {"event_id": work.ctx.event.id, "channel": EMAIL, "recipient": recipient,
+                "state": state, "attempts": attempts, "last_code": outcome.code,
+                "last_error": None if state == SENT else error, "next_attempt_at": retry_at,
+                "sent_at": now if state == SENT else None, "updated_at": now}
 
     def _finish(self, work: _EventWork, now: datetime) -> EventOutcome:
         states = work.states.values()
