@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
 
-from .db import comments, preferences, project_members, projects, tickets, users
+from .db import among, comments, preferences, project_members, projects, tickets, users
 from .models import (
     Comment,
     EventContext,
@@ -64,22 +64,24 @@ def load_contexts(
 
     with engine.connect() as conn:
         ticket_by_id = {row.id: _ticket(row) for row in conn.execute(
-            select(tickets).where(tickets.c.id.in_(sorted(ticket_ids))))} if ticket_ids else {}
+            select(tickets).where(among(conn, tickets.c.id, sorted(ticket_ids))))
+        } if ticket_ids else {}
         comment_by_id = {row.id: _comment(row) for row in conn.execute(
-            select(comments).where(comments.c.id.in_(sorted(comment_ids))))} if comment_ids \
-            else {}
+            select(comments).where(among(conn, comments.c.id, sorted(comment_ids))))
+        } if comment_ids else {}
 
         project_ids = sorted({t.project_id for t in ticket_by_id.values()
                               if t.project_id is not None})
         project_by_id: dict[int, Project] = {}
         team: dict[int, list[int]] = defaultdict(list)
         if project_ids:
-            for row in conn.execute(select(projects).where(projects.c.id.in_(project_ids))):
+            for row in conn.execute(select(projects)
+                                    .where(among(conn, projects.c.id, project_ids))):
                 project_by_id[row.id] = Project(id=row.id, name=row.name,
                                                 notify_team=bool(row.notify_team))
             for row in conn.execute(select(project_members.c.project_id,
                                            project_members.c.user_id)
-                                    .where(project_members.c.project_id.in_(project_ids))
+                                    .where(among(conn, project_members.c.project_id, project_ids))
                                     .order_by(project_members.c.user_id)):
                 team[row.project_id].append(row.user_id)
 
@@ -88,7 +90,7 @@ def load_contexts(
         if commented_tickets:
             for row in conn.execute(
                 select(comments.c.ticket_id, comments.c.author_id)
-                .where(comments.c.ticket_id.in_(commented_tickets),
+                .where(among(conn, comments.c.ticket_id, commented_tickets),
                        comments.c.is_internal == false())
                 .group_by(comments.c.ticket_id, comments.c.author_id)
                 .order_by(comments.c.ticket_id, func.min(comments.c.id))
@@ -105,7 +107,7 @@ def load_contexts(
                 user_ids.add(c.author_id)
         for members in (*team.values(), *commenters.values()):
             user_ids.update(members)
-        user_filter: ColumnElement[bool] = users.c.id.in_(sorted(user_ids))
+        user_filter: ColumnElement[bool] = among(conn, users.c.id, sorted(user_ids))
         if wants_managers:
             user_filter = or_(user_filter, users.c.is_manager == true())
             if admin_emails:
@@ -123,7 +125,7 @@ def load_contexts(
                 select(preferences.c.user_id, preferences.c.event_type, preferences.c.channel)
                 .where(preferences.c.enabled == false(),
                        preferences.c.event_type.in_(event_types),
-                       preferences.c.user_id.in_(sorted(user_by_id)))
+                       among(conn, preferences.c.user_id, sorted(user_by_id)))
             ):
                 by_type[row.event_type].add((row.user_id, row.channel))
 

@@ -11,7 +11,7 @@ claimable again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    any_,
     bindparam,
     create_engine,
     event,
@@ -42,7 +43,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.ext.compiler import compiles
@@ -390,11 +391,25 @@ def claim_events(engine: Engine, *, worker_id: str, limit: int, now: datetime,
             return []
         ids = [row.id for row in rows]
         conn.execute(
-            update(outbox).where(outbox.c.id.in_(ids))
+            update(outbox).where(among(conn, outbox.c.id, ids))
             .values(state=PROCESSING, locked_by=worker_id, locked_until=now + lease,
                     attempts=outbox.c.attempts + 1)
         )
     return [_row_to_event(row, attempts=row.attempts + 1) for row in rows]
+
+
+def among(conn: Connection, column: ColumnElement[Any],
+          values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one parameter.
+
+    An IN list is one parameter per value (a batch's users: hundreds), and psycopg
+    parses a statement with more than 50 parameters anew every time, in Python, then
+    PostgreSQL parses and plans its new text; the array keeps the statement's text the
+    same from batch to batch."""
+    values = list(values)
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
 
 
 class RowUpdate:
@@ -447,7 +462,7 @@ def renew_lease(conn: Connection, event_ids: Sequence[int], *, worker_id: str,
     """Extend this worker's lease on events it still holds (a long batch, a slow relay),
     so no other worker takes them over while they are being sent."""
     if event_ids:
-        conn.execute(update(outbox).where(outbox.c.id.in_(list(event_ids)),
+        conn.execute(update(outbox).where(among(conn, outbox.c.id, event_ids),
                                           outbox.c.locked_by == worker_id,
                                           outbox.c.state == PROCESSING)
                      .values(locked_until=until))

@@ -34,6 +34,7 @@ from .db import (
     PENDING,
     SENT,
     RowUpdate,
+    among,
     app_notifications,
     deliveries,
     outbox,
@@ -60,7 +61,7 @@ def load_deliveries(engine: Engine, event_ids: Sequence[int]) -> dict[DeliveryKe
                                    deliveries.c.recipient, deliveries.c.state,
                                    deliveries.c.attempts, deliveries.c.next_attempt_at,
                                    deliveries.c.last_error)
-                            .where(deliveries.c.event_id.in_(list(event_ids))))
+                            .where(among(conn, deliveries.c.event_id, event_ids)))
         return {(r.event_id, r.channel, r.recipient): DeliveryRecord(
                     r.state, r.attempts, r.next_attempt_at, r.last_error)
                 for r in rows}
@@ -72,7 +73,8 @@ def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
         return set()
     with engine.connect() as conn:
         return {a.lower() for a in conn.execute(
-            select(suppressions.c.address).where(suppressions.c.address.in_(wanted))).scalars()}
+            select(suppressions.c.address).where(among(conn, suppressions.c.address, wanted))
+        ).scalars()}
 
 
 def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],

@@ -55,7 +55,6 @@ class _Recording:
 
 
 _recording: ContextVar[_Recording | None] = ContextVar("itsm_notify_inline", default=None)
-_REWRITTEN_BY_PARSER = re.compile(r"[\r\x00]")
 _UNSTYLED_ONLY = frozenset({"class", "id", "style"})
 _MARKUP = re.compile(  # as css-inline writes a page: attribute values in double quotes
     r"""(?P<opaque><!--.*?-->"""
@@ -102,13 +101,19 @@ class StructureInliner:
         self._lock = threading.Lock()
 
     def finalize(self, value: Any) -> Any:
+        """Called for every value a template prints: kept lean."""
         recording = _recording.get()
-        if recording is None or isinstance(value, Markup) or hasattr(value, "__html__"):
+        if recording is None:
             return value
-        text = str(value)
-        if not text.strip():
+        if type(value) is str:
+            text = value
+        elif isinstance(value, Markup) or hasattr(value, "__html__"):
             return value
-        if _REWRITTEN_BY_PARSER.search(text):
+        else:
+            text = str(value)
+        if not text or text.isspace():
+            return value
+        if "\r" in text or "\x00" in text:  # the HTML parser rewrites these
             recording.plain = False
         recording.values.append(text)
         return f"{self._marker}{len(recording.values) - 1}e"

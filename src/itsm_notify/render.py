@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -272,7 +273,7 @@ class Renderer:
         fields = [("Subject", one_line(subject, limit=300)), ("From", settings.default_from_email)]
         if settings.reply_to_email:
             fields.append(("Reply-To", settings.reply_to_email))
-        fields.append(("Date", formatdate(now.timestamp() if now else None, usegmt=True)))
+        fields.append(("Date", _date(int(now.timestamp() if now else time.time()))))
         if thread and not is_thread_start:
             fields.append(("In-Reply-To", thread))
         if thread:
@@ -353,6 +354,13 @@ class Renderer:
 
 
 # ------------------------------------------------------------------ wire format
+
+
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """The Date field of a second (``formatdate`` drops the fraction): every email of a
+    second has the same, formatted once."""
+    return formatdate(second, usegmt=True)
 
 
 def needs_smtputf8(sender: str, rcpt: str) -> bool:
