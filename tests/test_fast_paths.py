@@ -109,6 +109,15 @@ def test_one_event_is_rendered_once_for_all_its_recipients() -> None:
     assert "Hi P4," in fast.text and f"{SITE}/u/t4/" in fast.html
 
 
+def test_a_rendering_is_cut_at_its_slots_and_nowhere_else() -> None:
+    from itsm_notify.slots import _cut
+
+    o = "itsmabcdefs"
+    cut = _cut(f"Hi {o}0e, see {o}1e{o}x and {o}e and {o}", o)
+    assert cut.pieces == ("Hi ", 0, ", see ", 1, f"{o}x and {o}e and {o}")
+    assert cut.fill(["Bob", "<link>"]) == f"Hi Bob, see <link>{o}x and {o}e and {o}"
+
+
 def test_a_template_that_transforms_a_recipient_value_renders_directly(tmp_path: Path) -> None:
     emails = tmp_path / "emails"
     emails.mkdir()
