@@ -43,18 +43,6 @@ WRITE_WITHIN = 0.2
 QUEUE_AHEAD = 64
 """Rendered messages waiting for a session: enough to cover planning the next batch."""
 
-def _yield() -> None:
-    """Give the GIL and the CPU to a thread that waits for them: ``sched_yield`` (it
-    releases the GIL) puts this thread behind the ready ones on its CPU, where the
-    pipeline's threads all run (``on_one_cpu``). ``time.sleep(0)`` did this less well:
-    the benchmark's pipeline without SMTP took 0.36 ms of CPU per email and sat idle
-    a tenth of the time, against 0.30 ms and never idle."""
-    if hasattr(os, "sched_yield"):
-        os.sched_yield()
-    else:  # Windows
-        time.sleep(0)
-
-
 @contextmanager
 def on_one_cpu(enabled: bool = True) -> Iterator[None]:
     """Keep this thread, and the threads it starts meanwhile, on the CPU it runs on.
@@ -169,7 +157,7 @@ class Pipeline(Generic[B]):
             # Rendering holds the GIL, and a session whose server answered waits for it:
             # let it have the GIL between two messages (by default it would wait for the
             # interpreter's 5 ms switch interval, the server idle meanwhile).
-            _yield()
+            time.sleep(0)
 
     def _put(self, item: Outgoing | None) -> None:
         """Queue messages (None: the end), waiting while the queue is full; messages are
