@@ -43,12 +43,13 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, delete, false, func, insert, select, true
+from sqlalchemy import Engine, Select, and_, delete, false, func, select, true
+from sqlalchemy.engine import Connection
 
 from . import db
 from .config import Settings, address_problem
-from .db import EMAIL, overdue_alerts, preferences, tickets, users
-from .deliveries import record_outcomes, suppressed_among
+from .db import EMAIL, among, overdue_alerts, preferences, tickets, users
+from .deliveries import insert_many, record_outcomes, suppressed_among
 from .models import User
 from .pipeline import Batch, Pipeline, on_one_cpu
 from .recipients import EmailRecipient
@@ -343,8 +344,10 @@ class OverdueScan:
 
     def run(self) -> OverdueReport:
         report = OverdueReport()
+        setup_delivery_log(self.settings.delivery_log)  # skipped digests are logged too
         digests, suppressed = self.plan(report)
         to_send: list[tuple[Digest, str]] = []
+        skipped: list[str] = []
         for digest in digests:
             reason = self._skip_reason(digest, suppressed)
             subject = digest_subject(digest)
@@ -353,9 +356,10 @@ class OverdueScan:
             if reason:
                 report.digests_suppressed += digest.key in suppressed
                 report.digests_skipped += digest.key not in suppressed
-                log_deliveries([self._log_line(digest, reason.split(":")[0], None, reason)])
+                skipped.append(self._log_line(digest, reason.split(":")[0], None, reason))
                 continue
             to_send.append((digest, subject))
+        log_deliveries(skipped)
         if to_send:
             self._deliver(to_send, report)
         return report
@@ -415,7 +419,6 @@ class OverdueScan:
         sessions send while the next digests render, and the recorder remembers the
         accepted digests' alerts a group at a time."""
         settings = self.settings
-        setup_delivery_log(settings.delivery_log)
         transport = self.transport or make_transport(settings)
         by_key = {digest.key: digest for digest, _ in to_send}
         with on_one_cpu(settings.one_cpu), Pipeline[Batch](
@@ -443,20 +446,26 @@ class OverdueScan:
 
     def _record(self, outcomes: list[Outcome], by_key: dict[str, Digest],
                 report: OverdueReport) -> None:
-        """Count and log answers, and remember the accepted digests' alerts in one
-        transaction (the recorder's thread)."""
+        """Count and log answers; remember the accepted digests' alerts and suppress the
+        addresses refused for good, in one transaction (the recorder's thread)."""
         accepted = []
+        refused: list[tuple[str, int | None, str]] = []
         lines = []
         for outcome in outcomes:
             digest = by_key[str(outcome.key)]
-            self._answer(digest, outcome, report)
+            self._count(digest, outcome, report)
             lines.append(self._log_line(digest, outcome.status, outcome.code, outcome.detail))
             if outcome.status == SENT:
                 accepted.append(digest)
-        record_alerts(self.engine, accepted, self.now)
+            elif outcome.refused_recipient:
+                refused.append((digest.key, outcome.code, outcome.detail))
+        if accepted or refused:
+            record_outcomes(self.engine, [], refused, self.now,
+                            also=lambda conn: record_alerts(conn, accepted, self.now))
         log_deliveries(lines)
 
-    def _answer(self, digest: Digest, outcome: Outcome, report: OverdueReport) -> None:
+    @staticmethod
+    def _count(digest: Digest, outcome: Outcome, report: OverdueReport) -> None:
         if outcome.status == SENT:
             report.digests_sent += 1
             report.tickets_alerted += len(digest.tickets)
@@ -464,9 +473,6 @@ class OverdueScan:
             report.digests_deferred += 1
         else:
             report.digests_failed += 1
-            if outcome.refused_recipient:
-                record_outcomes(self.engine, [], [(digest.key, outcome.code, outcome.detail)],
-                                self.now)
 
     @staticmethod
     def _log_line(digest: Digest, outcome: str, code: int | None, detail: str) -> str:
@@ -481,21 +487,19 @@ def _chunks(items: Sequence[OverdueTicket], size: int) -> Iterator[Sequence[Over
         yield items[start:start + size]
 
 
-def record_alerts(engine: Engine, digests: Sequence[Digest], now: datetime) -> None:
+def record_alerts(conn: Connection, digests: Sequence[Digest], now: datetime) -> None:
     """Remember that each digest's recipient was told of its tickets (and their due
-    dates) now, replacing older records of the same (ticket, recipient), in one
-    transaction."""
+    dates) now, replacing older records of the same (ticket, recipient)."""
     if not digests:
         return
-    with engine.begin() as conn:
-        for digest in digests:
-            for chunk in _chunks(digest.tickets, _CHUNK):
-                conn.execute(delete(overdue_alerts).where(
-                    overdue_alerts.c.recipient == digest.key,
-                    overdue_alerts.c.ticket_id.in_([t.id for t in chunk])))
-        conn.execute(insert(overdue_alerts), [
-            {"ticket_id": t.id, "recipient": digest.key, "due_at": t.due_at, "alerted_at": now}
-            for digest in digests for t in digest.tickets])
+    for digest in digests:
+        for chunk in _chunks(digest.tickets, _CHUNK):
+            conn.execute(delete(overdue_alerts).where(
+                overdue_alerts.c.recipient == digest.key,
+                among(conn, overdue_alerts.c.ticket_id, [t.id for t in chunk])))
+    insert_many(conn, overdue_alerts, [
+        {"ticket_id": t.id, "recipient": digest.key, "due_at": t.due_at, "alerted_at": now}
+        for digest in digests for t in digest.tickets])
 
 
 def overdue_scan(settings: Settings, *, dry_run: bool = False, engine: Engine | None = None,
