@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -58,11 +57,6 @@ class Comment:
     created_at: datetime | None
 
 
-def accounts_by_address(users: Iterable[User]) -> dict[str, User]:
-    """Active users by their lower-cased email address."""
-    return {u.email.strip().lower(): u for u in users if u.email and u.is_active}
-
-
 class UserDirectory(dict[int, User]):
     """A batch's users by id, and by address: every event's ``ADMINS`` rule looks its
     admins up by address, and indexing the batch's users once, not per event, matters
@@ -70,7 +64,8 @@ class UserDirectory(dict[int, User]):
 
     @cached_property
     def by_address(self) -> dict[str, User]:
-        return accounts_by_address(self.values())
+        """Active users by their lower-cased email address."""
+        return {u.email.strip().lower(): u for u in self.values() if u.email and u.is_active}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +88,8 @@ class EventContext:
     event: OutboxEvent
     payload: dict[str, Any]
     ticket: Ticket
-    users: dict[int, User]
+    users: UserDirectory
+    """The batch's users, shared by its events (a plain dict is made one)."""
     project: Project | None = None
     team_ids: tuple[int, ...] = ()
     manager_ids: tuple[int, ...] = ()
@@ -101,6 +97,10 @@ class EventContext:
     public_commenter_ids: tuple[int, ...] = ()
     opted_out: frozenset[tuple[int, str]] = field(default_factory=frozenset)
     """(user id, channel) pairs whose owner turned this event type off."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.users, UserDirectory):
+            object.__setattr__(self, "users", UserDirectory(self.users))
 
     @property
     def actor(self) -> User | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-from .models import EventContext, EventError, UserDirectory, accounts_by_address
+from .models import EventContext, EventError
 
 EMAIL, IN_APP = "email", "in_app"
 
@@ -71,9 +71,7 @@ class Audience:
     def admins(self) -> None:
         """ADMINS by email; an admin address that belongs to an active user account is
         that user (email and in-app, their name, their preferences)."""
-        users = self.ctx.users
-        accounts = users.by_address if isinstance(users, UserDirectory) \
-            else accounts_by_address(users.values())
+        accounts = self.ctx.users.by_address
         for admin in self.settings.admins:
             account = accounts.get(admin.email.lower())
             if account is not None:
