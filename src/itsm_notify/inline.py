@@ -163,32 +163,29 @@ class StructureInliner:
         pieces: list[str | tuple[int, Callable[[str], str]]] = []
         start = 0  # the end of the last piece taken
 
-        def take(upto: int, index: int, escaper: Callable[[str], str]) -> None:
+        def take(marker: re.Match[str], escaper: Callable[[str], str]) -> None:
             nonlocal start
-            pieces.extend((html[start:upto], (index, escaper)))
+            pieces.extend((html[start:marker.start()], (int(marker.group(1)), escaper)))
+            start = marker.end()
 
         position = 0
         for markup in _MARKUP.finditer(html):
             for marker in self._slot.finditer(html, position, markup.start()):  # text
-                take(marker.start(), int(marker.group(1)), escape_text)
-                start = marker.end()
+                take(marker, escape_text)
             position = markup.end()
-            if not self._slot.search(html, markup.start(), markup.end()):
+            inside = list(self._slot.finditer(html, markup.start(), markup.end()))
+            if not inside:
                 continue
-            if markup.group("opaque") is not None:
-                return None  # in a comment, a <style> or another raw-text element
-            values = {value.start(2): value for value in
-                      _ATTRIBUTE.finditer(html, markup.start(), markup.end())}
-            for marker in self._slot.finditer(html, markup.start(), markup.end()):
-                attribute = next((v for v in values.values()
-                                  if v.start(2) <= marker.start() < v.end(2)), None)
-                if attribute is None or attribute.group(1).lower() in _UNSTYLED_ONLY \
-                        or attribute_selectors:
+            if markup.group("opaque") is not None or attribute_selectors:
+                return None  # in a comment or a raw-text element, or a selector may see it
+            attributes = list(_ATTRIBUTE.finditer(html, markup.start(), markup.end()))
+            for marker in inside:
+                attribute = next((a for a in attributes
+                                  if a.start(2) <= marker.start() < a.end(2)), None)
+                if attribute is None or attribute.group(1).lower() in _UNSTYLED_ONLY:
                     return None
-                take(marker.start(), int(marker.group(1)), escape_attribute)
-                start = marker.end()
+                take(marker, escape_attribute)
         for marker in self._slot.finditer(html, position):
-            take(marker.start(), int(marker.group(1)), escape_text)
-            start = marker.end()
+            take(marker, escape_text)
         pieces.append(html[start:])
         return _Inlined(tuple(pieces))

@@ -108,8 +108,7 @@ class SlotRenderer:
     def __init__(self, env: Environment, render: Render) -> None:
         self.env = env
         self.direct = render
-        self._marker = f"itsm{secrets.token_hex(6)}"
-        self._opening = f"{self._marker}s"
+        self._opening = f"itsm{secrets.token_hex(6)}s"  # a slot: {opening}{index}e
         self._lock = threading.Lock()
         self._plain: dict[tuple[str, frozenset[str], frozenset[str]], bool] = {}
         self._checked: set[tuple[Any, ...]] = set()
@@ -162,7 +161,7 @@ class SlotRenderer:
                         paths: list[tuple[Path, Any]]) -> tuple[_Filled, _Filled]:
         slotted: dict[str, Any] = {}
         for index, (path, value) in enumerate(paths):
-            filled = f"{self._marker}s{index}e" if value else value
+            filled = f"{self._opening}{index}e" if value else value
             if len(path) == 1:
                 slotted[path[0]] = filled
             else:
