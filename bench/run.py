@@ -213,7 +213,7 @@ def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection
     insert_many = deliveries.insert_many
 
     def counted_insert_many(conn: Any, table: Any, rows: Any) -> None:
-        if conn.dialect.name == "postgresql" and rows:  # a COPY: no cursor execute event
+        if deliveries.uses_copy(conn) and rows:  # a COPY: no cursor execute event
             counts["statements"] += 1
             kinds[f"COPY {table.name}"] = kinds.get(f"COPY {table.name}", 0) + 1
         insert_many(conn, table, rows)

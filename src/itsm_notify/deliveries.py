@@ -7,7 +7,6 @@ transaction as its delivery row, so it is written exactly once.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -89,15 +88,24 @@ def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
             insert_many(conn, app_notifications, notifications)
 
 
+def uses_copy(conn: Connection) -> bool:
+    """Whether ``insert_many`` writes by COPY on this connection: PostgreSQL, psycopg."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
 def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """Insert ``rows`` (dicts with the same keys). On PostgreSQL with psycopg, by COPY: a
     batch writes about ten rows per email, and COPY costs a fraction of an INSERT per row,
     on both ends. Errors come out as SQLAlchemy's (IntegrityError on a duplicate)."""
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg" or not rows:
+    if not rows:
+        return
+    if not uses_copy(conn):
         conn.execute(insert(table), list(rows))
         return
     columns = tuple(rows[0])
-    statement = _copy_statement(table.name, columns)
+    preparer = conn.dialect.identifier_preparer
+    statement = (f"COPY {preparer.format_table(table)} "
+                 f"({', '.join(map(preparer.quote, columns))}) FROM STDIN")
     driver: Any = conn.connection.driver_connection
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
@@ -106,15 +114,6 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     except conn.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error) \
             from None
-
-
-@functools.lru_cache(maxsize=16)
-def _copy_statement(table: str, columns: tuple[str, ...]) -> str:
-    """``COPY table (columns) FROM STDIN``, names quoted as PostgreSQL wants them."""
-    def quoted(name: str) -> str:
-        return '"' + name.replace('"', '""') + '"'
-
-    return f"COPY {quoted(table)} ({', '.join(map(quoted, columns))}) FROM STDIN"
 
 
 _ANSWERS = RowUpdate(
