@@ -124,7 +124,7 @@ def load_contexts(
             for row in conn.execute(
                 select(preferences.c.user_id, preferences.c.event_type, preferences.c.channel)
                 .where(preferences.c.enabled == false(),
-                       preferences.c.event_type.in_(event_types),
+                       among(conn, preferences.c.event_type, event_types),
                        among(conn, preferences.c.user_id, sorted(user_by_id)))
             ):
                 by_type[row.event_type].add((row.user_id, row.channel))

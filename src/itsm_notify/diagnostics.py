@@ -25,7 +25,14 @@ from typing import Any, TypeVar
 
 from .config import Settings
 from .recipients import EmailRecipient
-from .render import RenderedEmail, Renderer, display_time, recipient_variables, sender_address
+from .render import (
+    RenderedEmail,
+    Renderer,
+    display_time,
+    needs_smtputf8,
+    recipient_variables,
+    sender_address,
+)
 from .sender import utcnow
 from .transport import SENT, Outgoing, deliver_all, make_transport
 
@@ -297,7 +304,7 @@ class EmailProbe:
 
     def _mail(self, smtp: smtplib.SMTP, sender: str) -> tuple[list[str], str]:
         options: list[str] = []
-        if not (sender.isascii() and self.address.isascii()):
+        if needs_smtputf8(sender, self.address):
             if not smtp.has_extn("smtputf8"):
                 raise StepFailed("the address is not ASCII and the server does not offer "
                                  "SMTPUTF8", "use an ASCII address, or a server with SMTPUTF8")

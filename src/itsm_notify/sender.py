@@ -245,31 +245,29 @@ class Sender:
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
         self.on_progress = on_progress
-        self.sender_address = self.renderer.sender_address
         self.domain = settings.from_domain  # parsed once, not twice per message
-        self.limiter = RateLimiter()  # run() sets the configured ceilings
 
     # ---------------------------------------------------------------- the run
 
     def run(self, limit: int | None = None) -> RunReport:
         report = RunReport()
         setup_delivery_log(self.settings.delivery_log)
-        self.limiter = rate_limiter(self.settings, self.engine, self.clock())
+        limiter = rate_limiter(self.settings, self.engine, self.clock())
         with on_one_cpu(self.settings.one_cpu):
-            return self._run(report, limit)
+            return self._run(report, limit, limiter)
 
-    def _run(self, report: RunReport, limit: int | None) -> RunReport:
+    def _run(self, report: RunReport, limit: int | None, limiter: RateLimiter) -> RunReport:
         lease = timedelta(seconds=self.settings.lease_seconds)
         claimed = 0
         with Pipeline[_SendBatch](
-                self.transport, self.limiter, sessions=self.settings.smtp_connections,
+                self.transport, limiter, sessions=self.settings.smtp_connections,
                 route=lambda outcome: cast(tuple[int, str], outcome.key)[0],  # the event id
                 write=lambda outcomes, batches, renew: self._record(
                     outcomes, batches, cast(list[int], renew), report),
                 finish=lambda batch: self._finish_batch(batch, report),
                 renew_every=lease.total_seconds() / 3) as pipeline:
             while limit is None or claimed < limit:
-                if self.limiter.exhausted:
+                if limiter.exhausted:
                     log.info("hourly rate ceiling (ITSM_RATE_PER_HOUR=%s) reached; the rest "
                              "waits for a later run", self.settings.rate_per_hour)
                     break
@@ -429,7 +427,7 @@ class Sender:
                 pipeline.settle(Outcome(key, FAILED, detail=f"could not render the email "
                                                            f"({type(exc).__name__}: {exc})"))
                 continue
-            yield Outgoing(key=key, sender=self.sender_address,
+            yield Outgoing(key=key, sender=renderer.sender_address,
                            rcpt=settings.redirect_to or recipient.address, data=data)
 
     # ---------------------------------------------------------------- recording
@@ -437,6 +435,7 @@ class Sender:
     def _record(self, outcomes: list[Outcome], batches: list[_SendBatch], renew: list[int],
                 report: RunReport) -> None:
         """Write answers (the recorder's thread), renewing leases in the same transaction."""
+        now = self.clock()  # one reading for the group
         rows: list[dict[str, Any]] = []
         refused: list[tuple[str, int | None, str]] = []
         lines: list[str] = []
@@ -444,15 +443,15 @@ class Sender:
             event_id, recipient = cast(tuple[int, str], outcome.key)
             record = batch.existing.get((event_id, EMAIL, recipient))
             row = self._answer(batch.works[event_id], recipient, outcome,
-                               record.attempts if record else 0, report)
+                               record.attempts if record else 0, report, now)
             rows.append(row)
             if outcome.refused_recipient:
                 refused.append((recipient, outcome.code, outcome.detail))
             code = outcome.code if outcome.code is not None else "-"
             lines.append(f"event={event_id} channel=email recipient={recipient} "
                          f"outcome={row['state']} code={code} detail={outcome.detail!r}")
-        lease_until = self.clock() + timedelta(seconds=self.settings.lease_seconds)
-        record_outcomes(self.engine, rows, refused, self.clock(), also=lambda conn: db.renew_lease(
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        record_outcomes(self.engine, rows, refused, now, also=lambda conn: db.renew_lease(
             conn, renew, worker_id=self.worker_id, until=lease_until))
         log_deliveries(lines)
 
@@ -473,9 +472,8 @@ class Sender:
                 log.warning("event %s failed: %s", outcome.event_id, outcome.error)
 
     def _answer(self, work: _EventWork, recipient: str, outcome: Outcome,
-                previous_attempts: int, report: RunReport) -> dict[str, Any]:
+                previous_attempts: int, report: RunReport, now: datetime) -> dict[str, Any]:
         """Turn a transport outcome into the delivery's new state (and its row)."""
-        now = self.clock()
         attempts = previous_attempts + (1 if outcome.counts_as_attempt else 0)
         state, error, retry_at = outcome.status, outcome.detail, None
         if state == DEFERRED:
