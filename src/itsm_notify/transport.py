@@ -437,15 +437,18 @@ class SmtpTransport:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions = [SmtpSession(settings) for _ in range(settings.smtp_connections)]
-        self.last_error: TransportError | None = None
-        self._delivery: _Delivery | None = None
-        self._gave_up: str | None = None
+        self._delivery: _Delivery | None = None  # the current or last deliver()'s
 
     @property
     def gave_up(self) -> str | None:
         """Why delivery was cut short (server unreachable, login refused, the connection
         dropped twice), or None: the sender then claims no more events."""
-        return self._delivery.give_up_reason if self._delivery else self._gave_up
+        return self._delivery.give_up_reason if self._delivery else None
+
+    @property
+    def last_error(self) -> TransportError | None:
+        """The error delivery gave up on, if it did."""
+        return self._delivery.error if self._delivery else None
 
     @property
     def connections_opened(self) -> int:
@@ -456,20 +459,16 @@ class SmtpTransport:
         """Each session in its own thread takes the next message, sends it and reports
         the outcome; one session sends in the caller's thread."""
         delivery = self._delivery = _Delivery(messages)
-        try:
-            if len(self.sessions) == 1:
-                self._work(self.sessions[0], delivery, limiter, answered)
-            else:
-                threads = [threading.Thread(target=self._work, daemon=True,
-                                            args=(session, delivery, limiter, answered))
-                           for session in self.sessions]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-        finally:
-            self._delivery = None
-            self.last_error, self._gave_up = delivery.error, delivery.give_up_reason
+        if len(self.sessions) == 1:
+            self._work(self.sessions[0], delivery, limiter, answered)
+        else:
+            threads = [threading.Thread(target=self._work, daemon=True,
+                                        args=(session, delivery, limiter, answered))
+                       for session in self.sessions]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         if delivery.failure is not None:
             raise delivery.failure
 
