@@ -388,8 +388,7 @@ def test_many_rows_are_updated_in_one_statement_each_with_its_own_values(
          "last_error": None, "sent_at": t0},  # no such row
     ]
     update = db.RowUpdate(db.deliveries, keys=["event_id", "recipient"],
-                          columns=["event_id", "recipient", "state", "last_code", "last_error",
-                                   "sent_at"],
+                          columns=["state", "last_code", "last_error", "sent_at"],
                           where=[db.deliveries.c.state == sa.bindparam("from_state")])
     with engine.begin() as conn:
         changed = update.run(conn, answers, from_state="pending")

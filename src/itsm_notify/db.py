@@ -413,10 +413,10 @@ def among(conn: Connection, column: ColumnElement[Any],
 
 
 class RowUpdate:
-    """An UPDATE of many rows, each with its own values, in one round trip: each row
-    (a dict of ``columns``) sets its columns other than ``keys`` on the row of ``table``
-    its ``keys`` name, where ``where`` holds too (its bind parameters are given to
-    ``run``). Built once, run many times.
+    """An UPDATE of many rows, each with its own values, in one round trip: each row (a
+    dict of ``keys`` and ``columns``) sets its ``columns`` and the ``fixed`` values on the
+    row of ``table`` its ``keys`` name, where ``where`` holds too (its bind parameters
+    are given to ``run``). Built once, run many times.
 
     SQLite runs an ``executemany`` in C within the process, and psycopg pipelines one,
     each row's UPDATE on a prepared plan by the key. PyMySQL though sends it a row at a
@@ -426,10 +426,12 @@ class RowUpdate:
     table's statistics: on a table not yet analyzed it scanned every email row.)"""
 
     def __init__(self, table: Table, *, keys: Sequence[str], columns: Sequence[str],
+                 fixed: Mapping[str, Any] | None = None,
                  where: Sequence[ColumnElement[bool]] = ()) -> None:
         self.table, self.keys, self.columns = table, list(keys), list(columns)
-        self.where = list(where)
-        self._executemany = self._statement({c: bindparam(f"u_{c}") for c in self.columns})
+        self.fixed, self.where = dict(fixed or {}), list(where)
+        self._sent = self.keys + self.columns  # what each row carries
+        self._executemany = self._statement({c: bindparam(f"u_{c}") for c in self._sent})
 
     def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]],
             **params: Any) -> int:
@@ -439,11 +441,11 @@ class RowUpdate:
         dialect = conn.dialect.name
         if dialect in ("mysql", "mariadb"):
             result = conn.execute(self._statement(union_all(*[
-                select(*[literal(row[c], self.table.c[c].type).label(c) for c in self.columns])
+                select(*[literal(row[c], self.table.c[c].type).label(c) for c in self._sent])
                 for row in rows]).subquery("v")), params)
         else:
             result = conn.execute(self._executemany, [
-                {**{f"u_{c}": row[c] for c in self.columns}, **params} for row in rows])
+                {**{f"u_{c}": row[c] for c in self._sent}, **params} for row in rows])
         return result.rowcount if result.rowcount is not None and result.rowcount >= 0 \
             else len(rows)
 
@@ -454,7 +456,7 @@ class RowUpdate:
 
         return (update(self.table)
                 .where(*[self.table.c[k] == value(k) for k in self.keys], *self.where)
-                .values({c: value(c) for c in self.columns if c not in self.keys}))
+                .values({**{c: value(c) for c in self.columns}, **self.fixed}))
 
 
 def renew_lease(conn: Connection, event_ids: Sequence[int], *, worker_id: str,
@@ -494,15 +496,15 @@ def finish_events(engine: Engine, outcomes: Sequence[EventOutcome], *, worker_id
         return 0
     rows = [{"id": o.event_id, "state": o.state, "last_error": o.error,
              "available_at": o.available_at or now,
-             "processed_at": now if o.state in (DONE, FAILED) else None,
-             "locked_by": None, "locked_until": None}
+             "processed_at": now if o.state in (DONE, FAILED) else None}
             for o in outcomes]
     with engine.begin() as conn:
         return _FINISH.run(conn, rows, worker=worker_id)
 
 
-_FINISH = RowUpdate(outbox, keys=["id"], columns=[
-    "id", "state", "last_error", "available_at", "processed_at", "locked_by", "locked_until"],
+_FINISH = RowUpdate(
+    outbox, keys=["id"], columns=["state", "last_error", "available_at", "processed_at"],
+    fixed={"locked_by": None, "locked_until": None},
     where=[outbox.c.locked_by == bindparam("worker"), outbox.c.state == PROCESSING])
 
 

@@ -118,8 +118,8 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
 
 _ANSWERS = RowUpdate(
     deliveries, keys=["event_id", "channel", "recipient"],
-    columns=["event_id", "channel", "recipient", "state", "attempts", "last_code",
-             "last_error", "next_attempt_at", "sent_at", "updated_at"],
+    columns=["state", "attempts", "last_code", "last_error", "next_attempt_at", "sent_at",
+             "updated_at"],
     # A late answer (this worker's lease ran out and another worker finished the
     # delivery meanwhile) never overwrites a final state.
     where=[or_(deliveries.c.state == PENDING, deliveries.c.state == DEFERRED)])
@@ -128,7 +128,7 @@ _ANSWERS = RowUpdate(
 def record_outcomes(engine: Engine, outcomes: Sequence[dict[str, Any]],
                     refused: Sequence[tuple[str, int | None, str]], now: datetime, *,
                     also: Callable[[Connection], None] | None = None) -> None:
-    """Store answered deliveries (dicts of ``_ANSWERS.columns``) and suppress the
+    """Store answered deliveries (dicts of ``_ANSWERS``' keys and columns) and suppress the
     addresses the server refused for good, in one transaction, with ``also`` (the sender
     renews its lease there)."""
     with engine.begin() as conn:
