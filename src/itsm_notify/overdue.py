@@ -51,7 +51,7 @@ from .config import Settings, address_problem
 from .db import EMAIL, among, overdue_alerts, preferences, tickets, users
 from .deliveries import insert_many, record_outcomes, suppressed_among
 from .models import User
-from .pipeline import Batch, Pipeline, on_one_cpu
+from .pipeline import Batch, Pipeline
 from .recipients import EmailRecipient
 from .render import (
     RenderedEmail,
@@ -421,11 +421,11 @@ class OverdueScan:
         settings = self.settings
         transport = self.transport or make_transport(settings)
         by_key = {digest.key: digest for digest, _ in to_send}
-        with on_one_cpu(settings.one_cpu), Pipeline[Batch](
+        with Pipeline[Batch](
                 transport, rate_limiter(settings, self.engine, self.now),
                 sessions=settings.smtp_connections, route=lambda outcome: outcome.key,
                 write=lambda outcomes, _batches, _renew: self._record(outcomes, by_key, report),
-                finish=lambda _batch: None) as pipeline:
+                one_cpu=settings.one_cpu) as pipeline:
             pipeline.open(Batch(keys=list(by_key), unanswered=len(to_send)))
             pipeline.send(self._rendered(to_send, pipeline))
         if transport.gave_up:

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -44,7 +44,7 @@ QUEUE_AHEAD = 64
 """Rendered messages waiting for a session: enough to cover planning the next batch."""
 
 @contextmanager
-def on_one_cpu(enabled: bool = True) -> Iterator[None]:
+def on_one_cpu(enabled: bool) -> Iterator[None]:
     """Keep this thread, and the threads it starts meanwhile, on the CPU it runs on.
 
     The pipeline's threads take turns on Python's GIL: the process never runs Python on
@@ -118,12 +118,15 @@ class Pipeline(Generic[B]):
     ``write(answers, batches, renew)`` turns answers into database rows and commits them
     (with each answer's batch; ``renew`` lists the keys whose leases to renew in the same
     transaction, every ``renew_every`` seconds, or is empty); ``finish(batch)`` ends a
-    batch whose answers are all written. All three run in the recorder's thread only."""
+    batch whose answers are all written. All three run in the recorder's thread only.
+    With ``one_cpu``, the calling thread and the pipeline's run on one CPU (see
+    ``on_one_cpu``) until the pipeline is left as a context manager."""
 
     def __init__(self, transport: Transport, limiter: RateLimiter, *, sessions: int,
                  route: Callable[[Outcome], Hashable],
                  write: Callable[[list[Outcome], list[B], list[Hashable]], None],
-                 finish: Callable[[B], None], renew_every: float = float("inf")) -> None:
+                 finish: Callable[[B], None] = lambda _batch: None,
+                 renew_every: float = float("inf"), one_cpu: bool = False) -> None:
         self.transport = transport
         self._route, self._write, self._finish = route, write, finish
         self._renew_every = renew_every
@@ -136,6 +139,8 @@ class Pipeline(Generic[B]):
                                           daemon=True)
         self._sender = threading.Thread(target=self._deliver, args=(limiter,),
                                         name="itsm-notify-transport", daemon=True)
+        self._pinned = ExitStack()  # the threads started now inherit the pinning
+        self._pinned.enter_context(on_one_cpu(one_cpu))
         self._recorder.start()
         self._sender.start()
 
@@ -189,12 +194,15 @@ class Pipeline(Generic[B]):
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        """Close the pipeline, then the transport. Interrupted (Ctrl-C), what is still
-        queued is dropped instead of sent."""
+        """Close the pipeline, then the transport, and unpin the calling thread.
+        Interrupted (Ctrl-C), what is still queued is dropped instead of sent."""
         try:
             self.close(send_queued=kind is not KeyboardInterrupt)
         finally:
-            self.transport.close()
+            try:
+                self.transport.close()
+            finally:
+                self._pinned.close()
 
     def close(self, *, send_queued: bool = True) -> None:
         """Send what is queued (or, interrupted, drop it: those emails stay for a later

@@ -62,7 +62,7 @@ from .deliveries import (
     write_plan,
 )
 from .models import EventContext, EventError, OutboxEvent
-from .pipeline import Batch, Pipeline, on_one_cpu
+from .pipeline import Batch, Pipeline
 from .recipients import EmailRecipient, parse_payload, resolve
 from .render import Renderer, in_app_text, message_id, thread_id
 from .transport import Outcome, Outgoing, RateLimiter, Transport, make_transport
@@ -253,10 +253,6 @@ class Sender:
         report = RunReport()
         setup_delivery_log(self.settings.delivery_log)
         limiter = rate_limiter(self.settings, self.engine, self.clock())
-        with on_one_cpu(self.settings.one_cpu):
-            return self._run(report, limit, limiter)
-
-    def _run(self, report: RunReport, limit: int | None, limiter: RateLimiter) -> RunReport:
         lease = timedelta(seconds=self.settings.lease_seconds)
         claimed = 0
         with Pipeline[_SendBatch](
@@ -265,7 +261,8 @@ class Sender:
                 write=lambda outcomes, batches, renew: self._record(
                     outcomes, batches, cast(list[int], renew), report),
                 finish=lambda batch: self._finish_batch(batch, report),
-                renew_every=lease.total_seconds() / 3) as pipeline:
+                renew_every=lease.total_seconds() / 3,
+                one_cpu=self.settings.one_cpu) as pipeline:
             while limit is None or claimed < limit:
                 if limiter.exhausted:
                     log.info("hourly rate ceiling (ITSM_RATE_PER_HOUR=%s) reached; the rest "
