@@ -128,7 +128,7 @@ def expected_message_ids(data: Dataset, outbox_rows: Sequence[Any]) -> set[str]:
     and assignee; the actor is None; managers are in-app only."""
     email = {u["id"]: u["email"] for u in data.users}
     ticket = {t["id"]: t for t in data.tickets}
-    ids = set()
+    ids: set[str] = set()
     for row in outbox_rows:
         t = ticket[row.ticket_id]
         addresses = [email[t["requester_id"]], email[t["assignee_id"]]]
@@ -236,7 +236,7 @@ def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection
     started, cpu = time.perf_counter(), time.process_time()
     report = Sender(settings, engine).run()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    if profiler is not None:
+    if profiler is not None and profile is not None:
         profiler.disable()
         profiler.dump_stats(profile)
     if spy is not None:
@@ -409,6 +409,8 @@ class Row:
     """the sink's CPU time per email while send-pending ran"""
     base_sink_cpu_ms: float
     """the sink's CPU time per email during the baseline"""
+    ratios: tuple[float, ...] = ()
+    """every round's ratio, when this row is the median of several"""
 
     @property
     def ratio(self) -> float:
@@ -443,39 +445,53 @@ def throughput(args: argparse.Namespace, sink: SinkProcess, workdir: Path, check
                      f"{label}: the pipeline built {len(messages)} messages, "
                      f"expected {len(expected)}")
         sink.set_latency(latency)
-        # The baseline runs before and after send-pending; the ratio uses their mean, so
-        # a change in the machine's load during the run weighs on both sides alike.
+        # The baseline runs before and after each send-pending run; a run's ratio uses the
+        # mean of the two, so a change in the machine's speed weighs on both sides alike.
         before, base_cpu = baseline(check, label, sink, messages, connections)
-        sink.reset()
-        sink_cpu = sink.report()["cpu"]
-        overrides = bench_settings(url, sink.port, connections, workdir, args.batch_size)
-        profile = str(workdir / f"profile-{name}.prof") if args.profile else None
-        result = run_send_pending(overrides, profile)
-        sink_cpu = sink.report()["cpu"] - sink_cpu
-        check_delivery(check, f"{label} {name}", sink, expected, result)
-        after, base_cpu_after = baseline(check, label, sink, messages, connections)
-        base_seconds = (before + after) / 2
-        batches = max(1, -(-n_events // args.batch_size))
-        row = Row(label, name, connections, round(latency * 1000), len(expected),
-                  result["emails_sent"] / result["elapsed"], len(messages) / base_seconds,
-                  result["maxrss_mb"], result["statements"] / n_events,
-                  result["statements"] / batches, 1000 * result["cpu"] / len(expected),
-                  1000 * sink_cpu / len(expected),
-                  1000 * (base_cpu + base_cpu_after) / 2 / len(messages))
-        rows.append(row)
-        print(f"  {name:10s} send-pending {row.tool_rate:7.0f} emails/s "
-              f"({result['elapsed']:.1f} s, {row.tool_cpu_ms:.2f} ms CPU/email; sink "
-              f"{row.sink_cpu_ms:.2f}) | bare smtplib {row.base_rate:7.0f} emails/s "
-              f"({before:.1f} s and {after:.1f} s; sink {row.base_sink_cpu_ms:.2f} ms "
-              f"CPU/email) | ratio {row.ratio:.2f} | peak RSS "
-              f"{row.maxrss_mb:.0f} MB | {row.statements_per_event:.2f} statements/event "
-              f"({row.statements_per_batch:.1f}/batch of {args.batch_size}, "
-              f"{result['commits']} commits)", flush=True)
-        print("    statements per batch: " + ", ".join(
-            f"{kind} {count / batches:.1f}" for kind, count in
-            sorted(result["kinds"].items(), key=lambda kv: -kv[1])), flush=True)
-        if profile:
-            print_profile(profile)
+        runs: list[Row] = []
+        for round_no in range(1, args.rounds + 1):
+            if round_no > 1:  # the same events again, all pending
+                engine = db.make_engine(url)
+                populate(engine, data)
+                engine.dispose()
+            sink.reset()
+            sink_cpu = sink.report()["cpu"]
+            overrides = bench_settings(url, sink.port, connections, workdir, args.batch_size)
+            profile = str(workdir / f"profile-{name}.prof") if args.profile else None
+            result = run_send_pending(overrides, profile)
+            sink_cpu = sink.report()["cpu"] - sink_cpu
+            check_delivery(check, f"{label} {name}", sink, expected, result)
+            after, base_cpu_after = baseline(check, label, sink, messages, connections)
+            base_seconds = (before + after) / 2
+            batches = max(1, -(-n_events // args.batch_size))
+            row = Row(label, name, connections, round(latency * 1000), len(expected),
+                      result["emails_sent"] / result["elapsed"], len(messages) / base_seconds,
+                      result["maxrss_mb"], result["statements"] / n_events,
+                      result["statements"] / batches, 1000 * result["cpu"] / len(expected),
+                      1000 * sink_cpu / len(expected),
+                      1000 * (base_cpu + base_cpu_after) / 2 / len(messages))
+            runs.append(row)
+            print(f"  {name:10s} send-pending {row.tool_rate:7.0f} emails/s "
+                  f"({result['elapsed']:.1f} s, {row.tool_cpu_ms:.2f} ms CPU/email; sink "
+                  f"{row.sink_cpu_ms:.2f}) | bare smtplib {row.base_rate:7.0f} emails/s "
+                  f"({before:.1f} s and {after:.1f} s; sink {row.base_sink_cpu_ms:.2f} ms "
+                  f"CPU/email) | ratio {row.ratio:.2f} | peak RSS "
+                  f"{row.maxrss_mb:.0f} MB | {row.statements_per_event:.2f} statements/event "
+                  f"({row.statements_per_batch:.1f}/batch of {args.batch_size}, "
+                  f"{result['commits']} commits)", flush=True)
+            if round_no == 1:
+                print("    statements per batch: " + ", ".join(
+                    f"{kind} {count / batches:.1f}" for kind, count in
+                    sorted(result["kinds"].items(), key=lambda kv: -kv[1])), flush=True)
+            if profile:
+                print_profile(profile)
+            before, base_cpu = after, base_cpu_after
+        median = sorted(runs, key=lambda r: r.ratio)[(len(runs) - 1) // 2]  # the lower one
+        median.ratios = tuple(r.ratio for r in runs)
+        if len(runs) > 1:
+            print(f"  {name:10s} ratio over {len(runs)} rounds: median {median.ratio:.2f} "
+                  f"({', '.join(f'{r:.2f}' for r in median.ratios)})", flush=True)
+        rows.append(median)
     return rows
 
 
@@ -587,6 +603,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=4,
                         help="K, SMTP connections for the main run (default 4)")
     parser.add_argument("--batch-size", type=int, default=100, help="ITSM_BATCH_SIZE")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="send-pending runs per database, each between two baseline "
+                             "runs; the median ratio is reported (default 1)")
     parser.add_argument("--latency-events", type=int, default=200,
                         help="events in the 20 ms latency variant (default 200; 0 skips it)")
     parser.add_argument("--skip-throughput", action="store_true",
@@ -669,9 +688,14 @@ def print_summary(rows: list[Row]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.label} | {r.db} | {r.connections} | {r.latency_ms} ms | {r.emails} "
-              f"| {r.tool_rate:.0f} | {r.base_rate:.0f} | {r.ratio:.2f} "
+              f"| {r.tool_rate:.0f} | {r.base_rate:.0f} | {r.ratio:.2f}{_spread(r)} "
               f"| {r.tool_cpu_ms:.2f} ms | {r.sink_cpu_ms:.2f} ms | {r.maxrss_mb:.0f} MB "
               f"| {r.statements_per_event:.2f} |")
+
+
+def _spread(row: Row) -> str:
+    return f" (median of {', '.join(f'{r:.2f}' for r in row.ratios)})" \
+        if len(row.ratios) > 1 else ""
 
 
 if __name__ == "__main__":
