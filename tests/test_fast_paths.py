@@ -17,7 +17,7 @@ import email
 import json
 import logging
 from datetime import datetime
-from email import policy
+from email import policy, quoprimime
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from pathlib import Path
@@ -209,6 +209,16 @@ def test_header_fields_written_unparsed_are_what_the_policy_writes(name: str,
     except Exception as exc:
         written = type(exc)
     assert written == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(line=st.binary(max_size=100).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+       | st.text(st.sampled_from(list("ab =~\t")), max_size=90).map(str.encode)
+       | st.sampled_from([b"", b"x" * 78, b"x" * 79, b"x" * 77 + b" ", b"a\t", b"=", b"\x7f"]))
+def test_a_line_left_as_it_is_is_what_the_encoder_writes(line: bytes) -> None:
+    """The lines _qp_line leaves alone (no encoder call) encode to themselves."""
+    encoded = quoprimime.body_encode(line.decode("latin-1"), 78).replace("\n", "\r\n")
+    assert render._qp_line.__wrapped__(line) == encoded.encode("ascii")
 
 
 def test_long_lines_trailing_space_and_crlf_encode_alike() -> None:
