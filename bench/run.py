@@ -617,6 +617,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also time overdue-scan over --overdue-tickets tickets (PostgreSQL)")
     parser.add_argument("--overdue-tickets", type=int, default=1_000_000)
     parser.add_argument("--overdue-count", type=int, default=10_000)
+    parser.add_argument("--sink-without-pipelining", action="store_true",
+                        help="the sink does not offer PIPELINING (aiosmtpd's default): "
+                             "send-pending then waits for each reply, as smtplib does")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile send-pending's main thread and print the top functions")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
@@ -652,8 +655,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Inherited by send-pending's process and the baseline's threads.
         os.sched_setaffinity(0, client_cpus)
         print(f"CPUs: the sink on {sink_cpu}, the client on {sorted(client_cpus)}", flush=True)
+    print("the sink " + ("does not offer PIPELINING" if args.sink_without_pipelining else
+                         "offers PIPELINING (bare smtplib does not use it)"), flush=True)
     with tempfile.TemporaryDirectory(prefix="itsm-bench-") as tmp, \
-            SinkProcess(sink_cpu) as sink:
+            SinkProcess(sink_cpu, pipelining=not args.sink_without_pipelining) as sink:
         workdir = Path(tmp)
         rows: list[Row] = []
         if not args.skip_throughput:

@@ -11,7 +11,11 @@ The dev guide wants mail tested against a real server, not a mock of ``smtplib``
 * slow the server down (``latency``);
 * take the server down and bring it back on the same port (``stop()``/``start()``);
 * speak STARTTLS (``tls_context``), implicit TLS (``implicit_tls_context``) and
-  AUTH PLAIN/LOGIN (``auth_credentials``; a wrong password gets 535).
+  AUTH PLAIN/LOGIN (``auth_credentials``; a wrong password gets 535);
+* offer PIPELINING (RFC 2920), as real relays do, or not (``pipelining``), count the
+  transactions whose commands came in one write (``pipelined``), and answer a DATA
+  with 354 even when every recipient was refused (``data_without_recipients``), as
+  some servers wrongly do.
 
 Every control is thread-safe and may be changed while the server runs.
 """
@@ -125,10 +129,15 @@ class _Handler:
         session.host_name = hostname  # the hook must do what the default does
         if self.sink.auth_credentials is None:
             responses = [r for r in responses if not r.startswith("250-AUTH")]
+        if self.sink.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        reader = getattr(server, "_reader", None)  # the client's bytes not yet read
+        if reader is not None and b"DATA" in bytes(getattr(reader, "_buffer", b"")):
+            self.sink._count_pipelined()
         return await self.sink._handle_rcpt(envelope, address, rcpt_options)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -182,6 +191,7 @@ class SmtpSink:
         implicit_tls_context: ssl.SSLContext | None = None,
         ready_timeout: float = 10.0,
         smtputf8: bool = True,
+        pipelining: bool = True,
     ) -> None:
         self.host = HOST
         self.port = port or _free_port()
@@ -192,8 +202,14 @@ class SmtpSink:
         self.implicit_tls_context = implicit_tls_context
         self.ready_timeout = ready_timeout
         self.smtputf8 = smtputf8
+        #: offer PIPELINING in the EHLO reply (read at each EHLO)
+        self.pipelining = pipelining
         #: seconds to wait before answering each DATA (asyncio.sleep: others go on)
         self.latency: float = 0.0
+        #: answer DATA with 354 even when every recipient was refused (a faulty server);
+        #: the message that follows is recorded with no recipient
+        self.data_without_recipients = False
+        self._pipelined = 0
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -302,7 +318,9 @@ class SmtpSink:
             self._drop_remaining = None
             self._drops = 0
             self._connection_count = 0
+            self._pipelined = 0
             self.latency = 0.0
+            self.data_without_recipients = False
 
     def wait_for(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``count`` messages are recorded; False on timeout."""
@@ -326,6 +344,16 @@ class SmtpSink:
         """Client connections open right now."""
         with self._lock:
             return len(self._open)
+
+    @property
+    def pipelined(self) -> int:
+        """Transactions whose DATA command had arrived before their RCPT was answered."""
+        with self._lock:
+            return self._pipelined
+
+    def _count_pipelined(self) -> None:
+        with self._lock:
+            self._pipelined += 1
 
     @property
     def drops(self) -> int:
@@ -405,6 +433,8 @@ class SmtpSink:
                 if refusal.times <= 0:
                     rules.pop(0)  # type: ignore[union-attr]
         if refusal is not None:
+            if self.data_without_recipients:
+                envelope.rcpt_tos.append("")  # aiosmtpd then takes the DATA
             return f"{refusal.code} {refusal.text}"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)

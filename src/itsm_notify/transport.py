@@ -356,7 +356,11 @@ class SmtpSession:
         addresses again and runs a regular expression over the whole message for every
         email; the envelope addresses here are bare and checked, and a message needs the
         leading-period quoting only when a line starts with a period. Replies are
-        classified as they come; a dropped connection raises SMTPServerDisconnected."""
+        classified as they come; a dropped connection raises SMTPServerDisconnected.
+
+        A server that offers PIPELINING (RFC 2920; Postfix, Exim and the big providers
+        do) gets MAIL, RCPT and DATA in one write and answers them together: one round
+        trip instead of three before the message goes out."""
         options = ""
         if out.needs_smtputf8:
             if not smtp.has_extn("smtputf8"):
@@ -365,20 +369,36 @@ class SmtpSession:
             smtp.command_encoding, options = "utf-8", " SMTPUTF8"
         if smtp.has_extn("size"):
             options += f" SIZE={len(out.data)}"
-        code, reply = smtp.docmd("MAIL", f"FROM:<{out.sender}>{options}")
-        if code != 250:
-            return self._refused(smtp, out, code, reply)
-        code, reply = smtp.docmd("RCPT", f"TO:<{out.rcpt}>")
-        if code not in (250, 251):
-            return self._refused(smtp, out, code, reply, recipient=True)
-        code, reply = smtp.docmd("DATA")
-        if code != 354:
-            return self._refused(smtp, out, code, reply)
+        steps = [("MAIL", f"FROM:<{out.sender}>{options}", (250,)),
+                 ("RCPT", f"TO:<{out.rcpt}>", (250, 251)), ("DATA", "", (354,))]
+        pipelined = smtp.has_extn("pipelining")
+        if pipelined:
+            smtp.send("".join(_command(verb, argument) for verb, argument, _ in steps))
+        for index, (verb, argument, accepted) in enumerate(steps):
+            code, reply = smtp.getreply() if pipelined else smtp.docmd(verb, argument)
+            if code not in accepted:
+                if pipelined and code != 421:
+                    self._end_group(smtp, replies_left=len(steps) - index - 1)
+                return self._refused(smtp, out, code, reply, recipient=verb == "RCPT")
         smtp.send(_dot_stuffed(out.data) + b".\r\n")
         code, reply = smtp.getreply()
         if code != 250:
             return self._refused(smtp, out, code, reply)
         return Outcome(out.key, SENT, code, classify_reply(code, reply)[1])
+
+    def _end_group(self, smtp: smtplib.SMTP, replies_left: int) -> None:
+        """After a refusal in a pipelined group, read the replies still to come (RFC 2920
+        §3.1: every one must be checked). A DATA the server accepted all the same gets an
+        empty message, which ends the transaction; a server that hangs up instead leaves
+        the refusal as it was, and the session is reopened for the next message."""
+        try:
+            for left in range(replies_left, 0, -1):
+                code, _ = smtp.getreply()
+                if left == 1 and code == 354:
+                    smtp.send(b".\r\n")
+                    smtp.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError):
+            self.close()
 
     def _refused(self, smtp: smtplib.SMTP, out: Outgoing, code: int, reply: bytes, *,
                  recipient: bool = False) -> Outcome:
@@ -396,6 +416,15 @@ class SmtpSession:
         if self.smtp is not None:
             _quietly_close(self.smtp)
             self.smtp = None
+
+
+def _command(verb: str, argument: str) -> str:
+    """One command line as smtplib's ``putcmd`` writes it, refusing a line break in it
+    (``putcmd``'s guard against command injection; a pipelined group bypasses it)."""
+    line = f"{verb} {argument}\r\n" if argument else f"{verb}\r\n"
+    if "\r" in line[:-2] or "\n" in line[:-2]:
+        raise ValueError("command and arguments contain prohibited newline characters")
+    return line
 
 
 def _dot_stuffed(data: bytes) -> bytes:
