@@ -10,6 +10,8 @@ No database: the transport alone, over loopback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from itsm_notify.config import load_settings
@@ -32,7 +34,7 @@ def email(n: int, rcpt: str) -> Outgoing:
 
 
 @pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
-def sink(request: pytest.FixtureRequest) -> SmtpSink:
+def sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
     with SmtpSink(pipelining=request.param) as server:
         yield server
 

@@ -5,7 +5,8 @@ ones go out) and reports one ``Outcome`` per message as soon as it is known, thr
 callback, so the sender can record it while the next ones go out.
 
 SMTP keeps K sessions open for the whole run (not one per message, django-mailer's
-cost) and sends over them in parallel, each session in its own thread. A reply is
+cost) and sends over them in parallel, each session in its own thread; to a server that
+offers PIPELINING a message's MAIL, RCPT and DATA go in one write. A reply is
 classified: 2xx sent, 4xx deferred (retried later), 5xx failed at once. A session that
 drops is reopened; when it drops again before a message got through, or when the server
 cannot be reached, the messages left are deferred without using up a retry.
