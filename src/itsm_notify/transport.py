@@ -395,7 +395,7 @@ class SmtpSession:
         try:
             for left in range(replies_left, 0, -1):
                 code, _ = smtp.getreply()
-                if left == 1 and code == 354:
+                if left == 1 and code == 354:  # the last reply of a group is DATA's
                     smtp.send(b".\r\n")
                     smtp.getreply()
         except (smtplib.SMTPServerDisconnected, OSError):
