@@ -370,17 +370,22 @@ class SmtpSession:
             smtp.command_encoding, options = "utf-8", " SMTPUTF8"
         if smtp.has_extn("size"):
             options += f" SIZE={len(out.data)}"
-        steps = [("MAIL", f"FROM:<{out.sender}>{options}", (250,)),
-                 ("RCPT", f"TO:<{out.rcpt}>", (250, 251)), ("DATA", "", (354,))]
+        # Every line is built (and refused if it holds a line break) before any is
+        # written: a refusal halfway would leave the server inside a transaction.
+        steps = [(_command("MAIL", f"FROM:<{out.sender}>{options}"), (250,)),
+                 (_command("RCPT", f"TO:<{out.rcpt}>"), (250, 251)),
+                 (_command("DATA", ""), (354,))]
         pipelined = smtp.has_extn("pipelining")
         if pipelined:
-            smtp.send("".join(_command(verb, argument) for verb, argument, _ in steps))
-        for index, (verb, argument, accepted) in enumerate(steps):
-            code, reply = smtp.getreply() if pipelined else smtp.docmd(verb, argument)
+            smtp.send("".join(line for line, _ in steps))
+        for index, (line, accepted) in enumerate(steps):
+            if not pipelined:
+                smtp.send(line)
+            code, reply = smtp.getreply()
             if code not in accepted:
                 if pipelined and code != 421:
                     self._end_group(smtp, replies_left=len(steps) - index - 1)
-                return self._refused(smtp, out, code, reply, recipient=verb == "RCPT")
+                return self._refused(smtp, out, code, reply, recipient=index == 1)
         smtp.send(_dot_stuffed(out.data) + b".\r\n")
         code, reply = smtp.getreply()
         if code != 250:
@@ -421,7 +426,7 @@ class SmtpSession:
 
 def _command(verb: str, argument: str) -> str:
     """One command line as smtplib's ``putcmd`` writes it, refusing a line break in it
-    (``putcmd``'s guard against command injection; a pipelined group bypasses it)."""
+    as ``putcmd`` does (its guard against command injection)."""
     line = f"{verb} {argument}\r\n" if argument else f"{verb}\r\n"
     if "\r" in line[:-2] or "\n" in line[:-2]:
         raise ValueError("command and arguments contain prohibited newline characters")
