@@ -199,7 +199,7 @@ def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tupl
         removed = 0
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
-            removed += conn.execute(delete(deliveries)
-                                    .where(deliveries.c.event_id.in_(chunk))).rowcount or 0
-            conn.execute(delete(outbox).where(outbox.c.id.in_(chunk)))
+            removed += conn.execute(delete(deliveries).where(
+                among(conn, deliveries.c.event_id, chunk))).rowcount or 0
+            conn.execute(delete(outbox).where(among(conn, outbox.c.id, chunk)))
     return len(ids), removed

@@ -235,7 +235,7 @@ def load_opted_out(engine: Engine, user_ids: Iterable[int]) -> set[int]:
             opted_out.update(conn.execute(select(preferences.c.user_id).where(
                 preferences.c.event_type == EVENT_TYPE, preferences.c.channel == EMAIL,
                 preferences.c.enabled == false(),
-                preferences.c.user_id.in_(ids[start:start + _CHUNK]))).scalars())
+                among(conn, preferences.c.user_id, ids[start:start + _CHUNK]))).scalars())
     return opted_out
 
 
