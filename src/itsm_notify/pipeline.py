@@ -141,8 +141,12 @@ class Pipeline(Generic[B]):
                                         name="itsm-notify-transport", daemon=True)
         self._pinned = ExitStack()  # the threads started now inherit the pinning
         self._pinned.enter_context(on_one_cpu(one_cpu))
-        self._recorder.start()
-        self._sender.start()
+        try:
+            self._recorder.start()
+            self._sender.start()
+        except BaseException:
+            self._pinned.close()  # __exit__ will not run: unpin the caller here
+            raise
 
     # ------------------------------------------------------------ the main thread
 

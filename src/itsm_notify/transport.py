@@ -395,11 +395,15 @@ class SmtpSession:
     def _end_group(self, smtp: smtplib.SMTP, replies_left: int) -> None:
         """After a refusal in a pipelined group, read the replies still to come (RFC 2920
         §3.1: every one must be checked). A DATA the server accepted all the same gets an
-        empty message, which ends the transaction; a server that hangs up instead leaves
-        the refusal as it was, and the session is reopened for the next message."""
+        empty message, which ends the transaction; a server that closes (421) or hangs up
+        instead leaves the refusal as it was, and the session is reopened for the next
+        message."""
         try:
             for left in range(replies_left, 0, -1):
                 code, _ = smtp.getreply()
+                if code == 421:  # the server is closing the session
+                    self.close()
+                    return
                 if left == 1 and code == 354:  # the last reply of a group is DATA's
                     smtp.send(b".\r\n")
                     smtp.getreply()
