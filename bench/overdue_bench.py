@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, text
 
-from itsm_notify import db
-from itsm_notify.db import utcnow
+from itsm_notify.storage import database, schema
+from itsm_notify.storage.database import utcnow
 
 USERS = 500
 
@@ -59,11 +59,11 @@ FROM generate_series(1::bigint, :n) AS g
 def create_tickets(engine: Engine, n_tickets: int) -> float:
     """Empty the schema and create ``n_tickets`` tickets; return the seconds it took."""
     started = time.perf_counter()
-    db.metadata.drop_all(engine)
-    db.init_db(engine)
+    schema.metadata.drop_all(engine)
+    database.init_db(engine)
     now = utcnow()
     with engine.begin() as conn:
-        conn.execute(insert(db.users), [
+        conn.execute(insert(schema.users), [
             {"id": i, "username": f"user{i}", "email": f"user{i}@example.com",
              "first_name": f"User{i}", "last_name": "Example", "is_active": True,
              "is_manager": False} for i in range(1, USERS + 1)])
@@ -94,13 +94,13 @@ def _timed(fn: Any, repeat: int = 3) -> tuple[float, float, Any]:
 def run(postgres_url: str, n_tickets: int, n_overdue: int, check: Any,
         sink: Any = None, workdir: Path | None = None) -> dict[str, Any]:
     from itsm_notify.config import load_settings
-    from itsm_notify.overdue import find_overdue, overdue_query, overdue_scan
+    from itsm_notify.engine.overdue import find_overdue, overdue_query, overdue_scan
 
     expected = n_tickets // 100
     if n_overdue != expected:
         print(f"  note: this mix makes 1 % of the tickets overdue ({expected}), "
               f"not {n_overdue}")
-    engine = db.make_engine(postgres_url)
+    engine = database.make_engine(postgres_url)
     print(f"\n== overdue-scan: {n_tickets} tickets on PostgreSQL", flush=True)
     created = create_tickets(engine, n_tickets)
     print(f"  created in {created:.1f} s", flush=True)

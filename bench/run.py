@@ -49,10 +49,11 @@ from typing import Any
 
 from sqlalchemy import Engine, event, insert, select, text
 
-from itsm_notify import db, deliveries
+from itsm_notify.channels.base import Outcome, Outgoing, RateLimiter
+from itsm_notify.compose.render import message_id
 from itsm_notify.config import Settings, load_settings
-from itsm_notify.render import message_id
-from itsm_notify.transport import Outcome, Outgoing, RateLimiter
+from itsm_notify.storage import database, schema
+from itsm_notify.storage import deliveries as delivery_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sink import HOST, SinkProcess, placement
@@ -145,27 +146,27 @@ def _chunks(rows: Sequence[dict[str, Any]], size: int = 5000) -> Iterator[Sequen
 
 def reset_schema(engine: Engine) -> None:
     """Drop the tool's tables and create them again (bench databases only)."""
-    db.metadata.drop_all(engine)
-    db.init_db(engine)
+    schema.metadata.drop_all(engine)
+    database.init_db(engine)
 
 
 def populate(engine: Engine, data: Dataset) -> list[Any]:
     """Write the dataset (executemany in chunks); return the outbox rows in id order."""
     reset_schema(engine)
     with engine.begin() as conn:
-        conn.execute(insert(db.users), data.users)
-        conn.execute(insert(db.projects), data.projects)
+        conn.execute(insert(schema.users), data.users)
+        conn.execute(insert(schema.projects), data.projects)
         for chunk in _chunks(data.tickets):
-            conn.execute(insert(db.tickets), list(chunk))
+            conn.execute(insert(schema.tickets), list(chunk))
         for chunk in _chunks(data.events):
-            conn.execute(insert(db.outbox), list(chunk))
+            conn.execute(insert(schema.outbox), list(chunk))
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(text("ANALYZE"))
             conn.commit()
     with engine.connect() as conn:
-        return list(conn.execute(select(db.outbox.c.id, db.outbox.c.event_type,
-                                        db.outbox.c.ticket_id).order_by(db.outbox.c.id)))
+        return list(conn.execute(select(schema.outbox.c.id, schema.outbox.c.event_type,
+                                        schema.outbox.c.ticket_id).order_by(schema.outbox.c.id)))
 
 
 # ----------------------------------------------------------------------- settings
@@ -193,10 +194,10 @@ def _settings(overrides: dict[str, Any]) -> Settings:
 
 def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection) -> None:
     """Run send-pending until the outbox is empty; report timing, statements, RSS."""
-    from itsm_notify.sender import Sender
+    from itsm_notify.engine.sender import Sender
 
     settings = _settings(overrides)
-    engine = db.make_engine(settings.database_url)
+    engine = database.make_engine(settings.database_url)
     counts = {"statements": 0, "commits": 0}
     kinds: dict[str, int] = {}
 
@@ -210,15 +211,15 @@ def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection
     def _commit(conn: Any) -> None:
         counts["commits"] += 1
 
-    insert_many = deliveries.insert_many
+    insert_many = delivery_store.insert_many
 
     def counted_insert_many(conn: Any, table: Any, rows: Any) -> None:
-        if deliveries.uses_copy(conn) and rows:  # a COPY: no cursor execute event
+        if delivery_store.uses_copy(conn) and rows:  # a COPY: no cursor execute event
             counts["statements"] += 1
             kinds[f"COPY {table.name}"] = kinds.get(f"COPY {table.name}", 0) + 1
         insert_many(conn, table, rows)
 
-    deliveries.insert_many = counted_insert_many
+    delivery_store.insert_many = counted_insert_many
 
     profiler = spy = None
     if profile and os.environ.get("ITSM_BENCH_PY_SPY"):
@@ -307,10 +308,10 @@ def prerender(data: Dataset, workdir: Path) -> tuple[list[tuple[str, str, bytes]
     """The messages send-pending will send, built by the project's own pipeline on a
     scratch SQLite copy of the data (not part of any rate); and the CPU per email, in
     ms, that took: send-pending's own work without SMTP, apart from the sink's."""
-    from itsm_notify.sender import Sender
+    from itsm_notify.engine.sender import Sender
 
     url = f"sqlite:///{workdir / 'prerender.db'}"
-    engine = db.make_engine(url)
+    engine = database.make_engine(url)
     populate(engine, data)
     capture = _Capture()
     settings = _settings(bench_settings(url, 25, 1, workdir, 100))
@@ -419,7 +420,7 @@ class Row:
 
 def fresh_outbox(url: str, data: Dataset) -> set[str]:
     """The dataset written anew, every event pending; the Message-IDs it must yield."""
-    engine = db.make_engine(url)
+    engine = database.make_engine(url)
     outbox_rows = populate(engine, data)
     engine.dispose()
     return expected_message_ids(data, outbox_rows)
@@ -539,7 +540,7 @@ def memory(args: argparse.Namespace, sink: SinkProcess, workdir: Path,
     for name, url in database_urls(args, workdir):
         print(f"\n== memory: {args.memory_events} pending events on {name}", flush=True)
         started = time.perf_counter()
-        engine = db.make_engine(url)
+        engine = database.make_engine(url)
         outbox_rows = populate(engine, data)
         engine.dispose()
         print(f"  created in {time.perf_counter() - started:.1f} s", flush=True)
@@ -584,7 +585,7 @@ def machine() -> dict[str, str]:
 
 def pg_version(url: str) -> str:
     try:
-        engine = db.make_engine(url)
+        engine = database.make_engine(url)
         with engine.connect() as conn:
             version = str(conn.execute(text("SHOW server_version")).scalar())
         engine.dispose()

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from helpdesk import utcnow
-from itsm_notify import db
-from itsm_notify.render import message_id
+from itsm_notify.compose.render import message_id
+from itsm_notify.storage import schema
 from smtp_server import SmtpSink
 
 ADMIN = "ops@example.com"
@@ -58,28 +58,28 @@ def seed_bulk(engine: Engine, events: int, *, users: int = 40) -> BulkDesk:
     to ``ADMIN`` each event mails 2 or 3 addresses, and gives each user an in-app row.
     """
     with engine.begin() as conn:
-        conn.execute(sa.insert(db.users), [
+        conn.execute(sa.insert(schema.users), [
             {"username": f"user{i}", "email": f"user{i}@example.com", "first_name": f"U{i}"}
             for i in range(users)])
-        user_rows = conn.execute(sa.select(db.users.c.id, db.users.c.email)
-                                 .order_by(db.users.c.id)).all()
+        user_rows = conn.execute(sa.select(schema.users.c.id, schema.users.c.email)
+                                 .order_by(schema.users.c.id)).all()
         ids = [row.id for row in user_rows]
         email = {row.id: row.email for row in user_rows}
         now = utcnow()
-        conn.execute(sa.insert(db.tickets), [
+        conn.execute(sa.insert(schema.tickets), [
             {"number": f"BULK-{i:05d}", "title": f"Printer {i} is jammed",
              "requester_id": ids[i % users],
              "assignee_id": ids[(i + 1) % users] if i % 2 == 0 else None,
              "created_at": now}
             for i in range(events)])
-        tickets = conn.execute(sa.select(db.tickets.c.id, db.tickets.c.requester_id,
-                                         db.tickets.c.assignee_id)
-                               .order_by(db.tickets.c.id)).all()
-        conn.execute(sa.insert(db.outbox), [
+        tickets = conn.execute(sa.select(schema.tickets.c.id, schema.tickets.c.requester_id,
+                                         schema.tickets.c.assignee_id)
+                               .order_by(schema.tickets.c.id)).all()
+        conn.execute(sa.insert(schema.outbox), [
             {"event_type": "ticket_created", "ticket_id": t.id, "actor_id": None,
              "payload": "{}"} for t in tickets])
-        event_rows = conn.execute(sa.select(db.outbox.c.id, db.outbox.c.ticket_id)
-                                  .order_by(db.outbox.c.id)).all()
+        event_rows = conn.execute(sa.select(schema.outbox.c.id, schema.outbox.c.ticket_id)
+                                  .order_by(schema.outbox.c.id)).all()
     by_ticket = {t.id: t for t in tickets}
     recipients: dict[int, tuple[str, ...]] = {}
     in_app: dict[int, tuple[int, ...]] = {}
@@ -113,8 +113,9 @@ def sent_deliveries(engine: Engine) -> set[EmailKey]:
     """(Message-ID, recipient) of every email delivery the database records as sent."""
     with engine.connect() as conn:
         return {(row.message_id, row.recipient) for row in conn.execute(
-            sa.select(db.deliveries.c.message_id, db.deliveries.c.recipient)
-            .where(db.deliveries.c.channel == db.EMAIL, db.deliveries.c.state == db.SENT))}
+            sa.select(schema.deliveries.c.message_id, schema.deliveries.c.recipient)
+            .where(schema.deliveries.c.channel == schema.EMAIL,
+                   schema.deliveries.c.state == schema.SENT))}
 
 
 WORKER = [sys.executable, "-m", "itsm_notify", "send-pending"]

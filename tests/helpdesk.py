@@ -1,6 +1,6 @@
 """Test helpers that play the ITSM web application: schema, help-desk rows, outbox events.
 
-Everything is a plain SQLAlchemy insert into the tables of ``itsm_notify.db``, so the
+Everything is a plain SQLAlchemy insert into the tables of ``itsm_notify.storage.schema``, so the
 rows look exactly like the ones a producer writes; ids come from the database (no
 hard-coded ids, which would leave PostgreSQL's sequences behind).
 
@@ -27,8 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from typer.testing import CliRunner, Result
 
-from itsm_notify import db
 from itsm_notify.cli import app
+from itsm_notify.storage import database, schema
 
 __all__ = [
     "HELPDESK_USERS",
@@ -61,8 +61,8 @@ def utcnow() -> datetime:
 
 def create_schema(url: str) -> Engine:
     """An engine on ``url`` with every table created (``itsm-notify db init``'s work)."""
-    engine = db.make_engine(url)
-    db.init_db(engine)
+    engine = database.make_engine(url)
+    database.init_db(engine)
     return engine
 
 
@@ -79,14 +79,14 @@ def add_user(engine: Engine, username: str, email: str | None = "", *, first_nam
              last_name: str = "", is_active: bool = True, is_manager: bool = False) -> int:
     """A user; ``email=""`` (the default) means ``<username>@example.com``, None none."""
     address = f"{username}@example.com" if email == "" else email
-    return _insert(engine, db.users, {
+    return _insert(engine, schema.users, {
         "username": username, "email": address, "first_name": first_name,
         "last_name": last_name, "is_active": is_active, "is_manager": is_manager})
 
 
 def add_project(engine: Engine, name: str, *, notify_team: bool = False,
                 members: tuple[int, ...] | list[int] = ()) -> int:
-    project_id = _insert(engine, db.projects, {"name": name, "notify_team": notify_team})
+    project_id = _insert(engine, schema.projects, {"name": name, "notify_team": notify_team})
     for user_id in members:
         add_member(engine, project_id, user_id)
     return project_id
@@ -94,7 +94,7 @@ def add_project(engine: Engine, name: str, *, notify_team: bool = False,
 
 def add_member(engine: Engine, project_id: int, user_id: int) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.insert(db.project_members).values(project_id=project_id,
+        conn.execute(sa.insert(schema.project_members).values(project_id=project_id,
                                                           user_id=user_id))
 
 
@@ -102,7 +102,7 @@ def add_ticket(engine: Engine, number: str, title: str, requester_id: int, *,
                assignee_id: int | None = None, project_id: int | None = None,
                description: str = "", status: str = "open", priority: str = "medium",
                due_at: datetime | None = None) -> int:
-    return _insert(engine, db.tickets, {
+    return _insert(engine, schema.tickets, {
         "number": number, "title": title, "description": description, "status": status,
         "priority": priority, "requester_id": requester_id, "assignee_id": assignee_id,
         "project_id": project_id, "due_at": due_at, "created_at": utcnow()})
@@ -110,7 +110,7 @@ def add_ticket(engine: Engine, number: str, title: str, requester_id: int, *,
 
 def add_comment(engine: Engine, ticket_id: int, author_id: int, body: str, *,
                 is_internal: bool = False) -> int:
-    return _insert(engine, db.comments, {
+    return _insert(engine, schema.comments, {
         "ticket_id": ticket_id, "author_id": author_id, "body": body,
         "is_internal": is_internal, "created_at": utcnow()})
 
@@ -123,7 +123,7 @@ def add_event(engine: Engine, event_type: str, ticket_id: int | None, actor_id: 
     malformed JSON) or None.
     """
     raw = json.dumps(dict(payload)) if isinstance(payload, Mapping) else payload
-    return _insert(engine, db.outbox, {"event_type": event_type, "ticket_id": ticket_id,
+    return _insert(engine, schema.outbox, {"event_type": event_type, "ticket_id": ticket_id,
                                        "actor_id": actor_id, "payload": raw})
 
 
@@ -131,7 +131,7 @@ def set_preference(engine: Engine, user_id: int, event_type: str, channel: str,
                    enabled: bool) -> None:
     """A user's choice for one event type on one channel (``email`` or ``in_app``)."""
     with engine.begin() as conn:
-        conn.execute(sa.insert(db.preferences).values(
+        conn.execute(sa.insert(schema.preferences).values(
             user_id=user_id, event_type=event_type, channel=channel, enabled=enabled,
             updated_at=utcnow()))
 
@@ -191,7 +191,7 @@ def outbox_rows(engine: Engine) -> list[dict[str, Any]]:
     """Every outbox row as a dict, in id order."""
     with engine.connect() as conn:
         return [dict(row._mapping) for row in
-                conn.execute(sa.select(db.outbox).order_by(db.outbox.c.id))]
+                conn.execute(sa.select(schema.outbox).order_by(schema.outbox.c.id))]
 
 
 def outbox_states(engine: Engine) -> dict[int, str]:
@@ -203,14 +203,14 @@ def app_notifications(engine: Engine) -> list[dict[str, Any]]:
     """Every in-app notification row as a dict, in id order."""
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(
-            sa.select(db.app_notifications).order_by(db.app_notifications.c.id))]
+            sa.select(schema.app_notifications).order_by(schema.app_notifications.c.id))]
 
 
 def deliveries(engine: Engine) -> list[dict[str, Any]]:
     """Every per-recipient delivery record as a dict, in id order."""
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(
-            sa.select(db.deliveries).order_by(db.deliveries.c.id))]
+            sa.select(schema.deliveries).order_by(schema.deliveries.c.id))]
 
 
 # ---------------------------------------------------------------------- the CLI

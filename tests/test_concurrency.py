@@ -26,10 +26,10 @@ from delivery_support import (
     start_workers,
 )
 from helpdesk import create_schema, smtp_env, utcnow
-from itsm_notify import db
 from itsm_notify.config import load_settings
-from itsm_notify.pipeline import MAX_UNRECORDED
-from itsm_notify.sender import send_pending
+from itsm_notify.engine.pipeline import MAX_UNRECORDED
+from itsm_notify.engine.sender import send_pending
+from itsm_notify.storage import schema
 from smtp_server import SmtpSink
 
 pytestmark = pytest.mark.slow
@@ -61,12 +61,12 @@ def test_concurrent_workers_send_every_email_exactly_once(
     counts = received(smtp_sink)
     assert duplicates(counts) == 0
     assert set(counts) == desk.expected_emails
-    assert count_by_state(engine, db.outbox) == {"done": len(desk.event_ids)}
-    assert count_by_state(engine, db.deliveries) == {
+    assert count_by_state(engine, schema.outbox) == {"done": len(desk.event_ids)}
+    assert count_by_state(engine, schema.deliveries) == {
         "sent": len(desk.expected_emails) + desk.expected_in_app}
     with engine.connect() as conn:
-        in_app = conn.execute(sa.select(db.app_notifications.c.user_id,
-                                        db.app_notifications.c.ticket_id)).all()
+        in_app = conn.execute(sa.select(schema.app_notifications.c.user_id,
+                                        schema.app_notifications.c.ticket_id)).all()
     assert len(in_app) == len(set(in_app)) == desk.expected_in_app
     # The workers shared the work: each event was handled by exactly one of them.
     handled = [int(m.group(1)) for out in outputs for m in SUMMARY.finditer(out)]
@@ -116,7 +116,7 @@ def test_worker_killed_mid_batch_is_taken_over_after_its_lease(
     repeated = {key for key, n in counts.items() if n > 1}
     assert repeated <= in_flight
     assert duplicates(counts) <= len(in_flight)
-    assert count_by_state(engine, db.outbox) == {"done": len(desk.event_ids)}
+    assert count_by_state(engine, schema.outbox) == {"done": len(desk.event_ids)}
     print(f"SIGKILL: {sum(before.values())} accepted before the kill, {len(in_flight)} "
           f"unrecorded, {duplicates(counts)} duplicates after the takeover")
 
@@ -124,8 +124,8 @@ def test_worker_killed_mid_batch_is_taken_over_after_its_lease(
 def _processing(engine: sa.Engine) -> dict[int, str]:
     """event id → the worker holding it, for events in processing."""
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(db.outbox.c.id, db.outbox.c.locked_by)
-                            .where(db.outbox.c.state == db.PROCESSING)).all()
+        rows = conn.execute(sa.select(schema.outbox.c.id, schema.outbox.c.locked_by)
+                            .where(schema.outbox.c.state == schema.PROCESSING)).all()
     assert rows, "no event was left in processing"
     return {row.id: row.locked_by for row in rows}
 
@@ -134,8 +134,8 @@ def _wait_for_leases_to_expire(engine: sa.Engine, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            latest = conn.execute(sa.select(sa.func.max(db.outbox.c.locked_until))
-                                  .where(db.outbox.c.state == db.PROCESSING)).scalar()
+            latest = conn.execute(sa.select(sa.func.max(schema.outbox.c.locked_until))
+                                  .where(schema.outbox.c.state == schema.PROCESSING)).scalar()
         if latest is None or latest < utcnow():
             return
         time.sleep(0.1)

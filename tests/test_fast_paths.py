@@ -1,7 +1,7 @@
 """The fast paths of send-pending (issue 5) give exactly what the plain paths give.
 
 * ``render_event(ctx, recipient, shared)`` renders and inlines an event's templates once
-  and fills in each recipient (slots.py); it must equal rendering that recipient
+  and fills in each recipient (compose/slots.py); it must equal rendering that recipient
   directly, for any name, first name and unsubscribe link.
 * ``compose`` writes the message's bytes from remembered header fields and body lines:
   they must equal what the email package's ``build_message`` (``msg[name] = value``,
@@ -27,11 +27,14 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from itsm_notify import render
+from itsm_notify.compose import headers as header_module
+from itsm_notify.compose import mime
+from itsm_notify.compose import render as render_module
+from itsm_notify.compose.render import RenderedEmail, Renderer
 from itsm_notify.config import Settings, load_settings
-from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
-from itsm_notify.recipients import EmailRecipient, parse_payload
-from itsm_notify.render import RenderedEmail, Renderer
+from itsm_notify.events.audience import EmailRecipient
+from itsm_notify.events.model import Comment, EventContext, OutboxEvent, Project, Ticket, User
+from itsm_notify.events.types import parse_payload
 
 SITE = "https://helpdesk.example.com"
 USERS = {1: User(1, "alice", "alice@example.com", "Alice", "Lopez"),
@@ -110,7 +113,7 @@ def test_one_event_is_rendered_once_for_all_its_recipients() -> None:
 
 
 def test_a_rendering_is_cut_at_its_slots_and_nowhere_else() -> None:
-    from itsm_notify.slots import _cut
+    from itsm_notify.compose.slots import _cut
 
     o = "itsmabcdefs"
     cut = _cut(f"Hi {o}0e, see {o}1e{o}x and {o}e and {o}", o)
@@ -152,9 +155,9 @@ def headers(link: str | None, msg_id: str = "<m.1@example.com>", *, thread_start
 
 def _stdlib_policy() -> Any:
     """policy.SMTP with the email package's own header factory (no cached classes), and
-    List-Unsubscribe never made encoded words (render.ListUrlHeader)."""
+    List-Unsubscribe never made encoded words (header_module.ListUrlHeader)."""
     registry = HeaderRegistry()
-    registry.map_to_type("list-unsubscribe", render.ListUrlHeader)
+    registry.map_to_type("list-unsubscribe", header_module.ListUrlHeader)
     return policy.SMTP.clone(header_factory=registry)
 
 
@@ -164,7 +167,7 @@ def wanted(renderer: Renderer, rendered: RenderedEmail, recipient: EmailRecipien
     of its own (not the one compose's caches use)."""
     envelope = renderer.settings.redirect_to or recipient.address
     stdlib = _stdlib_policy()
-    with mock.patch.object(render, "SMTP_POLICY", stdlib):
+    with mock.patch.object(render_module, "SMTP_POLICY", stdlib):
         message = renderer.build_message(rendered, recipient, **fields)
     return message.as_bytes(policy=stdlib.clone(utf8=not envelope.isascii()))
 
@@ -201,11 +204,11 @@ def test_header_fields_written_unparsed_are_what_the_policy_writes(name: str,
     """Unstructured fields (and List-Unsubscribe, which is not written that way) with any
     printable ASCII: fold_header's unparsed line is the policy's, or both refuse."""
     try:
-        expected: bytes | type[Exception] = render._fold(name, value)
+        expected: bytes | type[Exception] = header_module._fold(name, value)
     except Exception as exc:  # a value the policy refuses must be refused alike
         expected = type(exc)
     try:
-        written: bytes | type[Exception] = render.fold_header(name, value)
+        written: bytes | type[Exception] = header_module.fold_header(name, value)
     except Exception as exc:
         written = type(exc)
     assert written == expected
@@ -220,7 +223,7 @@ def test_header_fields_written_unparsed_are_what_the_policy_writes(name: str,
 def test_a_line_left_as_it_is_is_what_the_encoder_writes(line: bytes) -> None:
     """The lines _qp_line leaves alone (no encoder call) encode to themselves."""
     encoded = quoprimime.body_encode(line.decode("latin-1"), 78).replace("\n", "\r\n")
-    assert render._qp_line.__wrapped__(line) == encoded.encode("ascii")
+    assert mime._qp_line.__wrapped__(line) == encoded.encode("ascii")
 
 
 def test_long_lines_trailing_space_and_crlf_encode_alike() -> None:
@@ -261,7 +264,7 @@ def test_the_boundary_is_shared_by_a_tickets_messages_and_not_in_the_parts() -> 
 
 
 def test_the_delivery_log_still_rotates_at_its_size(tmp_path: Path) -> None:
-    from itsm_notify.sender import _RotatingLog
+    from itsm_notify.engine.delivery_log import _RotatingLog
 
     path = tmp_path / "email.log"
     handler = _RotatingLog(path, maxBytes=200, backupCount=2, encoding="utf-8")
@@ -288,7 +291,7 @@ def test_the_delivery_log_still_rotates_at_its_size(tmp_path: Path) -> None:
 def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(moment: datetime) -> None:
     from sqlalchemy.dialects import sqlite
 
-    from itsm_notify.db import _SQLiteTimestamp
+    from itsm_notify.storage.schema import _SQLiteTimestamp
 
     dialect = sqlite.dialect()
     fast = _SQLiteTimestamp().bind_processor(dialect)
@@ -304,7 +307,7 @@ def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(moment: datetim
 def test_dot_stuffing_is_smtplibs(data: bytes) -> None:
     import smtplib
 
-    from itsm_notify.transport import _dot_stuffed
+    from itsm_notify.channels.smtp import _dot_stuffed
 
     expected = smtplib._quote_periods(data)
     if expected[-2:] != b"\r\n":

@@ -29,11 +29,13 @@ from helpdesk import (
     smtp_env,
     utcnow,
 )
-from itsm_notify import db, sender
+from itsm_notify.compose.render import message_id
 from itsm_notify.config import Settings, load_settings
-from itsm_notify.deliveries import record_outcomes
-from itsm_notify.render import message_id
-from itsm_notify.sender import RunReport, send_pending
+from itsm_notify.engine import sender
+from itsm_notify.engine.sender import RunReport, send_pending
+from itsm_notify.storage import database, schema
+from itsm_notify.storage import outbox as outbox_queue
+from itsm_notify.storage.deliveries import record_outcomes
 from smtp_server import SmtpSink
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
@@ -50,7 +52,7 @@ def run_at(settings: Settings, engine: Engine, moment: datetime, **kwargs: Any) 
 def email_rows(engine: Engine, event_id: int) -> dict[str, dict[str, Any]]:
     """recipient → its email delivery row, for one event."""
     return {row["recipient"]: row for row in deliveries(engine)
-            if row["event_id"] == event_id and row["channel"] == db.EMAIL}
+            if row["event_id"] == event_id and row["channel"] == schema.EMAIL}
 
 
 def event_row(engine: Engine, event_id: int) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def event_row(engine: Engine, event_id: int) -> dict[str, Any]:
 
 def in_app_count(engine: Engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(db.app_notifications)
+        return conn.execute(sa.select(sa.func.count()).select_from(schema.app_notifications)
                             ).scalar_one()
 
 
@@ -140,7 +142,7 @@ def test_each_deferred_recipient_waits_for_its_own_backoff(
     run_at(settings, engine, t0)
     carol_due = t0 + timedelta(days=1)  # as if carol had been deferred many times
     with engine.begin() as conn:
-        conn.execute(sa.update(db.deliveries).where(db.deliveries.c.recipient == CAROL)
+        conn.execute(sa.update(schema.deliveries).where(schema.deliveries.c.recipient == CAROL)
                      .values(next_attempt_at=carol_due))
 
     run_at(settings, engine, t0 + timedelta(hours=2))
@@ -174,7 +176,7 @@ def test_550_fails_one_recipient_suppresses_it_and_the_others_proceed(
     carol = email_rows(engine, event)[CAROL]
     assert (carol["state"], carol["attempts"], carol["last_code"]) == ("failed", 1, 550)
     with engine.connect() as conn:
-        suppressed = conn.execute(sa.select(db.suppressions)).all()
+        suppressed = conn.execute(sa.select(schema.suppressions)).all()
     assert [(s.address, s.code) for s in suppressed] == [(CAROL, 550)]
 
     # The next event to carol does not contact the server for her (the sink would now
@@ -224,7 +226,7 @@ def test_server_down_defers_the_batch_exits_1_and_up_again_delivers_once(
     assert [r["attempts"] for r in rows] == [1, 1, 0, 0, 0, 0]
     # A message that never reached a server does not use up an attempt (max is 1 here).
     assert {(r["state"], r["attempts"]) for r in deliveries(engine)
-            if r["channel"] == db.EMAIL} == {("deferred", 0)}
+            if r["channel"] == schema.EMAIL} == {("deferred", 0)}
 
     smtp_sink.start()
     time.sleep(0.05)  # the backoff of 0.01 s runs out
@@ -299,7 +301,7 @@ def test_rate_per_hour_caps_runs_and_the_rest_waits_without_using_attempts(
     rows = outbox_rows(engine)
     assert {r["state"] for r in rows} == {"done", "pending"}
     assert [r["attempts"] for r in rows if r["state"] == "pending"][-2:] == [0, 0]  # unclaimed
-    waiting = [r for r in deliveries(engine) if r["channel"] == db.EMAIL
+    waiting = [r for r in deliveries(engine) if r["channel"] == schema.EMAIL
                and r["state"] != "sent"]
     assert waiting and {r["attempts"] for r in waiting} == {0}
 
@@ -312,7 +314,7 @@ def test_rate_per_hour_caps_runs_and_the_rest_waits_without_using_attempts(
     counts = received(smtp_sink)
     assert set(counts) == bulk.expected_emails and duplicates(counts) == 0
     assert {r["state"] for r in outbox_rows(engine)} == {"done"}
-    assert {r["attempts"] for r in deliveries(engine) if r["channel"] == db.EMAIL} == {1}
+    assert {r["attempts"] for r in deliveries(engine) if r["channel"] == schema.EMAIL} == {1}
 
 
 # ---------------------------------------------------------- leases and takeovers
@@ -341,7 +343,7 @@ def test_a_worker_whose_lease_ran_out_cannot_undo_the_new_owners_work(
     engine, ids = desk
     event = add_event(engine, "ticket_created", ids["vpn"], None, {})
     t0 = utcnow()
-    (claimed,) = db.claim_events(engine, worker_id="stalled", limit=10, now=t0,
+    (claimed,) = outbox_queue.claim_events(engine, worker_id="stalled", limit=10, now=t0,
                                  lease=timedelta(seconds=1))
     assert claimed.id == event
 
@@ -354,8 +356,8 @@ def test_a_worker_whose_lease_ran_out_cannot_undo_the_new_owners_work(
             "attempts": 1, "last_code": 451, "last_error": "451 late", "next_attempt_at": t0,
             "sent_at": None, "updated_at": t0}
     record_outcomes(engine, [late], [], t0)
-    changed = db.finish_events(engine, [db.EventOutcome(event, "pending", "late")],
-                               worker_id="stalled", now=t0)
+    changed = outbox_queue.finish_events(
+        engine, [outbox_queue.EventOutcome(event, "pending", "late")], worker_id="stalled", now=t0)
     assert changed == 0
     assert email_rows(engine, event)[CAROL]["state"] == "sent"
     assert event_row(engine, event)["state"] == "done"
@@ -363,14 +365,14 @@ def test_a_worker_whose_lease_ran_out_cannot_undo_the_new_owners_work(
 
 def test_many_rows_are_updated_in_one_statement_each_with_its_own_values(
         database_url: str) -> None:
-    """db.RowUpdate: one statement per run (an executemany; on MariaDB, whose driver
+    """database.RowUpdate: one statement per run (an executemany; on MariaDB, whose driver
     sends those a row at a time, one UPDATE joined to a derived table of the rows), each
     row its own values, NULLs kept, rows the condition excludes untouched; the same
     object again on other rows."""
     engine = create_schema(database_url)
     t0 = utcnow().replace(microsecond=123456)
     with engine.begin() as conn:
-        conn.execute(sa.insert(db.deliveries), [
+        conn.execute(sa.insert(schema.deliveries), [
             {"event_id": event, "channel": "email", "recipient": f"u{event}@example.com",
              "state": "sent" if event == 3 else "pending", "attempts": 0}
             for event in (1, 2, 3, 4, 5)])
@@ -387,9 +389,9 @@ def test_many_rows_are_updated_in_one_statement_each_with_its_own_values(
         {"event_id": 9, "recipient": "nobody@example.com", "state": "sent", "last_code": 250,
          "last_error": None, "sent_at": t0},  # no such row
     ]
-    update = db.RowUpdate(db.deliveries, keys=["event_id", "recipient"],
+    update = database.RowUpdate(schema.deliveries, keys=["event_id", "recipient"],
                           columns=["state", "last_code", "last_error", "sent_at"],
-                          where=[db.deliveries.c.state == sa.bindparam("from_state")])
+                          where=[schema.deliveries.c.state == sa.bindparam("from_state")])
     with engine.begin() as conn:
         changed = update.run(conn, answers, from_state="pending")
     with engine.begin() as conn:
@@ -401,7 +403,7 @@ def test_many_rows_are_updated_in_one_statement_each_with_its_own_values(
     if engine.dialect.name in ("mysql", "mariadb"):  # PyMySQL sends an executemany row by row
         assert not any(many for _, many in updates)
     with engine.connect() as conn:
-        rows = {r.event_id: r for r in conn.execute(sa.select(db.deliveries))}
+        rows = {r.event_id: r for r in conn.execute(sa.select(schema.deliveries))}
     assert (rows[1].state, rows[1].last_code, rows[1].last_error, rows[1].sent_at) == \
         ("sent", 250, None, t0)
     assert (rows[2].state, rows[2].last_code, rows[2].last_error, rows[2].sent_at) == \

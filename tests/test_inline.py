@@ -1,4 +1,4 @@
-"""CSS inlined once per page structure (inline.py) gives exactly what inlining each page
+"""CSS inlined once per page structure (compose/inline.py) gives exactly what inlining each page
 gives: for any value in text and in attributes, for the built-in templates, and for
 templates whose values could change the styling (those are inlined page by page).
 
@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2 import DictLoader, Environment, StrictUndefined
 
-from itsm_notify.inline import StructureInliner
-from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
-from itsm_notify.recipients import EmailRecipient, parse_payload
-from itsm_notify.render import Renderer, recipient_variables
+from itsm_notify.compose.inline import StructureInliner
+from itsm_notify.compose.render import Renderer, recipient_variables
+from itsm_notify.events.audience import EmailRecipient
+from itsm_notify.events.model import Comment, EventContext, OutboxEvent, Project, Ticket, User
+from itsm_notify.events.types import parse_payload
 
 STYLE = ("<style>p { color: red; } .note { font-size: 12px; } td a { color: blue; }"
          " @media (max-width: 600px) { p { color: green !important; } }</style>")

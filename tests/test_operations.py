@@ -23,7 +23,7 @@ from helpdesk import (
     smtp_env,
     utcnow,
 )
-from itsm_notify import db
+from itsm_notify.storage import schema
 from smtp_server import SmtpSink
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
@@ -43,7 +43,7 @@ def new_ticket_event(engine: Engine, ids: dict[str, int]) -> int:
 
 def email_states(engine: Engine, event_id: int) -> dict[str, tuple[str, int]]:
     return {r["recipient"]: (r["state"], r["attempts"]) for r in deliveries(engine)
-            if r["event_id"] == event_id and r["channel"] == db.EMAIL}
+            if r["event_id"] == event_id and r["channel"] == schema.EMAIL}
 
 
 # ------------------------------------------------------------------------- status
@@ -62,11 +62,11 @@ def test_status_counts_oldest_pending_age_and_failures_of_the_last_day(
     in_hand = add_event(engine, "ticket_created", ids["laptop"], None, {})
     now = utcnow()
     with engine.begin() as conn:
-        conn.execute(sa.update(db.outbox).where(db.outbox.c.id == old_failure).values(
+        conn.execute(sa.update(schema.outbox).where(schema.outbox.c.id == old_failure).values(
             state="failed", processed_at=now - timedelta(days=2), last_error="old"))
-        conn.execute(sa.update(db.outbox).where(db.outbox.c.id == oldest).values(
+        conn.execute(sa.update(schema.outbox).where(schema.outbox.c.id == oldest).values(
             created_at=now - timedelta(hours=1)))
-        conn.execute(sa.update(db.outbox).where(db.outbox.c.id == in_hand).values(
+        conn.execute(sa.update(schema.outbox).where(schema.outbox.c.id == in_hand).values(
             state="processing", locked_by="busy", locked_until=now + timedelta(minutes=5)))
 
     result = run_cli(["status", "--json"], cli_env(database_url))

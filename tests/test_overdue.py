@@ -14,11 +14,12 @@ import sqlalchemy as sa
 
 from helpdesk import add_ticket, add_user, create_schema, run_cli, set_preference, smtp_env
 from helpdesk import utcnow as helpdesk_now
-from itsm_notify import db, overdue
 from itsm_notify.config import Settings, load_settings
-from itsm_notify.deliveries import add_suppression
-from itsm_notify.overdue import overdue_for, overdue_query, overdue_scan
-from itsm_notify.recipients import EmailRecipient
+from itsm_notify.engine import overdue
+from itsm_notify.engine.overdue import overdue_for, overdue_query, overdue_scan
+from itsm_notify.events.audience import EmailRecipient
+from itsm_notify.storage import schema
+from itsm_notify.storage.deliveries import add_suppression
 from smtp_server import ReceivedMessage, SmtpSink
 
 NOW = datetime(2026, 3, 10, 12, 0, 0)
@@ -67,7 +68,7 @@ def html_of(message: ReceivedMessage) -> str:
 
 def alerts(engine: sa.Engine) -> set[tuple[int, str]]:
     with engine.connect() as conn:
-        return {(r.ticket_id, r.recipient) for r in conn.execute(sa.select(db.overdue_alerts))}
+        return {(r.ticket_id, r.recipient) for r in conn.execute(sa.select(schema.overdue_alerts))}
 
 
 # ------------------------------------------------------------------ who gets what
@@ -174,7 +175,7 @@ def test_admin_with_an_account_is_that_user(desk: dict[str, Any], smtp_sink: Smt
 
 def test_unsubscribe_link_turns_overdue_email_off(desk: dict[str, Any],
                                                  smtp_sink: SmtpSink) -> None:
-    from itsm_notify.unsubscribe import apply_token
+    from itsm_notify.ops.unsubscribe import apply_token
 
     ticket(desk, "TKT-331", assignee="bob", due=timedelta(days=1))
     settings = settings_for(desk["url"], smtp_sink, secret_key="s3cret-key")
@@ -225,8 +226,8 @@ def test_realert_window_and_new_tickets(desk: dict[str, Any], smtp_sink: SmtpSin
     assert smtp_sink.messages[-1].subject == "Overdue Tickets: 2 tickets past due"
     assert len(smtp_sink.messages) == 4
     with desk["engine"].connect() as conn:
-        alerted_at = conn.execute(sa.select(db.overdue_alerts.c.alerted_at).where(
-            db.overdue_alerts.c.ticket_id == first)).scalar_one()
+        alerted_at = conn.execute(sa.select(schema.overdue_alerts.c.alerted_at).where(
+            schema.overdue_alerts.c.ticket_id == first)).scalar_one()
     assert alerted_at == NOW + timedelta(hours=48)
 
 
@@ -238,7 +239,7 @@ def test_moved_due_date_rearms_the_alert(desk: dict[str, Any], smtp_sink: SmtpSi
 
     def set_due(due_at: datetime) -> None:
         with desk["engine"].begin() as conn:
-            conn.execute(sa.update(db.tickets).where(db.tickets.c.id == moved)
+            conn.execute(sa.update(schema.tickets).where(schema.tickets.c.id == moved)
                          .values(due_at=due_at))
 
     set_due(NOW + timedelta(hours=3))  # pushed back: not overdue for now
@@ -258,7 +259,7 @@ def test_closing_a_ticket_stops_its_alerts(desk: dict[str, Any], smtp_sink: Smtp
     closing = ticket(desk, "TKT-511", assignee="bob", due=timedelta(hours=2))
     assert overdue_scan(settings, now=NOW).digests_sent == 1
     with desk["engine"].begin() as conn:
-        conn.execute(sa.update(db.tickets).where(db.tickets.c.id == closing)
+        conn.execute(sa.update(schema.tickets).where(schema.tickets.c.id == closing)
                      .values(status="resolved"))
     report = overdue_scan(settings, now=NOW + timedelta(days=2))
     assert (report.overdue_tickets, report.digests) == (0, 0)
@@ -306,7 +307,7 @@ def test_deferred_digest_is_retried_next_scan(sqlite_url: str, smtp_sink: SmtpSi
     assert first.exit_code == 1
     assert alerts(desk["engine"]) == set()
     with desk["engine"].connect() as conn:  # a 5xx refusal suppresses the address
-        assert conn.execute(sa.select(db.suppressions.c.address)).scalars().all() == \
+        assert conn.execute(sa.select(schema.suppressions.c.address)).scalars().all() == \
             ["carol@example.com"]
     second = overdue_scan(settings, now=NOW + timedelta(hours=1))
     assert (second.digests_sent, second.digests_suppressed) == (1, 1)

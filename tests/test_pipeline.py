@@ -1,4 +1,4 @@
-"""The pipeline's failure paths (pipeline.py): a stage that fails stops the run with its
+"""The pipeline's failure paths (engine/pipeline.py): a stage that fails stops the run with its
 error instead of hanging it, and no more is sent than the permits allow; an
 interrupted run drops what is still queued instead of sending it.
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from itsm_notify.pipeline import MAX_UNRECORDED, Batch, Pipeline
-from itsm_notify.transport import Outcome, Outgoing, RateLimiter
+from itsm_notify.channels.base import Outcome, Outgoing, RateLimiter
+from itsm_notify.engine.pipeline import MAX_UNRECORDED, Batch, Pipeline
 
 
 class MemoryTransport:

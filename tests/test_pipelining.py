@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from itsm_notify.channels.base import DEFERRED, FAILED, SENT, Outgoing, deliver_all
+from itsm_notify.channels.smtp import SmtpTransport
 from itsm_notify.config import load_settings
-from itsm_notify.transport import DEFERRED, FAILED, SENT, Outgoing, SmtpTransport, deliver_all
 from smtp_server import SmtpSink
 
 ALICE, BOB = "alice@example.com", "bob@example.com"

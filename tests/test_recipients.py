@@ -13,8 +13,17 @@ from typing import Any
 import pytest
 
 from itsm_notify.config import Settings, load_settings
-from itsm_notify.models import Comment, EventContext, EventError, OutboxEvent, Project, Ticket, User
-from itsm_notify.recipients import EMAIL, IN_APP, parse_payload, resolve
+from itsm_notify.events.audience import EMAIL, IN_APP
+from itsm_notify.events.model import (
+    Comment,
+    EventContext,
+    EventError,
+    OutboxEvent,
+    Project,
+    Ticket,
+    User,
+)
+from itsm_notify.events.types import parse_payload, resolve
 
 # The cast: ids are stable so expectations read plainly.
 ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, HANK = 1, 2, 3, 4, 5, 6, 7, 8

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from itsm_notify.compose.render import Renderer, message_id, thread_id
 from itsm_notify.config import Settings, load_settings
-from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
-from itsm_notify.recipients import EmailRecipient, parse_payload
-from itsm_notify.render import Renderer, message_id, thread_id
+from itsm_notify.events.audience import EmailRecipient
+from itsm_notify.events.model import Comment, EventContext, OutboxEvent, Project, Ticket, User
+from itsm_notify.events.types import parse_payload
 
 SITE = "https://helpdesk.example.com"
 ALICE = User(1, "alice", "alice@example.com", "Alice", "Lopez")

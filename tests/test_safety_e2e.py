@@ -21,7 +21,7 @@ from helpdesk import (
     smtp_env,
     utcnow,
 )
-from itsm_notify import db
+from itsm_notify.storage import schema
 
 SETTINGS = {"SITE_URL": "https://desk.example.com", "SECRET_KEY": "k-123",
             "ADMINS": "Ops <ops@example.com>", "ITSM_SMTP_CONNECTIONS": "1"}
@@ -39,7 +39,7 @@ def test_internal_comments_never_leave_in_any_email_or_digest(database_url, smtp
     ids = seed_helpdesk(engine)
     vpn = ids["vpn"]
     with engine.begin() as conn:  # make the ticket overdue too, so the digest lists it
-        conn.execute(sa.update(db.tickets).where(db.tickets.c.id == vpn)
+        conn.execute(sa.update(schema.tickets).where(schema.tickets.c.id == vpn)
                      .values(due_at=utcnow() - timedelta(days=2)))
     add_event(engine, "ticket_created", vpn, None, {})
     add_event(engine, "ticket_assigned", vpn, ids["dave"], {"assignee_id": ids["bob"]})
@@ -58,7 +58,7 @@ def test_internal_comments_never_leave_in_any_email_or_digest(database_url, smtp
     assert "SECRET-NOTE" not in _all_mail_text(smtp_sink)
     # ... while staff still see the internal note in-app.
     with engine.connect() as conn:
-        bodies = list(conn.execute(sa.select(db.app_notifications.c.body)).scalars())
+        bodies = list(conn.execute(sa.select(schema.app_notifications.c.body)).scalars())
     assert any("SECRET-NOTE" in body for body in bodies)
     assert set(outbox_states(engine).values()) == {"done"}
 
@@ -120,7 +120,7 @@ def test_preferences_and_unsubscribe_tokens_are_honoured(database_url, smtp_sink
     received = sorted(r for m in smtp_sink.messages for r in m.rcpt_tos)
     assert "alice@example.com" not in received and "bob@example.com" in received
     with engine.connect() as conn:
-        in_app = list(conn.execute(sa.select(db.app_notifications.c.user_id)).scalars())
+        in_app = list(conn.execute(sa.select(schema.app_notifications.c.user_id)).scalars())
     assert ids["bob"] not in in_app and ids["alice"] in in_app
 
 
@@ -133,7 +133,7 @@ def test_purge_removes_old_finished_events_and_their_records(database_url, smtp_
     recent = add_event(engine, "ticket_created", ids["laptop"], None, {})
     assert run_cli(["send-pending"], env).exit_code == 0
     with engine.begin() as conn:
-        conn.execute(sa.update(db.outbox).where(db.outbox.c.id == old)
+        conn.execute(sa.update(schema.outbox).where(schema.outbox.c.id == old)
                      .values(processed_at=utcnow() - timedelta(days=40)))
     pending = add_event(engine, "ticket_created", ids["laptop"], None, {})
     result = run_cli(["purge", "--days", "30"], env)
@@ -162,8 +162,8 @@ def test_a_broken_template_override_fails_that_email_not_the_queue(
     states = outbox_states(engine)
     assert (states[first], states[broken], states[last]) == ("done", "failed", "done")
     with engine.connect() as conn:
-        error = conn.execute(sa.select(db.outbox.c.last_error)
-                             .where(db.outbox.c.id == broken)).scalar_one()
+        error = conn.execute(sa.select(schema.outbox.c.last_error)
+                             .where(schema.outbox.c.id == broken)).scalar_one()
     assert "could not render the email" in error and "no_such_variable" in error
 
 
@@ -175,12 +175,12 @@ def test_a_broken_digest_template_fails_that_digest_not_the_scan(
     engine = create_schema(sqlite_url)
     ids = seed_helpdesk(engine)
     with engine.begin() as conn:
-        conn.execute(sa.update(db.tickets).where(db.tickets.c.id == ids["vpn"])
+        conn.execute(sa.update(schema.tickets).where(schema.tickets.c.id == ids["vpn"])
                      .values(due_at=utcnow() - timedelta(days=2)))
     env = smtp_env(sqlite_url, smtp_sink, ITSM_TEMPLATE_DIR=str(overrides.parent), **SETTINGS)
     result = run_cli(["overdue-scan"], env)
     assert result.exit_code == 1
     assert smtp_sink.messages == []
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(db.overdue_alerts)
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.overdue_alerts)
                             ).scalar_one() == 0

@@ -30,7 +30,7 @@ from helpdesk import (
     utcnow,
 )
 from itsm_notify.config import ConfigError
-from itsm_notify.scheduler import overdue_trigger
+from itsm_notify.ops.scheduler import overdue_trigger
 from smtp_server import SmtpSink
 
 

@@ -12,17 +12,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from itsm_notify.channels.base import Outgoing, TransportError, deliver_all
+from itsm_notify.channels.smtp import SmtpTransport
+from itsm_notify.compose.render import Renderer, message_id, thread_id
 from itsm_notify.config import load_settings
-from itsm_notify.models import Comment, EventContext, OutboxEvent, Project, Ticket, User
-from itsm_notify.recipients import resolve
-from itsm_notify.render import Renderer, message_id, thread_id
-from itsm_notify.transport import Outgoing, SmtpTransport, TransportError, deliver_all
-from itsm_notify.unsubscribe import (
-    InvalidToken,
-    make_token,
-    read_token,
-    unsubscribe_url,
-)
+from itsm_notify.events.model import Comment, EventContext, OutboxEvent, Project, Ticket, User
+from itsm_notify.events.types import resolve
+from itsm_notify.ops.unsubscribe import InvalidToken, make_token, read_token, unsubscribe_url
 
 SETTINGS = load_settings({"site_url": "https://desk.example.com", "secret_key": "s3cret",
                           "default_from_email": "Desk <desk@example.com>",

@@ -35,7 +35,7 @@ from helpdesk import (
     seed_helpdesk,
     smtp_env,
 )
-from itsm_notify import db
+from itsm_notify.storage import schema
 from smtp_server import ReceivedMessage, SmtpSink
 
 pytestmark = pytest.mark.timeout(120)
@@ -147,13 +147,13 @@ def test_db_init_creates_every_table_and_is_idempotent(database_url: str) -> Non
     env = cli_env(database_url)
     first = run_cli(["db", "init"], env)
     assert first.exit_code == 0, first.stderr
-    assert f"Created {len(db.metadata.tables)} tables" in first.stderr
+    assert f"Created {len(schema.metadata.tables)} tables" in first.stderr
     second = run_cli(["db", "init"], env)
     assert second.exit_code == 0 and "already exist" in second.stderr
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
-            assert set(db.metadata.tables) <= set(sa.inspect(conn).get_table_names())
+            assert set(schema.metadata.tables) <= set(sa.inspect(conn).get_table_names())
     finally:
         engine.dispose()
 

@@ -22,9 +22,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import Engine
 
-from . import db
 from .config import ConfigError, Settings, load_settings
-from .sender import RunReport, send_pending, utcnow
+from .engine.sender import RunReport, send_pending
+from .storage.database import (
+    DatabaseUnavailable,
+    database_errors,
+    init_db,
+    make_engine,
+    missing_tables,
+    utcnow,
+)
+from .storage.outbox import outbox_status, requeue_failed
 
 app = typer.Typer(help="Notification engine for IT help desks: outbox events to email and "
                        "in-app notifications.", no_args_is_help=True,
@@ -67,7 +75,7 @@ def friendly_errors() -> Iterator[None]:
     """Configuration and database problems: one sentence, exit 2."""
     try:
         yield
-    except (ConfigError, db.DatabaseUnavailable) as exc:
+    except (ConfigError, DatabaseUnavailable) as exc:
         err.print(f"[bold red]Error:[/] {plain(exc)}", soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -83,12 +91,12 @@ def open_database(config: Path | None, database_url: str | None) -> tuple[Settin
 
 
 def engine_for(settings: Settings, *, require_tables: bool = True) -> Engine:
-    engine = db.make_engine(settings.database_url)
+    engine = make_engine(settings.database_url)
     if require_tables:
-        with db.database_errors(settings.database_url):
-            missing = db.missing_tables(engine)
+        with database_errors(settings.database_url):
+            missing = missing_tables(engine)
         if missing:
-            raise db.DatabaseUnavailable(
+            raise DatabaseUnavailable(
                 f"The database has no {missing[0]} table: run 'itsm-notify db init' first.")
     return engine
 
@@ -102,8 +110,8 @@ def db_init(config: ConfigOption = None, database_url: DatabaseOption = None) ->
     with friendly_errors():
         settings = settings_from(config, database_url=database_url)
         engine = engine_for(settings, require_tables=False)
-        with db.database_errors(settings.database_url):
-            created = db.init_db(engine)
+        with database_errors(settings.database_url):
+            created = init_db(engine)
     if created:
         err.print(f"Created {len(created)} tables: {', '.join(created)}.")
     else:
@@ -167,8 +175,8 @@ def send_pending_command(
 def _run_with_progress(settings: Settings, engine: Any, limit: int | None) -> RunReport:
     if not interactive():
         return send_pending(settings, limit=limit, engine=engine)
-    with db.database_errors(settings.database_url):
-        pending = db.outbox_status(engine, now=utcnow())["counts"]["pending"]
+    with database_errors(settings.database_url):
+        pending = outbox_status(engine, now=utcnow())["counts"]["pending"]
     total = min(pending, limit) if limit else pending
     with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
@@ -189,8 +197,8 @@ def status_command(
     """Outbox counts by state and the age of the oldest pending event."""
     with friendly_errors():
         settings, engine = open_database(config, database_url)
-        with db.database_errors(settings.database_url):
-            status = db.outbox_status(engine, now=utcnow())
+        with database_errors(settings.database_url):
+            status = outbox_status(engine, now=utcnow())
     if as_json:
         sys.stdout.write(json.dumps(status) + "\n")
         return
@@ -240,8 +248,8 @@ def requeue_command(
                           "pass --yes when running without a terminal.")
                 raise typer.Exit(2)
             typer.confirm(f"Requeue {what}?", abort=True)
-        with db.database_errors(settings.database_url):
-            count = db.requeue_failed(engine, event_ids=None if all_failed else event_ids,
+        with database_errors(settings.database_url):
+            count = requeue_failed(engine, event_ids=None if all_failed else event_ids,
                                       now=utcnow())
     err.print(f"Requeued {count} event{'s' if count != 1 else ''}.")
 
@@ -253,14 +261,14 @@ def _with_engine(config: Path | None, database_url: str | None,
                  action: Callable[[Any], Any]) -> Any:
     with friendly_errors():
         settings, engine = open_database(config, database_url)
-        with db.database_errors(settings.database_url):
+        with database_errors(settings.database_url):
             return action(engine)
 
 
 @suppression_app.command("list")
 def suppression_list(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
     """Show suppressed addresses."""
-    from .deliveries import list_suppressions
+    from .storage.deliveries import list_suppressions
 
     rows = _with_engine(config, database_url, list_suppressions)
     table = Table(title="email_suppressions")
@@ -277,7 +285,7 @@ def suppression_add(address: str,
                     reason: Annotated[str, typer.Option(help="Why.")] = "added by hand",
                     config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
     """Never mail ADDRESS again (until removed)."""
-    from .deliveries import add_suppression
+    from .storage.deliveries import add_suppression
 
     added = _with_engine(config, database_url,
                          lambda engine: add_suppression(engine, address, reason, utcnow()))
@@ -288,7 +296,7 @@ def suppression_add(address: str,
 def suppression_remove(address: str, config: ConfigOption = None,
                        database_url: DatabaseOption = None) -> None:
     """Mail ADDRESS again."""
-    from .deliveries import remove_suppression
+    from .storage.deliveries import remove_suppression
 
     removed = _with_engine(config, database_url,
                            lambda engine: remove_suppression(engine, address))
@@ -339,7 +347,7 @@ def purge_command(
     """Delete events that ended more than DAYS ago, with their delivery records."""
     from datetime import timedelta
 
-    from .deliveries import purge_finished
+    from .storage.deliveries import purge_finished
 
     events, records = _with_engine(
         config, database_url,
@@ -359,12 +367,12 @@ def unsubscribe_command(
     database_url: DatabaseOption = None,
 ) -> None:
     """Verify an unsubscribe TOKEN and turn that user's emails of that type off."""
-    from .unsubscribe import InvalidToken, apply_token
+    from .ops.unsubscribe import InvalidToken, apply_token
 
     with friendly_errors():
         settings, engine = open_database(config, database_url)
         try:
-            with db.database_errors(settings.database_url):
+            with database_errors(settings.database_url):
                 user_id, event_type = apply_token(engine, settings.secret_key, token,
                                                   expected_user_id=user)
         except InvalidToken as exc:
@@ -382,7 +390,7 @@ def demo_command(
     Path("itsm-notify-demo.db"),
 ) -> None:
     """A self-contained demo on a local SQLite file, mail to the console."""
-    from .demo import run_demo
+    from .ops.demo import run_demo
 
     setup_logging()
     with friendly_errors():
@@ -401,7 +409,7 @@ def overdue_scan_command(
     database_url: DatabaseOption = None,
 ) -> None:
     """Send overdue digests: one per assignee; unassigned tickets to ADMINS."""
-    from .overdue import overdue_scan
+    from .engine.overdue import overdue_scan
 
     setup_logging()
     with friendly_errors():
@@ -434,7 +442,7 @@ def _present_planned_digests(report: Any) -> None:
 def scheduler_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
     """Run send-pending every ITSM_SEND_INTERVAL_SECONDS and overdue-scan on ITSM_OVERDUE_CRON
     until stopped (SIGTERM or Ctrl-C finish the runs in hand, then exit 0)."""
-    from .scheduler import run_scheduler
+    from .ops.scheduler import run_scheduler
 
     setup_logging()
     with friendly_errors():
@@ -462,7 +470,7 @@ def test_email_command(
 ) -> None:
     """Send one test email through the configured backend, showing each step."""
     from .config import address_problem
-    from .diagnostics import effective_settings, send_test_email
+    from .ops.diagnostics import effective_settings, send_test_email
 
     with friendly_errors():
         settings = settings_from(config, email_backend=backend,

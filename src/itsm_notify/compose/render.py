@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
-import re
-import secrets
 import time
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email import policy, quoprimime
-from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, getaddresses
+from email.utils import getaddresses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,80 +31,41 @@ from jinja2 import (
     select_autoescape,
 )
 
-from .config import Settings, ticket_path
+from ..config import Settings, ticket_path
+from ..events.audience import EmailRecipient
+from ..events.model import EventContext, Ticket
+from ..events.types import assignee_id, event_type
+from .headers import (
+    SMTP_POLICY,
+    SMTPUTF8_POLICY,
+    _date,
+    _fold_all,
+    _refuse_line_breaks,
+    fold_header,
+    header_address,
+    needs_smtputf8,
+    one_line,
+)
 from .inline import StructureInliner
-from .models import EventContext, Ticket
-from .recipients import EmailRecipient, assignee_id, event_type
+from .mime import (
+    _BOUNDARY_PLACEHOLDER,
+    _HTML_PART_HEAD,
+    _MULTIPART_HEAD,
+    _TEXT_PART_HEAD,
+    _boundary,
+    _qp_part,
+)
 from .slots import SlotRenderer
 
 
 def packaged_template_dir() -> Path:
     """The built-in templates: inside the installed package (wheel), or the checkout's
     top-level ``templates/`` folder (editable install, source tree)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parents[1] / "templates"):
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "templates", package.parents[1] / "templates"):
         if (candidate / "emails" / "base.html").is_file():
             return candidate
     raise FileNotFoundError("itsm-notify's templates folder is missing from the installation")
-
-
-class ListUrlHeader(UnstructuredHeader):
-    """``List-Unsubscribe`` holds ``<URL>`` (RFC 2369), which must not become RFC 2047
-    encoded words: CPython folds a URL longer than a line that way, and mail clients then
-    no longer see the link (nor offer one-click unsubscribe). Written on one line, within
-    RFC 5322's 998 characters, when it is plain ASCII."""
-
-    # The registry mixes this class with BaseHeader, which typeshed keeps apart from it.
-
-    def fold(self, *, policy: Any) -> str:
-        line = f"{self.name}: {self}"  # type: ignore[attr-defined]
-        if line.isascii() and len(line) <= 998:
-            return line + policy.linesep
-        return str(super().fold(policy=policy))  # type: ignore[misc]
-
-
-class _HeaderRegistry(HeaderRegistry):
-    """The email package's header factory, with ``List-Unsubscribe`` a ListUrlHeader, and
-    each header's class made once: CPython makes a new class for every header it parses,
-    which costs more than the parsing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.map_to_type("list-unsubscribe", ListUrlHeader)  # type: ignore[arg-type]
-        self._classes: dict[str, type] = {}
-
-    def __getitem__(self, name: str) -> type:
-        made = self._classes.get(name)
-        if made is None:
-            made = self._classes[name] = super().__getitem__(name)
-        return made
-
-
-SMTP_POLICY = policy.SMTP.clone(header_factory=_HeaderRegistry())
-"""``policy.SMTP``, with ``List-Unsubscribe`` kept a readable URL: every message's policy."""
-SMTPUTF8_POLICY = SMTP_POLICY.clone(utf8=True)
-"""For an envelope that needs SMTPUTF8 (a non-ASCII address)."""
-
-_UNSAFE_IN_HEADER = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
-_ENCODED_WORD_START = re.compile(r"=\?(?=[^?\s]*\?[bBqQ]\?)")
-
-
-@functools.lru_cache(maxsize=4096)  # the same titles and names, email after email
-def one_line(text: str, limit: int = 200) -> str:
-    """Text fit for a header: control characters, line and paragraph separators and
-    format characters become spaces; runs of white space fold to one; long text is cut.
-
-    RFC 2047 encoded-word openers (``=?utf-8?q?``) are broken apart too: the email
-    package decodes encoded words in a value it is given, so ``=?utf-8?q?=0D=0ABcc:..?=``
-    in a title would otherwise become a real line break and a Bcc header."""
-    if text.isascii() and text.isprintable():
-        cleaned = text  # no printable ASCII character is in an unsafe category
-    else:
-        cleaned = "".join(" " if unicodedata.category(ch) in _UNSAFE_IN_HEADER else ch
-                          for ch in text)
-    cleaned = _ENCODED_WORD_START.sub("= ?", cleaned)
-    folded = " ".join(cleaned.split())
-    return folded if len(folded) <= limit else folded[: limit - 1].rstrip() + "…"
 
 
 def cut(text: str, limit: int) -> tuple[str, bool]:
@@ -353,117 +309,6 @@ class Renderer:
             b"\r\n--", boundary, b"--\r\n"])
 
 
-# ------------------------------------------------------------------ wire format
-
-
-@functools.lru_cache(maxsize=4)
-def _date(second: int) -> str:
-    """The Date field of a second (``formatdate`` drops the fraction): every email of a
-    second has the same, formatted once."""
-    return formatdate(second, usegmt=True)
-
-
-def needs_smtputf8(sender: str, rcpt: str) -> bool:
-    """Whether an envelope needs SMTPUTF8 (a non-ASCII address), and its message 8-bit
-    headers."""
-    return not (sender.isascii() and rcpt.isascii())
-
-
-def _refuse_line_breaks(name: str, parsed: Any) -> None:
-    """Last line of defence: no header value may hold a line break once parsed."""
-    value = str(parsed)
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"the {name} header would hold a line break")
-
-
-_PLAIN_HEADER = re.compile(r"[A-Za-z0-9@<>._+-]+(?: [A-Za-z0-9@<>._+-]+)*")
-_PLAIN_TEXT = re.compile(r"[!-<>-~]+(?: [!-<>-~]+)*")
-"""Printable ASCII words but ``=`` (no encoded word can start), single spaces between."""
-
-
-def fold_header(name: str, value: str | Address) -> bytes:
-    """One header field as ``msg[name] = value`` then ``as_bytes`` write it under
-    SMTP_POLICY, remembered (parsing a header value costs more than rendering a line of
-    a template). Raises ValueError if the parsed value would hold a line break.
-
-    A value that fits on a line and parses to itself is written as it is, never parsed:
-    a plain one (letters, digits, ``@<>._+-``, single spaces) such as a Message-ID, and
-    in an unstructured field (a Subject, an X- field) printable ASCII words but ``=``."""
-    if isinstance(value, Address):  # unhashable: remembered by its parts
-        return _fold(name, (value.display_name, value.username, value.domain))
-    if len(name) + 2 + len(value) <= 78 and (_PLAIN_HEADER.fullmatch(value) or (
-            _unstructured(name) and _PLAIN_TEXT.fullmatch(value))):
-        return f"{name}: {value}\r\n".encode("ascii")
-    return _fold(name, value)
-
-
-@functools.lru_cache(maxsize=64)
-def _unstructured(name: str) -> bool:
-    """Whether the policy parses ``name`` as unstructured text, folded the plain way."""
-    kind = SMTP_POLICY.header_factory[name]  # type: ignore[index]
-    return issubclass(kind, UnstructuredHeader) and not issubclass(kind, ListUrlHeader)
-
-
-@functools.lru_cache(maxsize=256)
-def _fold_all(fields: tuple[tuple[str, str], ...]) -> bytes:
-    """Header fields folded, one after the other: the fields an event's recipients share."""
-    return b"".join(fold_header(name, value) for name, value in fields)
-
-
-@functools.lru_cache(maxsize=16384)
-def _fold(name: str, value: str | tuple[str, str, str]) -> bytes:
-    stored = Address(*value) if isinstance(value, tuple) else value
-    parsed = SMTP_POLICY.header_store_parse(name, stored)[1]
-    _refuse_line_breaks(name, parsed)
-    return bytes(SMTP_POLICY.fold_binary(name, parsed))
-
-
-_QP_MAX_LINE = SMTP_POLICY.max_line_length or 78
-_QP_AS_IS = re.compile(rb"(?:[\t !-<>-~]*[!-<>-~])?")
-"""A line quoted-printable leaves as it is: printable ASCII but ``=``, tabs and spaces,
-not ending in white space (and not longer than ``_QP_MAX_LINE``)."""
-
-
-@functools.lru_cache(maxsize=8192)
-def _qp_line(line: bytes) -> bytes:
-    """One line's quoted-printable encoding, its soft line breaks made CRLF. Most lines
-    that are new (a ticket's title in a digest's row) need no encoding at all: they are
-    recognised at C speed instead of going through the email package's encoder."""
-    if len(line) <= _QP_MAX_LINE and _QP_AS_IS.fullmatch(line):
-        return line
-    encoded = quoprimime.body_encode(line.decode("latin-1"), _QP_MAX_LINE)
-    return encoded.replace("\n", "\r\n").encode("ascii")
-
-
-def _qp_part(text: str) -> bytes:
-    """A text part's body as ``set_content(text, cte="quoted-printable")`` encodes it and
-    the generator writes it: the encoder works a line at a time, and most lines (the
-    template's) recur from email to email, so each line's encoding is remembered."""
-    lines = text.encode("utf-8").splitlines()
-    return b"\r\n".join(map(_qp_line, lines)) + b"\r\n" if lines else b"\r\n"
-
-
-_BOUNDARY_KEY = secrets.token_bytes(16)
-_BOUNDARY_PLACEHOLDER = b"===============0000000000000000000=="
-
-
-@functools.lru_cache(maxsize=4096)
-def _boundary(thread: str) -> str:
-    """The MIME boundary, in the email package's format (so every boundary folds alike:
-    see _MULTIPART_HEAD), unguessable from outside. It cannot occur in a part:
-    quoted-printable writes ``=`` as ``=3D``."""
-    digest = hmac.new(_BOUNDARY_KEY, thread.encode(), hashlib.sha256).digest()
-    return f"==============={int.from_bytes(digest[:8]) % 10**19:019d}=="
-
-
-_MULTIPART_HEAD = fold_header("MIME-Version", "1.0") + fold_header(
-    "Content-Type", f'multipart/alternative; boundary="{_BOUNDARY_PLACEHOLDER.decode()}"')
-_TEXT_PART_HEAD = (b'Content-Type: text/plain; charset="utf-8"\r\n'
-                   b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
-_HTML_PART_HEAD = (b'Content-Type: text/html; charset="utf-8"\r\n'
-                   b"Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n\r\n")
-
-
 def recipient_variables(recipient: EmailRecipient) -> dict[str, Any]:
     display = recipient.name or recipient.address
     return {
@@ -471,20 +316,6 @@ def recipient_variables(recipient: EmailRecipient) -> dict[str, Any]:
                                      email=recipient.address),
         "greeting_name": recipient.first_name or display,
     }
-
-
-_ADDRESS_SPECIALS = re.compile(r'[<>()\[\]:;@\\,"]')
-
-
-@functools.lru_cache(maxsize=4096)
-def header_address(name: str, address: str) -> Address:
-    """``Name <addr>`` as an Address object (assigned as is, never re-parsed), its display
-    name on one line and without RFC 5322 specials: CPython folds a long display name
-    without quoting it, so ``<``, ``,`` or ``:`` in a name could split the header into
-    other addresses."""
-    local, _, domain = address.rpartition("@")
-    display = " ".join(_ADDRESS_SPECIALS.sub(" ", one_line(name, limit=100)).split())
-    return Address(display_name=display, username=local, domain=domain)
 
 
 def sender_address(settings: Settings) -> str:

@@ -46,33 +46,27 @@ from typing import Any
 from sqlalchemy import Engine, Select, and_, delete, false, func, select, true
 from sqlalchemy.engine import Connection
 
-from . import db
-from .config import Settings, address_problem
-from .db import EMAIL, among, overdue_alerts, preferences, tickets, users
-from .deliveries import insert_many, record_outcomes, suppressed_among
-from .models import User
-from .pipeline import Batch, Pipeline
-from .recipients import EmailRecipient
-from .render import (
+from ..channels import make_transport
+from ..channels.base import DEFERRED, FAILED, SENT, Outcome, Outgoing, Transport
+from ..compose.headers import one_line
+from ..compose.render import (
     RenderedEmail,
     Renderer,
     display_time,
     message_id,
-    one_line,
     recipient_variables,
     thread_id,
 )
-from .sender import log_deliveries, rate_limiter, setup_delivery_log, utcnow
-from .transport import (
-    DEFERRED,
-    FAILED,
-    SENT,
-    Outcome,
-    Outgoing,
-    Transport,
-    make_transport,
-)
-from .unsubscribe import unsubscribe_url
+from ..config import Settings, address_problem
+from ..events.audience import EmailRecipient
+from ..events.model import User
+from ..ops.unsubscribe import unsubscribe_url
+from ..storage.database import among, database_errors, make_engine, utcnow
+from ..storage.deliveries import insert_many, record_outcomes, suppressed_among
+from ..storage.schema import EMAIL, overdue_alerts, preferences, tickets, users
+from .delivery_log import log_deliveries, setup_delivery_log
+from .pipeline import Batch, Pipeline
+from .retry import rate_limiter
 
 EVENT_TYPE = "overdue"
 TEMPLATE = "overdue_alert"
@@ -415,7 +409,7 @@ class OverdueScan:
     # ---------------------------------------------------------------- sending
 
     def _deliver(self, to_send: list[tuple[Digest, str]], report: OverdueReport) -> None:
-        """Render the digests and send them as send-pending sends (pipeline.py): the
+        """Render the digests and send them as send-pending sends (engine/pipeline.py): the
         sessions send while the next digests render, and the recorder remembers the
         accepted digests' alerts a group at a time."""
         settings = self.settings
@@ -507,7 +501,7 @@ def overdue_scan(settings: Settings, *, dry_run: bool = False, engine: Engine | 
                  ) -> OverdueReport:
     """Send (or, with ``dry_run``, show) the overdue digests due at ``now`` (default: the
     current time)."""
-    engine = engine or db.make_engine(settings.database_url)
-    with db.database_errors(settings.database_url):
+    engine = engine or make_engine(settings.database_url)
+    with database_errors(settings.database_url):
         scan = OverdueScan(settings, engine, now=now or utcnow(), transport=transport)
         return scan.preview() if dry_run else scan.run()

@@ -34,10 +34,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from . import db
-from .config import ConfigError, Settings
-from .overdue import overdue_scan
-from .sender import send_pending
+from ..config import ConfigError, Settings
+from ..engine.overdue import overdue_scan
+from ..engine.sender import send_pending
+from ..storage.database import DatabaseUnavailable
 
 log = logging.getLogger("itsm_notify")
 
@@ -138,7 +138,7 @@ class NotifyScheduler:
                                   on_progress=self._between_batches)
         except _StopRequested:
             log.info("%s: stopped after the batch in hand", SEND_JOB)
-        except db.DatabaseUnavailable as exc:
+        except DatabaseUnavailable as exc:
             log.error("%s: %s", SEND_JOB, exc)
         else:
             _log_run(SEND_JOB, report.summary(), report.problems)
@@ -150,7 +150,7 @@ class NotifyScheduler:
     def overdue_job(self) -> None:
         try:
             report = overdue_scan(self.settings, engine=self.engine)
-        except db.DatabaseUnavailable as exc:
+        except DatabaseUnavailable as exc:
             log.error("%s: %s", OVERDUE_JOB, exc)
         else:
             _log_run(OVERDUE_JOB, report.summary(), report.problems)

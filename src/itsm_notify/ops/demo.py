@@ -16,11 +16,20 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine, func, insert, select
 
-from . import db
-from .config import load_settings
-from .overdue import overdue_scan
-from .sender import send_pending, utcnow
-from .transport import ConsoleTransport
+from ..channels.local import ConsoleTransport
+from ..config import load_settings
+from ..engine.overdue import overdue_scan
+from ..engine.sender import send_pending
+from ..storage.database import init_db, make_engine, utcnow
+from ..storage.schema import (
+    app_notifications,
+    comments,
+    outbox,
+    project_members,
+    projects,
+    tickets,
+    users,
+)
 
 USERS = [
     # id, username, email, first, last, is_manager
@@ -36,13 +45,13 @@ def seed(engine: Engine) -> None:
     """Write the help desk and its events the way the ITSM app would."""
     now = utcnow()
     with engine.begin() as conn:
-        conn.execute(insert(db.users), [
+        conn.execute(insert(users), [
             {"id": i, "username": u, "email": e, "first_name": f, "last_name": last,
              "is_manager": m} for i, u, e, f, last, m in USERS])
-        conn.execute(insert(db.projects), [{"id": 1, "name": "Network", "notify_team": True}])
-        conn.execute(insert(db.project_members), [{"project_id": 1, "user_id": 2},
+        conn.execute(insert(projects), [{"id": 1, "name": "Network", "notify_team": True}])
+        conn.execute(insert(project_members), [{"project_id": 1, "user_id": 2},
                                                   {"project_id": 1, "user_id": 3}])
-        conn.execute(insert(db.tickets), [
+        conn.execute(insert(tickets), [
             {"id": 1, "number": "TKT-001", "title": "VPN drops every 10 minutes",
              "description": "Since this morning the VPN disconnects every ten minutes.\n"
                             "Reconnecting works, but calls drop.",
@@ -53,7 +62,7 @@ def seed(engine: Engine) -> None:
              "status": "open", "priority": "medium", "requester_id": 5, "assignee_id": 2,
              "project_id": None, "due_at": now - timedelta(days=3), "created_at": now},
         ])
-        conn.execute(insert(db.comments), [
+        conn.execute(insert(comments), [
             {"id": 1, "ticket_id": 1, "author_id": 2, "is_internal": False,
              "body": "Could you send the VPN client log from %APPDATA%\\vpn\\logs?"},
             {"id": 2, "ticket_id": 1, "author_id": 3, "is_internal": True,
@@ -67,7 +76,7 @@ def seed(engine: Engine) -> None:
             ("status_changed", 1, 2, {"old_status": "open", "new_status": "in_progress"}),
             ("ticket_created", 2, 5, {}),
         ]
-        conn.execute(insert(db.outbox), [
+        conn.execute(insert(outbox), [
             {"event_type": kind, "ticket_id": ticket, "actor_id": actor,
              "payload": json.dumps(payload)} for kind, ticket, actor, payload in events])
 
@@ -83,8 +92,8 @@ def run_demo(path: Path, console: Console) -> int:
                               "site_url": "http://localhost:8000",
                               "delivery_log": str(path.with_suffix(".email.log"))},
                              dotenv_path=None, environ={})
-    engine = db.make_engine(settings.database_url)
-    db.init_db(engine)
+    engine = make_engine(settings.database_url)
+    init_db(engine)
     seed(engine)
     console.rule(f"[bold]itsm-notify demo[/]: {path} — 6 outbox events, mail to the console")
     console.rule("[bold]send-pending")
@@ -96,12 +105,12 @@ def run_demo(path: Path, console: Console) -> int:
     for column in ("user", "event", "title", "url"):
         table.add_column(column, overflow="fold")
     with engine.connect() as conn:
-        rows = conn.execute(select(db.users.c.username, db.app_notifications.c.event_type,
-                                   db.app_notifications.c.title, db.app_notifications.c.url)
-                            .join(db.users, db.users.c.id == db.app_notifications.c.user_id)
-                            .order_by(db.app_notifications.c.id)).all()
-        states: dict[str, int] = dict(conn.execute(select(db.outbox.c.state, func.count())
-                                   .group_by(db.outbox.c.state)).all())
+        rows = conn.execute(select(users.c.username, app_notifications.c.event_type,
+                                   app_notifications.c.title, app_notifications.c.url)
+                            .join(users, users.c.id == app_notifications.c.user_id)
+                            .order_by(app_notifications.c.id)).all()
+        states: dict[str, int] = dict(conn.execute(select(outbox.c.state, func.count())
+                                   .group_by(outbox.c.state)).all())
     for row in rows:
         table.add_row(*(str(v) for v in row))
     console.print(table)

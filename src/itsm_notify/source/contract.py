@@ -1,9 +1,9 @@
-"""Load the ticket context of a whole batch of events in a fixed number of queries.
+"""The ``contract`` source: load the ticket context of a whole batch of events from the
+contract's tables in a fixed number of queries.
 
 Reading per event would cost several round trips each (ticket, comment, users, team,
 commenters); a batch of 100 events would make 500 queries. Here a batch makes at most
-seven, whatever its size.
-"""
+seven, whatever its size."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
 
-from .db import among, comments, preferences, project_members, projects, tickets, users
-from .models import (
+from ..events.model import (
     Comment,
     EventContext,
     EventError,
@@ -24,7 +23,9 @@ from .models import (
     User,
     UserDirectory,
 )
-from .recipients import EVENT_TYPES
+from ..events.types import EVENT_TYPES
+from ..storage.database import among
+from ..storage.schema import comments, preferences, project_members, projects, tickets, users
 
 
 def _user(row: Any) -> User:

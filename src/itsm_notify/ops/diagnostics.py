@@ -23,18 +23,19 @@ from datetime import datetime
 from email.utils import make_msgid
 from typing import Any, TypeVar
 
-from .config import Settings
-from .recipients import EmailRecipient
-from .render import (
+from ..channels import make_transport
+from ..channels.base import SENT, Outgoing, deliver_all
+from ..compose.headers import needs_smtputf8
+from ..compose.render import (
     RenderedEmail,
     Renderer,
     display_time,
-    needs_smtputf8,
     recipient_variables,
     sender_address,
 )
-from .sender import utcnow
-from .transport import SENT, Outgoing, deliver_all, make_transport
+from ..config import Settings
+from ..events.audience import EmailRecipient
+from ..storage.database import utcnow
 
 T = TypeVar("T")
 

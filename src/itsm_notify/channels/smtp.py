@@ -18,215 +18,21 @@ import contextlib
 import smtplib
 import socket
 import ssl
-import sys
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesHeaderParser, BytesParser
-from pathlib import Path
-from typing import IO, Protocol, cast
+from collections.abc import Iterable, Iterator
 
-from .config import Settings
-from .render import needs_smtputf8
-
-SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message for one envelope recipient, as it goes on the wire."""
-
-    key: Hashable
-    sender: str
-    rcpt: str
-    data: bytes
-    """The message's bytes (CRLF line ends): ``Renderer.compose``'s, with 8-bit headers
-    only when the envelope needs SMTPUTF8."""
-
-    @property
-    def needs_smtputf8(self) -> bool:
-        return needs_smtputf8(self.sender, self.rcpt)
-
-    def parsed(self) -> EmailMessage:
-        """The message read back, for the console and file backends."""
-        return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(self.data))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    key: Hashable
-    status: str  # sent, deferred or failed
-    code: int | None = None
-    detail: str = ""
-    refused_recipient: bool = False
-    """True when the server refused the recipient address itself (5xx at RCPT): the
-    address goes on the suppression list."""
-    counts_as_attempt: bool = True
-    """False when the message never reached the server through no fault of its own
-    (the rate ceiling): such a deferral does not use up a retry."""
-
-
-Answered = Callable[[Outcome], None]
-"""Takes each outcome as soon as it is known, possibly from several threads at once. If
-it raises, the transport stops taking messages and ``deliver`` raises that error."""
-
-
-class TransportError(Exception):
-    """The transport cannot work at all (login refused, TLS misconfigured): one sentence
-    with the fix. The batch in hand is deferred, not lost."""
-
-
-class Transport(Protocol):
-    name: str
-
-    @property
-    def gave_up(self) -> str | None:
-        """Why delivery was abandoned (server unreachable, login refused), or None. Set
-        as soon as it happens, so the sender stops claiming events."""
-        ...
-
-    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
-                answered: Answered) -> None:
-        """Send each message as ``messages`` yields it and report its outcome to
-        ``answered``; return once ``messages`` is exhausted and every outcome reported."""
-        ...
-
-    def close(self) -> None:
-        ...
-
-
-def deliver_all(transport: Transport, messages: Iterable[Outgoing],
-                limiter: RateLimiter | None = None) -> list[Outcome]:
-    """Every message's outcome, in the order they came (for a handful of messages)."""
-    outcomes: list[Outcome] = []
-    transport.deliver(messages, limiter or RateLimiter(), outcomes.append)
-    return outcomes
-
-
-# --------------------------------------------------------------------- rate ceiling
-
-
-@dataclass
-class RateLimiter:
-    """A ceiling on messages per second (spaced evenly) and per hour (a sliding window,
-    seeded with what earlier runs sent in the last hour). Thread-safe."""
-
-    per_second: float = 0.0
-    per_hour: int = 0
-    sent_last_hour: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _next_slot: float = 0.0
-    _hour_window: deque[float] = field(default_factory=deque, repr=False)
-
-    def acquire(self) -> bool:
-        """Wait for the next slot; False when this hour's budget is spent."""
-        with self._lock:
-            now = time.monotonic()
-            if self.per_hour:
-                while self._hour_window and self._hour_window[0] <= now - 3600:
-                    self._hour_window.popleft()
-                if self.sent_last_hour + len(self._hour_window) >= self.per_hour:
-                    return False
-                self._hour_window.append(now)
-            if not self.per_second:
-                return True
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.per_second
-        delay = slot - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        return True
-
-    @property
-    def exhausted(self) -> bool:
-        """True when this hour's budget is spent: a run stops claiming more events."""
-        with self._lock:
-            if not self.per_hour:
-                return False
-            while self._hour_window and self._hour_window[0] <= time.monotonic() - 3600:
-                self._hour_window.popleft()
-            return self.sent_last_hour + len(self._hour_window) >= self.per_hour
-
-
-RATE_LIMITED = "hourly rate ceiling reached (ITSM_RATE_PER_HOUR); retried later"
-
-
-def rate_limited(out: Outgoing) -> Outcome:
-    """The deferral of a message the hourly ceiling held back: it uses up no retry."""
-    return Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
-
-
-# --------------------------------------------------------------- console and file
-
-
-def _text_part(message: EmailMessage) -> str:
-    part = message.get_body(preferencelist=("plain",))
-    return part.get_content() if part is not None else ""
-
-
-class ConsoleTransport:
-    """Prints each message readably: headers, the text part, the HTML part's size."""
-
-    name = "console"
-    gave_up: str | None = None  # nothing here can give up
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stdout
-
-    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
-                answered: Answered) -> None:
-        for out in messages:
-            if not limiter.acquire():
-                answered(rate_limited(out))
-                continue
-            msg = out.parsed()
-            html = msg.get_body(preferencelist=("html",))
-            lines = [f"{'─' * 72}", f"Envelope: {out.sender} → {out.rcpt}"]
-            lines += [f"{name}: {value}" for name, value in msg.items()]
-            lines += ["", _text_part(msg).rstrip(),
-                      f"[text/html alternative: {len(html.get_content()) if html else 0} "
-                      "characters]", ""]
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
-            answered(Outcome(out.key, SENT, code=250, detail="printed"))
-
-    def close(self) -> None:
-        pass
-
-
-class FileTransport:
-    """Writes one .eml file per message. The file is named after the Message-ID, so a
-    retried message replaces its file instead of adding a second one."""
-
-    name = "file"
-    gave_up: str | None = None  # nothing here can give up
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-
-    def deliver(self, messages: Iterable[Outgoing], limiter: RateLimiter,
-                answered: Answered) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for out in messages:
-            if not limiter.acquire():
-                answered(rate_limited(out))
-                continue
-            msg_id = str(BytesHeaderParser(policy=policy.default).parsebytes(out.data)
-                         ["Message-ID"]).strip("<>")
-            name = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in msg_id)
-            path = self.folder / f"{name}.eml"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(out.data)
-            tmp.replace(path)
-            answered(Outcome(out.key, SENT, code=250, detail=str(path)))
-
-    def close(self) -> None:
-        pass
-
+from ..config import Settings
+from .base import (
+    DEFERRED,
+    FAILED,
+    SENT,
+    Answered,
+    Outcome,
+    Outgoing,
+    RateLimiter,
+    TransportError,
+    rate_limited,
+)
 
 # --------------------------------------------------------------------------- SMTP
 
@@ -536,11 +342,3 @@ class SmtpTransport:
     def close(self) -> None:
         for session in self.sessions:
             session.close()
-
-
-def make_transport(settings: Settings, stream: IO[str] | None = None) -> Transport:
-    if settings.email_backend == "smtp":
-        return SmtpTransport(settings)
-    if settings.email_backend == "file":
-        return FileTransport(settings.email_file_path)
-    return ConsoleTransport(stream)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from .transport import Outcome, Outgoing, RateLimiter, Transport
+from ..channels.base import Outcome, Outgoing, RateLimiter, Transport
 
 MAX_UNRECORDED = 20
 """Answers accepted by a server and not yet written, beyond one per session: the most a

@@ -7,7 +7,7 @@ One batch, with a fixed number of database round trips:
    records and suppressions already known;
 3. decide each event's recipients (pure rules) and write the new delivery rows and the
    in-app notifications in one transaction;
-4. render the emails not yet accepted and hand them to the pipeline (pipeline.py): the
+4. render the emails not yet accepted and hand them to the pipeline (engine/pipeline.py): the
    SMTP sessions send them while this thread renders the next ones and claims the next
    batch, and the recorder writes the answers in small groups, so a killed worker
    re-sends at most the messages it had not yet recorded;
@@ -22,55 +22,53 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import random
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from logging.handlers import RotatingFileHandler
-from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from . import db
-from .config import Settings, address_problem
-from .context import load_contexts
-from .db import (
-    DEFERRED,
-    DONE,
-    EMAIL,
-    FAILED,
-    IN_APP,
-    PENDING,
-    SENT,
-    SKIPPED,
-    SUPPRESSED,
-    EventOutcome,
-    utcnow,
-)
-from .deliveries import (
+from ..channels import make_transport
+from ..channels.base import Outcome, Outgoing, Transport
+from ..compose.render import Renderer, in_app_text, message_id, thread_id
+from ..config import Settings, address_problem
+from ..events.audience import EmailRecipient
+from ..events.model import EventContext, EventError, OutboxEvent
+from ..events.types import parse_payload, resolve
+from ..ops.unsubscribe import unsubscribe_url
+from ..source.contract import load_contexts
+from ..storage.database import database_errors, make_engine, utcnow
+from ..storage.deliveries import (
     DeliveryKey,
     DeliveryRecord,
-    emails_sent_since,
     load_deliveries,
     record_outcomes,
     suppressed_among,
     write_plan,
 )
-from .models import EventContext, EventError, OutboxEvent
+from ..storage.outbox import EventOutcome, claim_events, finish_events, peek_events, renew_lease
+from ..storage.schema import (
+    DEFERRED,
+    DONE,
+    EMAIL,
+    FAILED,
+    FINAL_DELIVERY_STATES,
+    IN_APP,
+    PENDING,
+    SENT,
+    SKIPPED,
+    SUPPRESSED,
+)
+from .delivery_log import log_deliveries, setup_delivery_log
 from .pipeline import Batch, Pipeline
-from .recipients import EmailRecipient, parse_payload, resolve
-from .render import Renderer, in_app_text, message_id, thread_id
-from .transport import Outcome, Outgoing, RateLimiter, Transport, make_transport
-from .unsubscribe import unsubscribe_url
+from .retry import backoff, rate_limiter
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("itsm_notify")
-delivery_log = logging.getLogger("itsm_notify.delivery")
 
 
 def new_worker_id() -> str:
@@ -123,51 +121,6 @@ class RunReport:
                 f"{self.emails_skipped} skipped; {self.in_app_written} in-app")
 
 
-class _RotatingLog(RotatingFileHandler):
-    """RotatingFileHandler with Python 3.12's rollover test: Python 3.11 asks the file
-    system whether the log is a regular file (two stat calls) before every line, which
-    shows at thousands of emails a second; this asks only when the size says rotate."""
-
-    def shouldRollover(self, record: logging.LogRecord) -> bool:
-        if self.stream is None:
-            self.stream = self._open()
-        if self.maxBytes <= 0:
-            return False
-        position = self.stream.tell()
-        if not position or position + len(f"{self.format(record)}\n") < self.maxBytes:
-            return False
-        return not os.path.exists(self.baseFilename) or os.path.isfile(self.baseFilename)
-
-
-def setup_delivery_log(path: str) -> None:
-    """One line per delivery attempt to a rotating file (never a secret: only event
-    ids, addresses, outcomes and server replies are logged)."""
-    target = str(Path(path).resolve())
-    for old in list(delivery_log.handlers):  # one delivery log file per process
-        if not isinstance(old, RotatingFileHandler):
-            continue
-        if old.baseFilename == target:
-            return
-        delivery_log.removeHandler(old)
-        old.close()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = _RotatingLog(path, maxBytes=10_000_000, backupCount=5, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))  # lines come stamped
-    delivery_log.addHandler(handler)
-    delivery_log.setLevel(logging.INFO)
-    delivery_log.propagate = False
-
-
-def log_deliveries(lines: list[str]) -> None:
-    """Write delivery-log lines, each stamped with the time, in one write: a log record
-    per email cost as much as the rest of its bookkeeping."""
-    if lines and delivery_log.isEnabledFor(logging.INFO):
-        now = time.time()
-        stamp = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}," \
-                f"{int(now * 1000) % 1000:03d}"
-        delivery_log.info("\n".join(f"{stamp} {line}" for line in lines))
-
-
 def admin_emails(settings: Settings) -> list[str]:
     return [admin.email for admin in settings.admins]
 
@@ -186,22 +139,6 @@ def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
     loaded = load_contexts(engine, parsed, admin_emails(settings))
     return [(event, bad[event.id] if event.id in bad else loaded[event.id])
             for event in events]
-
-
-def rate_limiter(settings: Settings, engine: Engine, now: datetime) -> RateLimiter:
-    """The ceilings of ``ITSM_RATE_PER_SECOND`` and ``ITSM_RATE_PER_HOUR``, the hour's
-    budget less what was sent in the last hour (by any command)."""
-    limiter = RateLimiter(per_second=settings.rate_per_second, per_hour=settings.rate_per_hour)
-    if settings.rate_per_hour:
-        limiter.sent_last_hour = emails_sent_since(engine, now - timedelta(hours=1))
-    return limiter
-
-
-def backoff(attempts: int, settings: Settings) -> timedelta:
-    """Exponential backoff with jitter: base·2^(n-1), capped, times a random 0.5–1."""
-    ceiling = min(settings.retry_max_seconds,
-                  settings.retry_base_seconds * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
 
 
 # Pure functions called per email; a run meets the same users and addresses again.
@@ -272,7 +209,7 @@ class Sender:
                     break  # the server is unreachable: the next run tries again
                 size = self.settings.batch_size if limit is None else \
                     min(self.settings.batch_size, limit - claimed)
-                events = db.claim_events(self.engine, worker_id=self.worker_id, limit=size,
+                events = claim_events(self.engine, worker_id=self.worker_id, limit=size,
                                          now=self.clock(), lease=lease)
                 if not events:
                     break
@@ -348,7 +285,7 @@ class Sender:
                                           now, sent_at=now))
             for recipient in recipients.email:
                 record = existing.get((event_id, EMAIL, recipient.key))
-                if record is not None and record.state in db.FINAL_DELIVERY_STATES:
+                if record is not None and record.state in FINAL_DELIVERY_STATES:
                     work.states[recipient.key] = record.state
                     if record.state == FAILED:  # in an earlier attempt: the event fails
                         work.errors[recipient.key] = record.last_error or "failed"
@@ -448,7 +385,7 @@ class Sender:
             lines.append(f"event={event_id} channel=email recipient={recipient} "
                          f"outcome={row['state']} code={code} detail={outcome.detail!r}")
         lease_until = now + timedelta(seconds=self.settings.lease_seconds)
-        record_outcomes(self.engine, rows, refused, now, also=lambda conn: db.renew_lease(
+        record_outcomes(self.engine, rows, refused, now, also=lambda conn: renew_lease(
             conn, renew, worker_id=self.worker_id, until=lease_until))
         log_deliveries(lines)
 
@@ -463,7 +400,7 @@ class Sender:
                 report.events_failed += 1
             else:
                 report.events_retrying += 1
-        db.finish_events(self.engine, finished, worker_id=self.worker_id, now=self.clock())
+        finish_events(self.engine, finished, worker_id=self.worker_id, now=self.clock())
         for outcome in finished:
             if outcome.state == FAILED:
                 log.warning("event %s failed: %s", outcome.event_id, outcome.error)
@@ -515,7 +452,7 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
     """What send-pending would do now, changing nothing."""
     report = RunReport()
     renderer = Renderer(settings)
-    events = db.peek_events(engine, limit=limit or 1000, now=clock())
+    events = peek_events(engine, limit=limit or 1000, now=clock())
     loaded = load_batch(engine, events, settings)
     existing = load_deliveries(engine, [event.id for event in events])
     for event, ctx in loaded:
@@ -528,7 +465,7 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
         for recipient in recipients.email:
             record = existing.get((event.id, EMAIL, recipient.key))
             note = f"already {record.state}" if record and \
-                record.state in db.FINAL_DELIVERY_STATES else ""
+                record.state in FINAL_DELIVERY_STATES else ""
             shown = recipient.address
             if settings.redirect_to:
                 shown = f"{settings.redirect_to} (for {recipient.address})"
@@ -545,8 +482,8 @@ def send_pending(settings: Settings, *, limit: int | None = None, dry_run: bool 
                  clock: Clock = utcnow,
                  on_progress: Callable[[int], None] | None = None) -> RunReport:
     """Claim and deliver pending events until none is available (or ``limit`` done)."""
-    engine = engine or db.make_engine(settings.database_url)
-    with db.database_errors(settings.database_url):
+    engine = engine or make_engine(settings.database_url)
+    with database_errors(settings.database_url):
         if dry_run:
             return preview_pending(settings, engine, limit=limit, clock=clock)
         sender = Sender(settings, engine, transport=transport, clock=clock,

@@ -25,15 +25,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from .db import (
+from .database import RowUpdate, among
+from .schema import (
     DEFERRED,
     DONE,
     EMAIL,
     FAILED,
     PENDING,
     SENT,
-    RowUpdate,
-    among,
     app_notifications,
     deliveries,
     outbox,

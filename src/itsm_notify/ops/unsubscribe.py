@@ -7,7 +7,7 @@ without the key. The web application verifies and applies a token with
 ``apply_token`` (or ``itsm-notify unsubscribe TOKEN``); from then on that user gets no
 email of that event type until the preference is turned back on.
 
-    from itsm_notify.unsubscribe import apply_token, InvalidToken
+    from itsm_notify.ops.unsubscribe import apply_token, InvalidToken
 
     # in the view behind SITE_URL/notifications/unsubscribe/<token>/ (GET shows a
     # confirmation, POST — also the RFC 8058 one-click POST — applies it):
@@ -26,7 +26,8 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import Engine, and_, insert, select, update
 
-from .db import EMAIL, preferences, utcnow
+from ..storage.database import utcnow
+from ..storage.schema import EMAIL, preferences
 
 SALT = "itsm-notify.unsubscribe"
 UNSUBSCRIBE_PATH = "/notifications/unsubscribe/{token}/"

@@ -1,4 +1,4 @@
-"""Plain data passed between the pipeline stages: no database, no sockets."""
+"""The event model: plain data passed between the stages (no database, no sockets)."""
 
 from __future__ import annotations
 

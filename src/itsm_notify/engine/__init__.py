@@ -1,0 +1,1 @@
+"""The engine: plan, render, send and record, with the pipeline that overlaps them."""

@@ -1,0 +1,81 @@
+"""Who is told: recipients and the rules every event shares (actor, de-duplication,
+opt-outs), as pure functions of an event's context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Settings
+from .model import EventContext
+
+EMAIL, IN_APP = "email", "in_app"
+
+
+@dataclass(frozen=True)
+class EmailRecipient:
+    address: str
+    name: str
+    first_name: str = ""
+    user_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The de-duplication key: addresses compare case-insensitively."""
+        return self.address.strip().lower()
+
+
+@dataclass(frozen=True)
+class Recipients:
+    email: tuple[EmailRecipient, ...] = ()
+    in_app: tuple[int, ...] = ()
+
+
+class Audience:
+    """Collects recipients in a stable order, applying the rules every event shares:
+    the actor is not told of their own action (unless configured), one email per
+    address and one in-app row per user, inactive users and users without an address
+    get no email, and a user's opt-out for this event type is honoured."""
+
+    def __init__(self, ctx: EventContext, settings: Settings) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        actor = ctx.actor
+        self.actor_id = None if settings.notify_actor else ctx.event.actor_id
+        self.actor_email = (actor.email or "").strip().lower() if actor and not \
+            settings.notify_actor else ""
+        self.email: dict[str, EmailRecipient] = {}
+        self.in_app: dict[int, None] = {}
+
+    def user(self, user_id: int | None, *, email: bool = True, in_app: bool = True) -> None:
+        if user_id is None or user_id == self.actor_id:
+            return
+        user = self.ctx.users.get(user_id)
+        if user is None or not user.is_active:
+            return
+        if in_app and (user.id, IN_APP) not in self.ctx.opted_out:
+            self.in_app.setdefault(user.id, None)
+        if email and user.email and (user.id, EMAIL) not in self.ctx.opted_out:
+            self._add_email(EmailRecipient(address=user.email.strip(), name=user.display_name,
+                                           first_name=user.first_name, user_id=user.id))
+
+    def users(self, user_ids: tuple[int, ...] | list[int], **channels: bool) -> None:
+        for user_id in user_ids:
+            self.user(user_id, **channels)
+
+    def admins(self) -> None:
+        """ADMINS by email; an admin address that belongs to an active user account is
+        that user (email and in-app, their name, their preferences)."""
+        accounts = self.ctx.users.by_address
+        for admin in self.settings.admins:
+            account = accounts.get(admin.email.lower())
+            if account is not None:
+                self.user(account.id)
+            else:
+                self._add_email(EmailRecipient(address=admin.email, name=admin.name))
+
+    def _add_email(self, recipient: EmailRecipient) -> None:
+        if recipient.key and recipient.key != self.actor_email:
+            self.email.setdefault(recipient.key, recipient)
+
+    def result(self) -> Recipients:
+        return Recipients(email=tuple(self.email.values()), in_app=tuple(self.in_app))

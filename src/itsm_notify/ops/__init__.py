@@ -1,0 +1,1 @@
+"""Operations: the scheduler, diagnostics (test-email), unsubscribe, the demo."""

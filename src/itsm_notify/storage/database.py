@@ -1,0 +1,187 @@
+"""Engines, the errors of reaching a database, table creation, and two query helpers
+every module uses (``among``, ``RowUpdate``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    Table,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    literal,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.sql.expression import ColumnElement
+
+from .schema import metadata
+
+# ----------------------------------------------------------------------- engines
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as every timestamp column stores it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or used; the message says what to fix."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine tuned for short claim transactions on each supported database."""
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 30})
+            _make_sqlite_transactions_immediate(engine)
+        elif url.startswith(("mysql", "mariadb")):
+            engine = create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise DatabaseUnavailable(
+            f"DATABASE_URL names a database driver that is not installed ({url.split(':')[0]}): "
+            "install the extra, e.g. pip install 'itsm-notify[postgresql]' or '[mariadb]'."
+        ) from None
+    except (ArgumentError, ValueError):
+        raise DatabaseUnavailable(
+            "DATABASE_URL is not a valid SQLAlchemy URL: use e.g. sqlite:///itsm-notify.db or "
+            "postgresql+psycopg://user@host/dbname."
+        ) from None
+    return engine
+
+
+def _make_sqlite_transactions_immediate(engine: Engine) -> None:
+    """Let SQLAlchemy, not pysqlite, begin transactions, and begin them IMMEDIATE so a
+    claim's select and update run under one write lock (the recipe from SQLAlchemy's
+    SQLite dialect documentation)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def describe_db_error(exc: BaseException, url: str) -> str:
+    """One sentence about a database failure, without the password in the URL."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        safe = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        safe = "DATABASE_URL"
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc) else ""
+    if isinstance(exc, OperationalError | DBAPIError):
+        return (f"Cannot use the database at {safe} ({reason}): check DATABASE_URL and that the "
+                "server is running, then run 'itsm-notify db init' if the tables are missing.")
+    return f"Database error at {safe} ({reason}): check DATABASE_URL."
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn driver errors raised while reaching the database into DatabaseUnavailable."""
+    try:
+        yield
+    except (OperationalError, DBAPIError) as exc:
+        raise DatabaseUnavailable(describe_db_error(exc, url)) from None
+
+
+def init_db(engine: Engine) -> list[str]:
+    """Create the tables that do not exist yet; return their names. Safe to run again."""
+    with engine.connect() as conn:
+        existing = set(_table_names(conn))
+    created = [t.name for t in metadata.sorted_tables if t.name not in existing]
+    metadata.create_all(engine, checkfirst=True)
+    return created
+
+
+def _table_names(conn: Connection) -> list[str]:
+    from sqlalchemy import inspect
+
+    return inspect(conn).get_table_names()
+
+
+def missing_tables(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        existing = set(_table_names(conn))
+    return [t.name for t in metadata.sorted_tables if t.name not in existing]
+
+
+def among(conn: Connection, column: ColumnElement[Any],
+          values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one parameter.
+
+    An IN list is one parameter per value (a batch's users: hundreds), and psycopg
+    parses a statement with more than 50 parameters anew every time, in Python, then
+    PostgreSQL parses and plans its new text; the array keeps the statement's text the
+    same from batch to batch."""
+    values = list(values)
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+class RowUpdate:
+    """An UPDATE of many rows, each with its own values, in one round trip: each row (a
+    dict of ``keys`` and ``columns``) sets its ``columns`` and the ``fixed`` values on the
+    row of ``table`` its ``keys`` name, where ``where`` holds too (its bind parameters
+    are given to ``run``). Built once, run many times.
+
+    SQLite runs an ``executemany`` in C within the process, and psycopg pipelines one,
+    each row's UPDATE on a prepared plan by the key. PyMySQL though sends it a row at a
+    time, a round trip each, so MariaDB gets the rows as a derived table of ``UNION
+    ALL`` selects joined by ``keys``. (One PostgreSQL statement ``FROM unnest(arrays)``
+    saved a little client CPU and cost more server CPU, and its plan depends on the
+    table's statistics: on a table not yet analyzed it scanned every email row.)"""
+
+    def __init__(self, table: Table, *, keys: Sequence[str], columns: Sequence[str],
+                 fixed: Mapping[str, Any] | None = None,
+                 where: Sequence[ColumnElement[bool]] = ()) -> None:
+        self.table, self.keys, self.columns = table, list(keys), list(columns)
+        self.fixed, self.where = dict(fixed or {}), list(where)
+        self._sent = self.keys + self.columns  # what each row carries
+        self._executemany = self._statement({c: bindparam(f"u_{c}") for c in self._sent})
+
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]],
+            **params: Any) -> int:
+        """Update ``rows``; return the number of rows changed."""
+        if not rows:
+            return 0
+        dialect = conn.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            result = conn.execute(self._statement(union_all(*[
+                select(*[literal(row[c], self.table.c[c].type).label(c) for c in self._sent])
+                for row in rows]).subquery("v")), params)
+        else:
+            result = conn.execute(self._executemany, [
+                {**{f"u_{c}": row[c] for c in self._sent}, **params} for row in rows])
+        return result.rowcount if result.rowcount is not None and result.rowcount >= 0 \
+            else len(rows)
+
+    def _statement(self, source: Any) -> Any:
+        """``source``: a FROM clause with the columns, or a dict of bind parameters."""
+        def value(column: str) -> Any:
+            return source[column] if isinstance(source, dict) else source.c[column]
+
+        return (update(self.table)
+                .where(*[self.table.c[k] == value(k) for k in self.keys], *self.where)
+                .values({**{c: value(c) for c in self.columns}, **self.fixed}))
