@@ -303,13 +303,25 @@ def test_sqlite_timestamps_are_written_as_sqlalchemy_writes_them(moment: datetim
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=200) | st.text(alphabet=".\r\nab", max_size=60).map(str.encode))
-def test_dot_stuffing_is_smtplibs(data: bytes) -> None:
-    import smtplib
-
+@given(data=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+                     | st.sampled_from([b".", b"..", b".x", b""]), max_size=8)
+       .map(b"\r\n".join))
+def test_dot_stuffing_follows_rfc_5321(data: bytes) -> None:
+    """Lines end in CRLF; a line that starts with a period gets another; the data ends
+    with CRLF (RFC 5321 4.5.2), checked line by line."""
     from itsm_notify.channels.smtp import _dot_stuffed
 
-    expected = smtplib._quote_periods(data)
-    if expected[-2:] != b"\r\n":
-        expected += b"\r\n"
+    lines = data.split(b"\r\n")
+    if lines[-1] == b"":
+        lines.pop()
+    expected = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
+                        for line in lines) or b"\r\n"
     assert _dot_stuffed(data) == expected
+
+
+@given(data=st.binary(max_size=60) | st.text(alphabet="\r\n.a", max_size=30).map(str.encode))
+def test_a_bare_cr_or_lf_is_found(data: bytes) -> None:
+    from itsm_notify.channels.smtp import bare_line_break
+
+    assert bare_line_break(data) == (b"\r" in data.replace(b"\r\n", b"")
+                                     or b"\n" in data.replace(b"\r\n", b""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from .engine.sender import RunReport, send_pending
 from .storage.database import (
     DatabaseUnavailable,
     database_errors,
+    describe_exception,
     init_db,
     make_engine,
     missing_tables,
@@ -66,7 +68,9 @@ def interactive() -> bool:
 def setup_logging() -> None:
     """Plain log lines on stderr: what cron mails to its owner."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+        level = os.environ.get("ITSM_LOG_LEVEL", "INFO").upper()
+        logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
+                            stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(message)s")
 
 
@@ -469,14 +473,14 @@ def test_email_command(
     config: ConfigOption = None,
 ) -> None:
     """Send one test email through the configured backend, showing each step."""
-    from .config import address_problem
+    from .events.addresses import address_problem
     from .ops.diagnostics import effective_settings, send_test_email
 
     with friendly_errors():
         settings = settings_from(config, email_backend=backend,
                                  default_from_email=from_address)
     if problem := address_problem(address):
-        err.print(f"[bold red]Error:[/] {plain(address)} is an {problem}: give a valid address.",
+        err.print(f"[bold red]Error:[/] {plain(address)} is {problem}: give a valid address.",
                   soft_wrap=True)
         raise typer.Exit(2)
     for name, value in effective_settings(settings):
@@ -500,4 +504,15 @@ def _present_step(step: Any) -> None:
 
 
 def main() -> None:
-    app()
+    """The entry point. An exception nothing else expected (a bug, a failure no one
+    foresaw) ends the command with one sentence and exit 1, never a traceback: claimed
+    events are retried after their lease, so nothing is lost. The traceback goes to the
+    log at debug level."""
+    try:
+        app()
+    except Exception as exc:
+        logging.getLogger("itsm_notify").debug("unexpected error", exc_info=True)
+        err.print(f"[bold red]Error:[/] unexpected failure ({plain(describe_exception(exc))}); "
+                  "nothing was lost: claimed events are retried once their lease runs out. "
+                  "Please report it with the output of ITSM_LOG_LEVEL=DEBUG.", soft_wrap=True)
+        raise SystemExit(1) from None

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
-from email_validator import EmailNotValidError, validate_email
+
+from .events.addresses import address_problem
 
 
 class ConfigError(Exception):
@@ -98,16 +99,6 @@ def _parse_backend(raw: Any) -> str:
     return BACKEND_ALIASES[text]
 
 
-def address_problem(address: str) -> str | None:
-    """Why an address cannot be mailed (syntax only: no DNS, intranet domains allowed),
-    or None when it can."""
-    try:
-        validate_email(address, check_deliverability=False, globally_deliverable=False)
-    except EmailNotValidError as exc:
-        return f"invalid address ({str(exc).rstrip('.')})"
-    return None
-
-
 def _parse_admins(raw: Any) -> tuple[AdminAddress, ...]:
     items = raw if isinstance(raw, list) else [raw]
     admins = []
@@ -115,7 +106,7 @@ def _parse_admins(raw: Any) -> tuple[AdminAddress, ...]:
         if not email:
             continue
         if problem := address_problem(email):
-            raise ValueError(f"has {email!r}, an {problem}")
+            raise ValueError(f"has {email!r}, {problem}")
         admins.append(AdminAddress(name=name, email=email))
     return tuple(admins)
 

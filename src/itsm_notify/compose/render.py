@@ -38,6 +38,7 @@ from ..events.types import assignee_id, event_type
 from .headers import (
     SMTP_POLICY,
     SMTPUTF8_POLICY,
+    RawField,
     _date,
     _fold_all,
     _refuse_line_breaks,
@@ -45,6 +46,7 @@ from .headers import (
     header_address,
     needs_smtputf8,
     one_line,
+    safe_text,
 )
 from .inline import StructureInliner
 from .mime import (
@@ -226,7 +228,8 @@ class Renderer:
         """The headers every recipient of an email gets alike: they come first, so that
         compose writes them once for all of an event's recipients."""
         settings = self.settings
-        fields = [("Subject", one_line(subject, limit=300)), ("From", settings.default_from_email)]
+        fields = [("Subject", safe_text("Subject", subject)),
+                  ("From", settings.default_from_email)]
         if settings.reply_to_email:
             fields.append(("Reply-To", settings.reply_to_email))
         fields.append(("Date", _date(int(now.timestamp() if now else time.time()))))
@@ -236,7 +239,7 @@ class Renderer:
             fields.append(("References", thread))
         fields += [("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "All")]
         if ticket_number:
-            fields.append(("X-ITSM-Ticket", one_line(ticket_number)))
+            fields.append(("X-ITSM-Ticket", safe_text("X-ITSM-Ticket", ticket_number)))
         fields.append(("X-ITSM-Event", event_type_name))
         return tuple(fields)
 
@@ -267,7 +270,10 @@ class Renderer:
                 rendered.subject, recipient, event_type_name=event_type_name,
                 ticket_number=ticket_number, msg_id=msg_id, thread=thread,
                 is_thread_start=is_thread_start, unsubscribe_url=unsubscribe_url, now=now):
-            msg[name] = value
+            if isinstance(value, RawField):
+                msg.set_raw(name, value)  # in wire form already: never re-parsed
+            else:
+                msg[name] = value
         for name, parsed in msg.items():
             _refuse_line_breaks(name, parsed)
         msg.set_content(rendered.text, cte="quoted-printable")

@@ -57,7 +57,8 @@ from ..compose.render import (
     recipient_variables,
     thread_id,
 )
-from ..config import Settings, address_problem
+from ..config import Settings
+from ..events.addresses import address_problem
 from ..events.audience import EmailRecipient
 from ..events.model import User
 from ..ops.unsubscribe import unsubscribe_url

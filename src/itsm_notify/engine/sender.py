@@ -35,13 +35,20 @@ from sqlalchemy.exc import IntegrityError
 from ..channels import make_transport
 from ..channels.base import Outcome, Outgoing, Transport
 from ..compose.render import Renderer, in_app_text, message_id, thread_id
-from ..config import Settings, address_problem
-from ..events.audience import EmailRecipient
+from ..config import Settings
+from ..events.addresses import address_problem
+from ..events.audience import EmailRecipient, Recipients
 from ..events.model import EventContext, EventError, OutboxEvent
 from ..events.types import parse_payload, resolve
 from ..ops.unsubscribe import unsubscribe_url
 from ..source.contract import load_contexts
-from ..storage.database import database_errors, make_engine, utcnow
+from ..storage.database import (
+    database_errors,
+    describe_exception,
+    make_engine,
+    raise_if_database_down,
+    utcnow,
+)
 from ..storage.deliveries import (
     DeliveryKey,
     DeliveryRecord,
@@ -128,7 +135,9 @@ def admin_emails(settings: Settings) -> list[str]:
 def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
                ) -> list[tuple[OutboxEvent, EventContext | EventError]]:
     """Each event, in order, with its context, or the reason it can never be delivered
-    (unknown type, malformed payload, missing ticket or comment)."""
+    (unknown type, malformed payload, missing ticket or comment, data the database
+    driver cannot read). When loading the batch raises, each event is loaded alone, so
+    that one event's bad data fails that event and not its neighbours."""
     parsed: list[tuple[OutboxEvent, dict[str, Any]]] = []
     bad: dict[int, EventError] = {}
     for event in events:
@@ -136,14 +145,25 @@ def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
             parsed.append((event, parse_payload(event.event_type, event.payload)))
         except EventError as exc:
             bad[event.id] = exc
-    loaded = load_contexts(engine, parsed, admin_emails(settings))
+    admins = admin_emails(settings)
+    try:
+        loaded = load_contexts(engine, parsed, admins)
+    except Exception:
+        raise_if_database_down(engine)
+        loaded = {}
+        for item in parsed:
+            try:
+                loaded.update(load_contexts(engine, [item], admins))
+            except Exception as exc:
+                raise_if_database_down(engine)
+                loaded[item[0].id] = EventError(
+                    f"its data could not be read ({describe_exception(exc)})")
     return [(event, bad[event.id] if event.id in bad else loaded[event.id])
             for event in events]
 
 
 # Pure functions called per email; a run meets the same users and addresses again.
 _unsubscribe_url = functools.lru_cache(maxsize=4096)(unsubscribe_url)
-_address_problem = functools.lru_cache(maxsize=4096)(address_problem)
 
 
 @dataclass
@@ -154,6 +174,23 @@ class _EventWork:
     states: dict[str, str] = field(default_factory=dict)  # recipient → delivery state
     errors: dict[str, str] = field(default_factory=dict)
     retry_at: list[datetime] = field(default_factory=list)
+
+
+@dataclass
+class _EventPlan:
+    """What planning decided for one event, before it is stored."""
+
+    work: _EventWork
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    to_send: list[tuple[EventContext, EmailRecipient]] = field(default_factory=list)
+    suppressed: int = 0
+    skipped: int = 0
+
+
+def _failed(event_id: int, what: str, exc: BaseException) -> EventOutcome:
+    """An event that failed alone, with a readable reason."""
+    return EventOutcome(event_id, FAILED, error=f"{what} ({describe_exception(exc)})")
 
 
 @dataclass(eq=False)
@@ -229,7 +266,7 @@ class Sender:
         settled: list[EventOutcome] = []
         contexts = self._contexts(events, settled)
         existing = load_deliveries(self.engine, [ctx.event.id for ctx in contexts])
-        works, to_send = self._plan(contexts, existing, report, now)
+        works, to_send = self._plan(contexts, existing, report, now, settled)
         if works is None:
             # Another worker planned some of these events meanwhile (it took them over
             # when this worker's lease ran out): hand back those still ours, unsent, for
@@ -258,70 +295,120 @@ class Sender:
     # ---------------------------------------------------------------- planning
 
     def _plan(self, contexts: list[EventContext], existing: dict[DeliveryKey, DeliveryRecord],
-              report: RunReport, now: datetime
+              report: RunReport, now: datetime, settled: list[EventOutcome]
               ) -> tuple[dict[int, _EventWork] | None,
                          list[tuple[EventContext, EmailRecipient]]]:
         """Decide every delivery of the batch, store the new ones and the in-app rows,
-        and list the emails still to send."""
-        resolved = {ctx.event.id: (ctx, resolve(ctx, self.settings)) for ctx in contexts}
+        and list the emails still to send. An event whose planning raises (data of a shape
+        no rule expected) goes to ``settled`` as failed with the reason; the rest go on."""
+        resolved: dict[int, tuple[EventContext, Recipients]] = {}
+        for ctx in contexts:
+            try:
+                resolved[ctx.event.id] = (ctx, resolve(ctx, self.settings))
+            except Exception as exc:
+                settled.append(_failed(ctx.event.id, "its recipients could not be decided",
+                                       exc))
         suppressed = suppressed_among(self.engine, (r.key for _, recipients in
                                                     resolved.values()
                                                     for r in recipients.email))
-        new_rows: list[dict[str, Any]] = []
-        notifications: list[dict[str, Any]] = []
-        works: dict[int, _EventWork] = {}
-        to_send: list[tuple[EventContext, EmailRecipient]] = []
+        plans: dict[int, _EventPlan] = {}
         for event_id, (ctx, recipients) in resolved.items():
-            work = works[event_id] = _EventWork(ctx)
-            if recipients.in_app:
-                title, body, url = in_app_text(ctx, self.renderer.subject(ctx))
-            for user_id in recipients.in_app:
-                if (event_id, IN_APP, str(user_id)) in existing:
-                    continue
-                notifications.append({"user_id": user_id, "ticket_id": ctx.ticket.id,
-                                      "event_type": ctx.event.event_type, "title": title,
-                                      "body": body, "url": url, "created_at": now})
-                new_rows.append(self._row(event_id, IN_APP, str(user_id), user_id, SENT,
-                                          now, sent_at=now))
-            for recipient in recipients.email:
-                record = existing.get((event_id, EMAIL, recipient.key))
-                if record is not None and record.state in FINAL_DELIVERY_STATES:
-                    work.states[recipient.key] = record.state
-                    if record.state == FAILED:  # in an earlier attempt: the event fails
-                        work.errors[recipient.key] = record.last_error or "failed"
-                    continue
-                if record is None:
-                    state, error = PENDING, None
-                    if recipient.key in suppressed:
-                        state, error = SUPPRESSED, "address is on the suppression list"
-                    elif problem := _address_problem(recipient.address):
-                        state, error = SKIPPED, problem
-                    new_rows.append(self._row(event_id, EMAIL, recipient.key,
-                                              recipient.user_id, state, now, error=error,
-                                              msg_id=self._message_id(ctx, recipient)))
-                    if state != PENDING:
-                        work.states[recipient.key] = state
-                        report.emails_suppressed += state == SUPPRESSED
-                        report.emails_skipped += state == SKIPPED
-                        continue
-                elif recipient.key in suppressed:
-                    work.states[recipient.key] = SUPPRESSED
-                    report.emails_suppressed += 1
-                    continue
-                elif record.next_attempt_at is not None and record.next_attempt_at > now:
-                    work.states[recipient.key] = DEFERRED  # its backoff has not run out yet
-                    work.retry_at.append(record.next_attempt_at)
-                    continue
-                work.states[recipient.key] = PENDING
-                to_send.append((ctx, recipient))
+            try:
+                plans[event_id] = self._plan_event(ctx, recipients, existing, suppressed, now)
+            except Exception as exc:
+                settled.append(_failed(event_id, "its deliveries could not be planned", exc))
         try:
-            write_plan(self.engine, new_rows, notifications)
+            written = self._write_plans(plans, settled)
         except IntegrityError:
             log.warning("another worker took over events %s; leaving them to it",
-                        sorted(works))
+                        sorted(plans))
             return None, []
-        report.in_app_written += len(notifications)
+        works: dict[int, _EventWork] = {}
+        to_send: list[tuple[EventContext, EmailRecipient]] = []
+        for event_id in written:
+            plan = plans[event_id]
+            works[event_id] = plan.work
+            to_send += plan.to_send
+            report.in_app_written += len(plan.notifications)
+            report.emails_suppressed += plan.suppressed
+            report.emails_skipped += plan.skipped
         return works, to_send
+
+    def _plan_event(self, ctx: EventContext, recipients: Recipients,
+                    existing: dict[DeliveryKey, DeliveryRecord], suppressed: set[str],
+                    now: datetime) -> _EventPlan:
+        """One event's new delivery rows, in-app rows and emails to send."""
+        event_id = ctx.event.id
+        plan = _EventPlan(_EventWork(ctx))
+        work = plan.work
+        if recipients.in_app:
+            title, body, url = in_app_text(ctx, self.renderer.subject(ctx))
+        for user_id in recipients.in_app:
+            if (event_id, IN_APP, str(user_id)) in existing:
+                continue
+            plan.notifications.append({"user_id": user_id, "ticket_id": ctx.ticket.id,
+                                       "event_type": ctx.event.event_type, "title": title,
+                                       "body": body, "url": url, "created_at": now})
+            plan.rows.append(self._row(event_id, IN_APP, str(user_id), user_id, SENT,
+                                       now, sent_at=now))
+        for recipient in recipients.email:
+            record = existing.get((event_id, EMAIL, recipient.key))
+            if record is not None and record.state in FINAL_DELIVERY_STATES:
+                work.states[recipient.key] = record.state
+                if record.state == FAILED:  # in an earlier attempt: the event fails
+                    work.errors[recipient.key] = record.last_error or "failed"
+                continue
+            if record is None:
+                state, error = PENDING, None
+                if recipient.key in suppressed:
+                    state, error = SUPPRESSED, "address is on the suppression list"
+                elif problem := address_problem(recipient.address):
+                    state, error = SKIPPED, problem
+                plan.rows.append(self._row(event_id, EMAIL, recipient.key,
+                                           recipient.user_id, state, now, error=error,
+                                           msg_id=self._message_id(ctx, recipient)))
+                if state != PENDING:
+                    work.states[recipient.key] = state
+                    plan.suppressed += state == SUPPRESSED
+                    plan.skipped += state == SKIPPED
+                    continue
+            elif recipient.key in suppressed:
+                work.states[recipient.key] = SUPPRESSED
+                plan.suppressed += 1
+                continue
+            elif record.next_attempt_at is not None and record.next_attempt_at > now:
+                work.states[recipient.key] = DEFERRED  # its backoff has not run out yet
+                work.retry_at.append(record.next_attempt_at)
+                continue
+            work.states[recipient.key] = PENDING
+            plan.to_send.append((ctx, recipient))
+        return plan
+
+    def _write_plans(self, plans: dict[int, _EventPlan],
+                     settled: list[EventOutcome]) -> list[int]:
+        """Store the plans' rows in one transaction; the ids of the events written. When
+        the database refuses the batch's rows for a reason other than a collision (a
+        value it cannot store), each event is written alone, and those it refuses fail."""
+        try:
+            write_plan(self.engine, [r for p in plans.values() for r in p.rows],
+                       [n for p in plans.values() for n in p.notifications])
+            return list(plans)
+        except IntegrityError:
+            raise
+        except Exception:
+            raise_if_database_down(self.engine)
+        written = []
+        for event_id, plan in plans.items():
+            try:
+                write_plan(self.engine, plan.rows, plan.notifications)
+            except IntegrityError:
+                raise
+            except Exception as exc:
+                raise_if_database_down(self.engine)
+                settled.append(_failed(event_id, "its deliveries could not be stored", exc))
+            else:
+                written.append(event_id)
+        return written
 
     @staticmethod
     def _row(event_id: int, channel: str, recipient: str, user_id: int | None, state: str,

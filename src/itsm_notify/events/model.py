@@ -7,6 +7,41 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+# Every text field of the app's data is bounded when it is loaded, so that one row
+# holding megabytes (a 20 MB title) cannot make megabyte emails or a gigabyte process.
+MAX_NAME = 150
+MAX_LABEL = 64
+"""Ticket numbers, statuses, priorities, locales."""
+MAX_TITLE = 500
+MAX_BODY = 100_000
+"""Descriptions and comments (cut again, to ITSM_MAX_TEXT_LENGTH, when rendered)."""
+MAX_ADDRESS = 320
+MAX_ID = 2**63 - 1
+
+
+def bounded_text(value: object, limit: int) -> str:
+    """An app's value as text of at most ``limit`` characters: None is empty, bytes are
+    decoded (invalid UTF-8 replaced), anything else (a number where text was expected)
+    is shown as its text."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray | memoryview):
+        text = bytes(value).decode("utf-8", "replace")
+    else:
+        text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit]
+
+
+def optional_id(value: object) -> int | None:
+    """An app's id column as an int, or None when it holds none (or nothing like one)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 < number <= MAX_ID else None
+
 
 @dataclass(frozen=True, slots=True)
 class User:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import Settings
 from .audience import Audience, Recipients
-from .model import EventContext, EventError
+from .model import MAX_ID, MAX_LABEL, EventContext, EventError, bounded_text
 
 
 def _team(ctx: EventContext) -> tuple[int, ...]:
@@ -67,7 +67,11 @@ def _optional_int(payload: dict[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise EventError(f"payload field {key!r} must be a whole number, got {value!r}")
+        raise EventError(f"payload field {key!r} must be a whole number, got "
+                         f"{bounded_text(repr(value), 80)}")
+    if not 0 < value <= MAX_ID:
+        raise EventError(f"payload field {key!r} is not an id (a whole number from 1 to "
+                         f"2**63-1), got {bounded_text(repr(value), 80)}")
     return value
 
 
@@ -91,8 +95,10 @@ def _status_change(payload: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(new_status, str) or not new_status.strip():
         raise EventError("payload needs 'new_status' (the status as stored)")
     if old_status is not None and not isinstance(old_status, str):
-        raise EventError(f"payload field 'old_status' must be text, got {old_status!r}")
-    return {"new_status": new_status, "old_status": old_status}
+        raise EventError("payload field 'old_status' must be text, got "
+                         f"{bounded_text(repr(old_status), 80)}")
+    return {"new_status": bounded_text(new_status, MAX_LABEL),
+            "old_status": None if old_status is None else bounded_text(old_status, MAX_LABEL)}
 
 
 def _comment(payload: dict[str, Any]) -> dict[str, Any]:
@@ -134,19 +140,30 @@ def event_type(name: str) -> EventType:
         return EVENT_TYPES[name]
     except KeyError:
         known = ", ".join(EVENT_TYPES)
-        raise EventError(f"unknown event type {name!r} (known: {known})") from None
+        raise EventError(f"unknown event type {bounded_text(repr(name), 80)} "
+                         f"(known: {known})") from None
 
 
-def parse_payload(name: str, raw: str | None) -> dict[str, Any]:
+MAX_PAYLOAD = 100_000
+"""Characters of JSON an event's payload may hold."""
+
+
+def parse_payload(name: str, raw: object) -> dict[str, Any]:
     """Check an event's type and JSON payload; raise EventError naming the problem."""
     spec = event_type(name)
-    if raw is None or not raw.strip():
+    text = raw if isinstance(raw, str) or raw is None else bounded_text(raw, MAX_PAYLOAD + 1)
+    if text is None or not text.strip():
         data: Any = {}
+    elif len(text) > MAX_PAYLOAD:
+        raise EventError(f"payload is longer than {MAX_PAYLOAD} characters; an event's "
+                         "payload holds a few ids and values")
     else:
         try:
-            data = json.loads(raw)
+            data = json.loads(text)
         except ValueError as exc:
             raise EventError(f"payload is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise EventError("payload is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise EventError(f"payload must be a JSON object, got {type(data).__name__}")
     return spec.parse_payload(data)

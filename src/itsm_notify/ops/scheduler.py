@@ -37,7 +37,7 @@ from sqlalchemy import Engine
 from ..config import ConfigError, Settings
 from ..engine.overdue import overdue_scan
 from ..engine.sender import send_pending
-from ..storage.database import DatabaseUnavailable
+from ..storage.database import DatabaseUnavailable, describe_exception
 
 log = logging.getLogger("itsm_notify")
 
@@ -140,6 +140,10 @@ class NotifyScheduler:
             log.info("%s: stopped after the batch in hand", SEND_JOB)
         except DatabaseUnavailable as exc:
             log.error("%s: %s", SEND_JOB, exc)
+        except Exception as exc:  # one line, and the next run tries again
+            log.error("%s: unexpected failure (%s); the next run tries again", SEND_JOB,
+                      describe_exception(exc))
+            log.debug("unexpected failure", exc_info=True)
         else:
             _log_run(SEND_JOB, report.summary(), report.problems)
 
@@ -152,6 +156,10 @@ class NotifyScheduler:
             report = overdue_scan(self.settings, engine=self.engine)
         except DatabaseUnavailable as exc:
             log.error("%s: %s", OVERDUE_JOB, exc)
+        except Exception as exc:
+            log.error("%s: unexpected failure (%s); the next run tries again", OVERDUE_JOB,
+                      describe_exception(exc))
+            log.debug("unexpected failure", exc_info=True)
         else:
             _log_run(OVERDUE_JOB, report.summary(), report.problems)
 

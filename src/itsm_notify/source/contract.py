@@ -14,6 +14,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
 
 from ..events.model import (
+    MAX_ADDRESS,
+    MAX_BODY,
+    MAX_LABEL,
+    MAX_NAME,
+    MAX_TITLE,
     Comment,
     EventContext,
     EventError,
@@ -22,6 +27,8 @@ from ..events.model import (
     Ticket,
     User,
     UserDirectory,
+    bounded_text,
+    optional_id,
 )
 from ..events.types import EVENT_TYPES
 from ..storage.database import among
@@ -29,23 +36,30 @@ from ..storage.schema import comments, preferences, project_members, projects, t
 
 
 def _user(row: Any) -> User:
-    return User(id=row.id, username=row.username, email=row.email,
-                first_name=row.first_name or "", last_name=row.last_name or "",
+    email = bounded_text(row.email, MAX_ADDRESS + 1).strip()
+    return User(id=row.id, username=bounded_text(row.username, MAX_NAME),
+                email=email if 0 < len(email) <= MAX_ADDRESS else None,
+                first_name=bounded_text(row.first_name, MAX_NAME),
+                last_name=bounded_text(row.last_name, MAX_NAME),
                 is_active=bool(row.is_active), is_manager=bool(row.is_manager),
-                locale=row.locale)
+                locale=bounded_text(row.locale, MAX_LABEL) or None)
 
 
 def _ticket(row: Any) -> Ticket:
-    return Ticket(id=row.id, number=row.number, title=row.title,
-                  description=row.description or "", status=row.status,
-                  priority=row.priority, requester_id=row.requester_id,
-                  assignee_id=row.assignee_id, project_id=row.project_id,
+    return Ticket(id=row.id, number=bounded_text(row.number, MAX_LABEL),
+                  title=bounded_text(row.title, MAX_TITLE),
+                  description=bounded_text(row.description, MAX_BODY),
+                  status=bounded_text(row.status, MAX_LABEL),
+                  priority=bounded_text(row.priority, MAX_LABEL),
+                  requester_id=optional_id(row.requester_id),
+                  assignee_id=optional_id(row.assignee_id),
+                  project_id=optional_id(row.project_id),
                   due_at=row.due_at, created_at=row.created_at)
 
 
 def _comment(row: Any) -> Comment:
-    return Comment(id=row.id, ticket_id=row.ticket_id, author_id=row.author_id,
-                   body=row.body or "", is_internal=bool(row.is_internal),
+    return Comment(id=row.id, ticket_id=row.ticket_id, author_id=optional_id(row.author_id),
+                   body=bounded_text(row.body, MAX_BODY), is_internal=bool(row.is_internal),
                    created_at=row.created_at)
 
 
@@ -78,7 +92,7 @@ def load_contexts(
         if project_ids:
             for row in conn.execute(select(projects)
                                     .where(among(conn, projects.c.id, project_ids))):
-                project_by_id[row.id] = Project(id=row.id, name=row.name,
+                project_by_id[row.id] = Project(id=row.id, name=bounded_text(row.name, MAX_NAME),
                                                 notify_team=bool(row.notify_team))
             for row in conn.execute(select(project_members.c.project_id,
                                            project_members.c.user_id)

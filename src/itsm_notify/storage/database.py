@@ -62,6 +62,10 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _text_from_sqlite(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
 def _make_sqlite_transactions_immediate(engine: Engine) -> None:
     """Let SQLAlchemy, not pysqlite, begin transactions, and begin them IMMEDIATE so a
     claim's select and update run under one write lock (the recipe from SQLAlchemy's
@@ -70,6 +74,9 @@ def _make_sqlite_transactions_immediate(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
+        # SQLite stores whatever bytes an app writes into a TEXT column; invalid UTF-8
+        # must read as text with replacement characters, not fail every claim.
+        dbapi_connection.text_factory = _text_from_sqlite
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -94,6 +101,26 @@ def describe_db_error(exc: BaseException, url: str) -> str:
         return (f"Cannot use the database at {safe} ({reason}): check DATABASE_URL and that the "
                 "server is running, then run 'itsm-notify db init' if the tables are missing.")
     return f"Database error at {safe} ({reason}): check DATABASE_URL."
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception as one short line: its kind and the first line of its message, the
+    way a driver's error reads in a ``last_error`` (bounded, no traceback)."""
+    message = str(getattr(exc, "orig", None) or exc).strip()
+    first = message.splitlines()[0] if message else ""
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def raise_if_database_down(engine: Engine) -> None:
+    """After a statement failed: raise DatabaseUnavailable when the database itself
+    cannot be used (then the events stay claimed and are retried, not failed), return
+    when it answers (the failure was the data's)."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        raise DatabaseUnavailable(describe_db_error(exc, str(engine.url))) from None
 
 
 @contextmanager
