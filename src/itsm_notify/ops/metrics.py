@@ -284,7 +284,7 @@ def serve_metrics(port: int, snapshot_fn: Callable[[], MetricsSnapshot]) -> Metr
     except OSError as exc:
         raise ConfigError(f"Cannot serve metrics on 127.0.0.1:{port} ({exc.strerror or exc}): "
                           "choose a free port with --metrics-port.") from None
-    thread = threading.Thread(target=server.serve_forever, name="itsm-notify-metrics",
-                              daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="itsm-notify-metrics", daemon=True)
     thread.start()
     return MetricsServer(server, thread)
