@@ -48,6 +48,8 @@ def test_parse_lead_times_and_shares() -> None:
                                              business_hours=False)] == ["1h30m", "87.5%", "2d"]
     assert parse_thresholds("1d2h", business_hours=False)[0].lead == timedelta(hours=26)
     assert parse_thresholds(" , ", business_hours=True) == ()
+    with pytest.raises(ValueError, match="either a lead time or a share"):
+        Threshold(text="4h")
 
 
 @pytest.mark.parametrize(("text", "words"), [

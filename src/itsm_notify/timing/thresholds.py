@@ -41,6 +41,10 @@ class Threshold:
     lead: timedelta | None = None
     share: Decimal | None = None  # in (0, 1)
 
+    def __post_init__(self) -> None:
+        if (self.lead is None) == (self.share is None):
+            raise ValueError("a threshold is either a lead time or a share, not both or none")
+
 
 @dataclass(frozen=True)
 class ThresholdHit:
