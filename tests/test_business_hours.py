@@ -359,3 +359,38 @@ def test_working_time_matches_a_minute_by_minute_count(cal: BusinessCalendar, an
     expected = _minutes_open(cal, start, minutes)
     assert cal.working_time_between(start, start + timedelta(minutes=minutes)) == timedelta(
         minutes=expected)
+
+
+# ---------------------------------------------------------------------- hostile input
+
+setting_text = st.text(alphabet=st.sampled_from([*"monfriTuesatd0123456789:-,; %hm#\n\t.", "２",
+                                                 "٣", "²", "\x00", "é"]), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(setting_text, setting_text)
+def test_any_setting_text_gives_a_calendar_or_one_sentence(hours: str, holidays: str) -> None:
+    try:
+        cal = load_calendar(business_hours=hours, holidays=holidays if holidays[:1].isdigit()
+                            else "")
+    except ConfigError as exc:
+        message = str(exc)
+        assert message.startswith(("ITSM_BUSINESS_HOURS ", "ITSM_HOLIDAYS "))
+        assert "\n" not in message and message.endswith(".")
+    else:
+        assert cal.always_open or any(cal.week)
+
+
+def test_a_long_hostile_value_is_refused_at_once() -> None:
+    with pytest.raises(ConfigError, match="not days followed by"):
+        parse_week("m" + " " * 200_000 + "x")
+    with pytest.raises(ConfigError, match="not a date"):
+        parse_holidays("2026-01-0" + "1" * 100_000)
+
+
+def test_a_bad_date_in_the_holidays_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "holidays.txt"
+    path.write_text("2026-12-25\n2026-12-32 a typo\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^The holidays file {path} \(ITSM_HOLIDAYS\) has "
+                                          r"'2026-12-32', which is not a date: write one"):
+        load_calendar(business_hours="mon-fri 08:00-17:00", holidays=str(path))

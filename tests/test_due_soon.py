@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from itsm_notify.config import ConfigError
 from itsm_notify.timing.business_hours import ALWAYS_OPEN, BusinessCalendar, load_calendar
@@ -45,7 +47,7 @@ def test_parse_lead_times_and_shares() -> None:
     assert eighty == Threshold(text="80%", share=Decimal("0.8"))
     # one spelling per threshold, so the key is stable whatever the setting says
     assert [t.text for t in parse_thresholds("90m, 1H30M, 1h 30m, 87.50 %, 2d",
-                                             business_hours=False)] == ["1h30m", "87.5%", "2d"]
+                                             business_hours=False)] == ["1h30m", "87.5%", "48h"]
     assert parse_thresholds("1d2h", business_hours=False)[0].lead == timedelta(hours=26)
     assert parse_thresholds(" , ", business_hours=True) == ()
     with pytest.raises(ValueError, match="either a lead time or a share"):
@@ -186,3 +188,21 @@ def test_a_due_date_moved_back_and_forth_rearms_the_warning() -> None:
     scan(Ticket(created, first_due), utc(2026, 4, 15, 14, 15))
     # ...50 % was warned about for the later date since, so it is re-armed; 4h was not
     assert sent[3:] == [("50%", first_due)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*"0123456789dhm%., \t", "٣", "²", "x"]),
+               max_size=40), st.booleans())
+def test_any_due_soon_text_gives_thresholds_or_one_sentence(text: str, hours: bool) -> None:
+    try:
+        thresholds = parse_thresholds(text, business_hours=hours)
+    except ConfigError as exc:
+        assert str(exc).startswith("ITSM_DUE_SOON has ") and "\n" not in str(exc)
+    else:
+        for threshold in thresholds:
+            assert parse_thresholds(threshold.text, business_hours=hours) == (threshold,)
+
+
+def test_a_huge_lead_time_is_refused() -> None:
+    with pytest.raises(ConfigError, match="neither a lead time nor a share"):
+        parse_thresholds("9" * 40 + "d", business_hours=False)

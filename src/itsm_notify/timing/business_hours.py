@@ -205,9 +205,10 @@ TIME_ZONE_SETTING = "ITSM_BUSINESS_TIME_ZONE"
 DEFAULT_TIME_ZONE_SETTING = "ITSM_TIME_ZONE"
 HOLIDAYS_SETTING = "ITSM_HOLIDAYS"
 
-_CLAUSE = re.compile(r"(?P<days>[A-Za-z][A-Za-z,\-\s]*?)\s+(?P<hours>\d.*)")
-_RANGE = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAYS = re.compile(r"[A-Za-z][A-Za-z,\-\s]*", re.ASCII)
+_FIRST_DIGIT = re.compile(r"[0-9]", re.ASCII)
+_RANGE = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", re.ASCII)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _EXAMPLE = "e.g. 'mon-fri 08:00-17:00' or 'mon-thu 08:00-12:00,13:00-17:00; fri 08:00-14:00'"
 
 
@@ -220,12 +221,15 @@ def parse_week(text: str) -> tuple[tuple[OpenHours, ...], ...]:
     for clause in (part.strip() for part in text.split(";")):
         if not clause:
             continue
-        match = _CLAUSE.fullmatch(clause)
-        if match is None:
+        # the days, then from the first digit on the ranges (no regex backtracking)
+        digit = _FIRST_DIGIT.search(clause)
+        days_text, hours_text = (clause[:digit.start()], clause[digit.start():]) if digit \
+            else (clause, "")
+        if not hours_text or not days_text[-1:].isspace() or not _DAYS.fullmatch(days_text):
             raise ConfigError(f"{HOURS_SETTING} has {clause!r}, which is not days followed by "
                               f"HH:MM-HH:MM ranges: write it {_EXAMPLE}.")
-        ranges = [_parse_range(item.strip()) for item in match["hours"].split(",")]
-        for weekday in _parse_days(match["days"]):
+        ranges = [_parse_range(item.strip()) for item in hours_text.split(",")]
+        for weekday in _parse_days(days_text):
             days[weekday].extend(ranges)
     for weekday, hours in enumerate(days):
         hours.sort()
@@ -277,28 +281,32 @@ def _parse_range(text: str) -> OpenHours:
     return OpenHours(start, end)
 
 
-def parse_holidays(text: str) -> frozenset[date]:
+def parse_holidays(text: str, *, file: str | None = None) -> frozenset[date]:
     """Dates in ISO form, separated by commas or lines; ``#`` starts a comment, and
-    anything after a date on its line (its name) is ignored."""
+    anything after a date on its line (its name) is ignored. ``file`` names the file the
+    text came from, for the error."""
     holidays = set()
     for line in text.splitlines():
         for item in line.partition("#")[0].split(","):
             words = item.split()
-            if not words:
-                continue
-            holidays.add(_parse_date(words[0]))
+            if words:
+                holidays.add(_parse_date(words[0], file))
     return frozenset(holidays)
 
 
-def _parse_date(text: str) -> date:
-    try:
-        if _ISO_DATE.fullmatch(text):
+def _parse_date(text: str, file: str | None) -> date:
+    if _ISO_DATE.fullmatch(text):
+        try:
             return date.fromisoformat(text)
-    except ValueError:
-        pass
-    raise ConfigError(f"{HOLIDAYS_SETTING} has {text!r}, which is not a date: write ISO dates "
-                      "(YYYY-MM-DD) separated by commas, or the path of a file of them "
-                      "(starting with ./ or / when its name starts with a digit).")
+        except ValueError:
+            pass
+    if file is None:
+        raise ConfigError(f"{HOLIDAYS_SETTING} has {text!r}, which is not a date: write ISO "
+                          "dates (YYYY-MM-DD) separated by commas, or the path of a file of "
+                          "them (starting with ./ when its name starts with a digit).")
+    raise ConfigError(f"The holidays file {file} ({HOLIDAYS_SETTING}) has {text!r}, which is "
+                      "not a date: write one ISO date (YYYY-MM-DD) per line, a name after it "
+                      "if you like, and # before a comment.")
 
 
 def parse_time_zone(name: str, setting: str = TIME_ZONE_SETTING) -> ZoneInfo:
@@ -334,16 +342,17 @@ def load_calendar(*, business_hours: str | None, time_zone: str | None = None,
 
 
 def _load_holidays(value: str) -> frozenset[date]:
-    if not value or value[0].isdigit():
+    if not value or value[0] in "0123456789":
         return parse_holidays(value)
     path = Path(value).expanduser()
     try:
-        return parse_holidays(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{HOLIDAYS_SETTING} names the file {value}, which cannot be read "
                           f"({reason}): give a readable text file with one ISO date per line, "
                           "or the dates themselves separated by commas.") from None
+    return parse_holidays(text, file=value)
 
 
 def _hhmm(minutes: int) -> str:

@@ -28,8 +28,8 @@ from .wall_clock import as_utc
 
 SETTING = "ITSM_DUE_SOON"
 
-_LEAD = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
-_SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+_LEAD = re.compile(r"(?:(\d{1,5})d)?(?:(\d{1,6})h)?(?:(\d{1,8})m)?", re.ASCII)
+_SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,10 @@ def _parse_threshold(item: str, *, business_hours: bool) -> Threshold:
 
 
 def _lead_text(lead: timedelta) -> str:
-    """The canonical spelling: 90m and 1h30m are the same threshold."""
-    minutes = int(lead.total_seconds()) // 60
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    return "".join(f"{value}{unit}" for value, unit in ((days, "d"), (hours, "h"),
-                                                        (minutes, "m")) if value)
+    """The canonical spelling, in hours and minutes: 90m and 1h30m are the same
+    threshold, and so are 1d and 24h."""
+    hours, minutes = divmod(int(lead.total_seconds()) // 60, 60)
+    return "".join(f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m")) if value)
 
 
 def warning_moment(created_at: datetime | None, due_at: datetime, threshold: Threshold,
