@@ -394,3 +394,15 @@ def test_a_bad_date_in_the_holidays_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=rf"^The holidays file {path} \(ITSM_HOLIDAYS\) has "
                                           r"'2026-12-32', which is not a date: write one"):
         load_calendar(business_hours="mon-fri 08:00-17:00", holidays=str(path))
+
+
+def test_results_are_naive_utc_or_aware_utc() -> None:
+    cal = calendar("mon-fri 08:00-17:00", "Europe/Berlin")
+    open_moment = local(NEW_YORK, 2026, 4, 14, 5)  # Tuesday 11:00 in Berlin
+    for result in (cal.subtract_working_time(open_moment, timedelta()),
+                   cal.next_open(open_moment),
+                   ALWAYS_OPEN.next_open(open_moment),
+                   ALWAYS_OPEN.subtract_working_time(open_moment, H)):
+        assert result.tzinfo is UTC
+    assert cal.next_open(open_moment) == open_moment
+    assert cal.next_open(utc(2026, 4, 14, 9)).tzinfo is None

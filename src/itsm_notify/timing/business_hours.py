@@ -121,9 +121,7 @@ class BusinessCalendar:
         if amount < timedelta():
             raise ValueError("the working time to subtract cannot be negative")
         end = as_utc(moment)
-        if amount == timedelta():
-            return moment
-        if self.always_open:
+        if self.always_open or amount == timedelta():
             return like(end - amount, moment)
         remaining = amount
         for span_start, span_end in self._spans_backward(self._local_date(end) + _DAY):
@@ -137,12 +135,12 @@ class BusinessCalendar:
 
     def next_open(self, at: datetime) -> datetime:
         """``at`` when it is working time, else the moment working time next begins."""
-        if self.always_open:
-            return at
         moment = as_utc(at)
+        if self.always_open:
+            return like(moment, at)
         for span_start, span_end in self._spans_forward(self._local_date(moment) - _DAY):
             if span_end > moment:
-                return at if span_start <= moment else like(span_start, at)
+                return like(max(span_start, moment), at)
         raise AssertionError("unreachable: the spans go on forever")
 
     # ----------------------------------------------------------------- the spans
