@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from helpdesk import add_event, create_schema, run_cli, seed_helpdesk
-from itsm_notify import db
 from itsm_notify.config import ConfigError
 from itsm_notify.ops.metrics import (
     MetricsSnapshot,
@@ -24,6 +23,7 @@ from itsm_notify.ops.metrics import (
     render_metrics,
     serve_metrics,
 )
+from itsm_notify.storage import database, outbox, schema
 
 NOW = datetime(2026, 5, 4, 12, 0)
 
@@ -43,7 +43,7 @@ def value(parsed: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: st
 def add_outbox_row(engine: Engine, state: str, created_at: datetime,
                    available_at: datetime | None = None) -> int:
     with engine.begin() as conn:
-        return int(conn.execute(sa.insert(db.outbox).values(
+        return int(conn.execute(sa.insert(schema.outbox).values(
             event_type="ticket_created", ticket_id=None, actor_id=None, payload="{}",
             state=state, created_at=created_at,
             available_at=available_at or created_at)).inserted_primary_key[0])
@@ -52,15 +52,15 @@ def add_outbox_row(engine: Engine, state: str, created_at: datetime,
 def add_delivery(engine: Engine, event_id: int, channel: str, recipient: str,
                  state: str) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.insert(db.deliveries).values(
+        conn.execute(sa.insert(schema.deliveries).values(
             event_id=event_id, channel=channel, recipient=recipient, state=state))
 
 
 def delivery_counts(engine: Engine) -> Counter[tuple[str, str]]:
     with engine.connect() as conn:
         return Counter({(channel, state): count for channel, state, count in conn.execute(
-            sa.select(db.deliveries.c.channel, db.deliveries.c.state, sa.func.count())
-            .group_by(db.deliveries.c.channel, db.deliveries.c.state))})
+            sa.select(schema.deliveries.c.channel, schema.deliveries.c.state, sa.func.count())
+            .group_by(schema.deliveries.c.channel, schema.deliveries.c.state))})
 
 
 def test_metrics_match_the_database(database_url: str, tmp_path: Path) -> None:
@@ -75,23 +75,23 @@ def test_metrics_match_the_database(database_url: str, tmp_path: Path) -> None:
                                             "EMAIL_FILE_PATH": str(tmp_path / "mail")})
         assert result.exit_code == 0, result.output
         # and the states a quiet run does not produce
-        failed_event = add_outbox_row(engine, db.FAILED, NOW - timedelta(hours=3))
-        add_delivery(engine, failed_event, db.EMAIL, "gone@example.com", db.FAILED)
-        add_delivery(engine, failed_event, db.EMAIL, "later@example.com", db.DEFERRED)
-        add_delivery(engine, failed_event, db.EMAIL, "bounced@example.com", db.SUPPRESSED)
-        add_delivery(engine, failed_event, "carrier-pigeon", "coop-7", db.SENT)
+        failed_event = add_outbox_row(engine, schema.FAILED, NOW - timedelta(hours=3))
+        add_delivery(engine, failed_event, schema.EMAIL, "gone@example.com", schema.FAILED)
+        add_delivery(engine, failed_event, schema.EMAIL, "later@example.com", schema.DEFERRED)
+        add_delivery(engine, failed_event, schema.EMAIL, "bounced@example.com", schema.SUPPRESSED)
+        add_delivery(engine, failed_event, "carrier-pigeon", "coop-7", schema.SENT)
         # pending: one written 40 minutes ago and due since 30; one waiting for a retry
-        add_outbox_row(engine, db.PENDING, NOW - timedelta(minutes=40),
+        add_outbox_row(engine, schema.PENDING, NOW - timedelta(minutes=40),
                        NOW - timedelta(minutes=30))
-        add_outbox_row(engine, db.PENDING, NOW - timedelta(minutes=90),
+        add_outbox_row(engine, schema.PENDING, NOW - timedelta(minutes=90),
                        NOW + timedelta(minutes=10))
-        add_outbox_row(engine, db.PROCESSING, NOW - timedelta(minutes=1))
+        add_outbox_row(engine, schema.PROCESSING, NOW - timedelta(minutes=1))
         with engine.begin() as conn:
-            conn.execute(sa.insert(db.suppressions).values(address="bounced@example.com",
+            conn.execute(sa.insert(schema.suppressions).values(address="bounced@example.com",
                                                            reason="550 no such user"))
 
         parsed = samples(render_metrics(load_snapshot(engine, NOW)))
-        status = db.outbox_status(engine, now=NOW)  # what `status --json` reports
+        status = outbox.outbox_status(engine, now=NOW)  # what `status --json` reports
 
         assert value(parsed, "itsm_notify_database_up") == 1
         for state, count in status["counts"].items():
@@ -103,15 +103,16 @@ def test_metrics_match_the_database(database_url: str, tmp_path: Path) -> None:
         assert value(parsed, "itsm_notify_suppressed_addresses") == 1
 
         counts = delivery_counts(engine)
-        assert counts[(db.EMAIL, db.SENT)] >= 4 and counts[(db.IN_APP, db.SENT)] >= 4
-        for channel in (db.EMAIL, db.IN_APP):
-            for outcome in db.FINAL_DELIVERY_STATES:
+        assert counts[(schema.EMAIL, schema.SENT)] >= 4
+        assert counts[(schema.IN_APP, schema.SENT)] >= 4
+        for channel in (schema.EMAIL, schema.IN_APP):
+            for outcome in schema.FINAL_DELIVERY_STATES:
                 assert value(parsed, "itsm_notify_deliveries_total", channel=channel,
                              outcome=outcome) == counts[(channel, outcome)]
             assert value(parsed, "itsm_notify_deliveries_waiting", channel=channel,
-                         state=db.DEFERRED) == counts[(channel, db.DEFERRED)]
-        assert value(parsed, "itsm_notify_deliveries_total", channel=db.EMAIL,
-                     outcome=db.FAILED) == 1
+                         state=schema.DEFERRED) == counts[(channel, schema.DEFERRED)]
+        assert value(parsed, "itsm_notify_deliveries_total", channel=schema.EMAIL,
+                     outcome=schema.FAILED) == 1
         # an unknown channel is counted as "other"; no address or recipient is a label
         assert value(parsed, "itsm_notify_deliveries_total", channel="other", outcome="sent") == 1
         text = render_metrics(load_snapshot(engine, NOW)).decode()
@@ -126,7 +127,7 @@ def test_inbound_messages_and_a_queue_waiting_for_a_retry(database_url: str) -> 
     engine = create_schema(database_url)
     try:
         # the only pending event waits for its retry: old, but not stuck
-        add_outbox_row(engine, db.PENDING, NOW - timedelta(minutes=90),
+        add_outbox_row(engine, schema.PENDING, NOW - timedelta(minutes=90),
                        NOW + timedelta(minutes=10))
         inbound = sa.Table("inbound_messages", sa.MetaData(),
                            sa.Column("id", sa.Integer, primary_key=True),
@@ -152,7 +153,7 @@ def test_labels_stay_bounded() -> None:
         outbox_events={"pending": 1, **{f"state-{n}": 1 for n in range(500)}},
         oldest_pending_age_seconds=5.0, oldest_due_wait_seconds=None,
         deliveries={(f"channel-{n}", f"state-{n}"): 1 for n in range(1000)}
-        | {(db.EMAIL, db.SENT): 7},
+        | {(schema.EMAIL, schema.SENT): 7},
         suppressed_addresses=0,
         inbound_messages={f"outcome-{n}": 2 for n in range(100)},
         run_seconds={"send-pending": 1.5, **{f"cmd-{n}": float(n) for n in range(50)}})
@@ -195,7 +196,7 @@ def test_serve_metrics_on_loopback(sqlite_url: str) -> None:
             assert value(parsed, "itsm_notify_outbox_events", state="pending") == 0
             assert value(parsed, "itsm_notify_last_run_duration_seconds",
                          command="send-pending") == 0.25
-            add_outbox_row(engine, db.PENDING, NOW - timedelta(seconds=30))
+            add_outbox_row(engine, schema.PENDING, NOW - timedelta(seconds=30))
             # a new snapshot per scrape
             assert value(samples(fetch(server.url)[1]), "itsm_notify_outbox_events",
                          state="pending") == 1
@@ -211,7 +212,7 @@ def test_serve_metrics_on_loopback(sqlite_url: str) -> None:
 
 def test_an_unreadable_database_shows_as_down_not_as_an_error(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    engine = db.make_engine(f"sqlite:///{tmp_path}/no/such/folder/itsm.db")
+    engine = database.make_engine(f"sqlite:///{tmp_path}/no/such/folder/itsm.db")
     with serve_metrics(0, lambda: load_snapshot(engine, NOW)) as server:
         status, body = fetch(server.url)
     assert status == 200

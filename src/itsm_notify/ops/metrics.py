@@ -33,18 +33,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Engine, column, func, inspect, select, table
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import db
 from ..config import ConfigError
+from ..storage import schema
+from ..storage.database import DatabaseUnavailable
 
 logger = logging.getLogger("itsm_notify.metrics")
 
 OTHER = "other"
 #: delivery channels with a label of their own (issue 17 adds the chat channels)
-CHANNELS = (db.EMAIL, db.IN_APP, "slack", "teams", "mattermost", "rocketchat", "webhook")
+CHANNELS = (schema.EMAIL, schema.IN_APP, "slack", "teams", "mattermost", "rocketchat", "webhook")
 #: channels whose series are always present, zero until used, so ratios have a divisor
-ALWAYS_SHOWN_CHANNELS = (db.EMAIL, db.IN_APP)
-DELIVERY_OUTCOMES = db.FINAL_DELIVERY_STATES  # sent, failed, suppressed, skipped
-WAITING_DELIVERY_STATES = (db.PENDING, db.DEFERRED)
+ALWAYS_SHOWN_CHANNELS = (schema.EMAIL, schema.IN_APP)
+DELIVERY_OUTCOMES = schema.FINAL_DELIVERY_STATES  # sent, failed, suppressed, skipped
+WAITING_DELIVERY_STATES = (schema.PENDING, schema.DEFERRED)
 #: the outcomes an inbound message is recorded with (inbound_messages.outcome)
 INBOUND_OUTCOMES = ("handled", "rejected", "ignored")
 #: the commands whose last run duration is shown
@@ -75,19 +76,20 @@ class MetricsSnapshot:
 def load_snapshot(engine: Engine, now: datetime, *,
                   run_seconds: Mapping[str, float] | None = None) -> MetricsSnapshot:
     """Read the numbers from the database at ``now`` (naive UTC)."""
-    outbox, deliveries = db.outbox, db.deliveries
+    outbox, deliveries = schema.outbox, schema.deliveries
     with engine.connect() as conn:
         events = {state: count for state, count in conn.execute(
             select(outbox.c.state, func.count()).group_by(outbox.c.state))}
         oldest_written = conn.execute(
-            select(func.min(outbox.c.created_at)).where(outbox.c.state == db.PENDING)).scalar()
+            select(func.min(outbox.c.created_at)).where(outbox.c.state == schema.PENDING)).scalar()
         oldest_due = conn.execute(
             select(func.min(outbox.c.available_at))
-            .where(outbox.c.state == db.PENDING, outbox.c.available_at <= now)).scalar()
+            .where(outbox.c.state == schema.PENDING, outbox.c.available_at <= now)).scalar()
         by_channel = {(channel, state): count for channel, state, count in conn.execute(
             select(deliveries.c.channel, deliveries.c.state, func.count())
             .group_by(deliveries.c.channel, deliveries.c.state))}
-        suppressed = conn.execute(select(func.count()).select_from(db.suppressions)).scalar_one()
+        suppressed = conn.execute(
+            select(func.count()).select_from(schema.suppressions)).scalar_one()
         inbound = None
         if inspect(conn).has_table(INBOUND_TABLE):
             # The inbound package owns the table; only its outcome column is read here.
@@ -131,7 +133,7 @@ class _Collector:
                                "1 when the metrics could be read from the database, else 0.")
         try:
             snapshot = self._snapshot_fn()
-        except (SQLAlchemyError, db.DatabaseUnavailable) as exc:
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             logger.warning("Metrics could not be read from the database (%s): check "
                            "DATABASE_URL and that the server is running.", reason)
@@ -146,7 +148,7 @@ class _Collector:
 def _families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     events = GaugeMetricFamily("itsm_notify_outbox_events",
                                "Outbox events by state.", labels=["state"])
-    for state, count in _folded(snapshot.outbox_events, db.EVENT_STATES):
+    for state, count in _folded(snapshot.outbox_events, schema.EVENT_STATES):
         events.add_metric([state], count)
     yield events
 
