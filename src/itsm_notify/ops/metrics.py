@@ -241,7 +241,8 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
+        host = self._server.server_address[0]  # what the socket is bound to
+        return f"http://{host!s}:{self.port}/metrics"
 
     def stop(self) -> None:
         """Stop serving and release the port; returns when the server thread has ended."""
