@@ -2,9 +2,10 @@
 
 ``Dovecot`` starts ``/usr/sbin/dovecot -F`` (installed by ``apt-get install -y
 dovecot-imapd``) with everything in one temporary folder: its base_dir, state, log,
-a passwd-file user database and each user's Maildir. It listens on 127.0.0.1 only, on
-two free ports: IMAP with STARTTLS and IMAPS, both with a certificate from the tests'
-trustme CA; plaintext login is refused until STARTTLS, as on a real server.
+a passwd-file user database (one file per user) and each user's Maildir. It listens
+on 127.0.0.1 only, on two free ports: IMAP with STARTTLS and IMAPS, both with a
+certificate from the tests' trustme CA; plaintext login is refused until STARTTLS, as
+on a real server.
 
 Running it unprivileged: Dovecot refuses to run its login processes or to read mail as
 root, so when the tests run as root (CI) the whole server runs as the ``dovecot`` user
@@ -14,9 +15,8 @@ is chrooted (``chroot =`` on the two services that chroot by default), and
 ``first_valid_uid`` lets that user read mail. The folder is made with ``mkdtemp``
 outside pytest's tmp_path, whose parents are closed to other users.
 
-Users are added while the server runs (``add_user``): the passwd-file is read again
-when it changes, so one server serves a whole test session with a fresh mailbox per
-test.
+Users are added while the server runs (``add_user``), so one server serves a whole
+test module with a fresh mailbox per test.
 """
 
 from __future__ import annotations
@@ -78,9 +78,13 @@ class ImapAccount:
 
     @contextlib.contextmanager
     def client(self) -> Iterator[IMAPClient]:
-        """A logged-in IMAPS client that trusts the tests' CA."""
-        with IMAPClient(HOST, self.server.imaps_port, ssl_context=self.server.client_context(),
-                        timeout=10) as client:
+        """A logged-in client: IMAPS trusting the tests' CA (plain IMAP without TLS)."""
+        if self.server.tls:
+            connection = IMAPClient(HOST, self.server.imaps_port, timeout=10,
+                                    ssl_context=self.server.client_context())
+        else:
+            connection = IMAPClient(HOST, self.server.imap_port, ssl=False, timeout=10)
+        with connection as client:
             client.login(self.user, self.password)
             yield client
 
@@ -105,8 +109,11 @@ class ImapAccount:
 class Dovecot:
     """A started-and-stopped Dovecot on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, ca: trustme.CA) -> None:
+    def __init__(self, ca: trustme.CA, *, tls: bool = True) -> None:
+        """``tls=False``: no TLS at all and plaintext login allowed, like an old
+        server on a trusted network (the IMAPS port then speaks plain IMAP too)."""
         self.ca = ca
+        self.tls = tls
         self.cert = ca.issue_cert(HOST, "localhost")
         self.imap_port = 0
         self.imaps_port = 0
@@ -128,7 +135,7 @@ class Dovecot:
         self.folder = Path(tempfile.mkdtemp(prefix="itsm-dovecot-"))
         self.cert.private_key_pem.write_to_path(str(self.folder / "key.pem"))
         self.cert.cert_chain_pems[0].write_to_path(str(self.folder / "cert.pem"))
-        (self.folder / "passwd").write_text("")
+        (self.folder / "users").mkdir()
         for attempt in range(3):  # a free port can be taken before Dovecot binds it
             self.imap_port, self.imaps_port = _free_port(), _free_port()
             (self.folder / "dovecot.conf").write_text(self._config())
@@ -203,8 +210,10 @@ class Dovecot:
         assert self.folder is not None
         user = user or f"helpdesk-{secrets.token_hex(4)}@example.com"
         password = password or secrets.token_urlsafe(12)
-        with (self.folder / "passwd").open("a") as passwd:
-            passwd.write(f"{user}:{{PLAIN}}{password}::::{self.folder}/home/{user}\n")
+        # One passwd-file per user: Dovecot opens a new file on its first lookup,
+        # whereas it looks at a changed file at most once a second.
+        (self.folder / "users" / user).write_text(
+            f"{user}:{{PLAIN}}{password}::::{self.folder}/home/{user}\n")
         return ImapAccount(self, user, password)
 
     def client_context(self) -> ssl.SSLContext:
@@ -216,6 +225,9 @@ class Dovecot:
         assert self.folder is not None
         user, group = self._run_as.pw_name, _group_name(self._run_as.pw_gid)
         base = self.folder
+        tls = (f"ssl = yes\nssl_cert = <{base}/cert.pem\nssl_key = <{base}/key.pem\n"
+               "disable_plaintext_auth = yes") if self.tls else \
+            "ssl = no\ndisable_plaintext_auth = no"
         return f"""\
 base_dir = {base}/run
 state_dir = {base}/state
@@ -233,24 +245,25 @@ mail_gid = {group}
 first_valid_uid = 1
 first_valid_gid = 1
 
-ssl = yes
-ssl_cert = <{base}/cert.pem
-ssl_key = <{base}/key.pem
-disable_plaintext_auth = yes
+{tls}
 auth_mechanisms = plain login
 auth_failure_delay = 0
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {base}/passwd
+  args = scheme=PLAIN username_format=%u {base}/users/%u
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%u {base}/passwd
+  args = username_format=%u {base}/users/%u
 }}
 mail_location = maildir:~/Maildir
 
 service anvil {{
   chroot =
+  # no authentication penalty: the tests fail logins on purpose, from 127.0.0.1
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 service imap-login {{
   chroot =
@@ -261,7 +274,7 @@ service imap-login {{
   inet_listener imaps {{
     address = {HOST}
     port = {self.imaps_port}
-    ssl = yes
+    ssl = {"yes" if self.tls else "no"}
   }}
 }}
 """

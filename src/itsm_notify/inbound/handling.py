@@ -21,6 +21,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from enum import StrEnum
@@ -54,14 +55,20 @@ class HandleResult:
     reason: str = ""
     #: the message belongs in the failed folder (rejected now, or rejected the first time)
     failed: bool = False
+    #: for already_seen: when the first record was made (naive UTC), if known
+    recorded_at: datetime | None = None
 
     @classmethod
     def handled(cls, reason: str = "") -> HandleResult:
         return cls(Outcome.HANDLED, reason)
 
     @classmethod
-    def already_seen(cls, *, rejected_before: bool = False) -> HandleResult:
-        return cls(Outcome.ALREADY_SEEN, "already recorded", failed=rejected_before)
+    def already_seen(cls, *, rejected_before: bool = False,
+                     recorded_at: datetime | None = None) -> HandleResult:
+        """Pass ``Recorded.previous_outcome == REJECTED`` and
+        ``Recorded.previous_received_at``: they decide where (and when) it is moved."""
+        return cls(Outcome.ALREADY_SEEN, "already recorded", failed=rejected_before,
+                   recorded_at=recorded_at)
 
     @classmethod
     def rejected(cls, reason: str) -> HandleResult:
@@ -145,7 +152,11 @@ def call_handler(handle: Handler, message: InboundMessage) -> HandleResult:
     except ConfigError:
         raise
     except Exception as exc:
-        logger.exception("inbound %s: the handler failed", message.origin or message.source)
+        # One line for the log (an MTA may quote stderr in a bounce); the traceback
+        # only at debug level.
+        logger.error("inbound %s: the handler failed: %r", message.origin or message.source,
+                     exc)
+        logger.debug("the handler's traceback", exc_info=True)
         result = HandleResult.temporary_failure(f"the handler failed: {exc!r}")
     logger.info("inbound %s <%s> %s%s", message.origin or message.source,
                 message.message_id or f"sha256:{message.digest[:16]}", result.outcome.value,
@@ -205,6 +216,8 @@ class FetchReport:
     deferred: int = 0
     #: gone before this run could read or move them (another fetch-mail took them)
     gone: int = 0
+    #: already seen and recorded moments ago: left for the run that recorded them to move
+    busy_elsewhere: int = 0
     #: why the run stopped early (connection lost, the database down), or None
     interrupted: str | None = None
     problems: list[str] = field(default_factory=list)

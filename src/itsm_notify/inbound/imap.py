@@ -10,6 +10,13 @@ side verifies them.
 
 Messages are fetched with BODY.PEEK, so one left in the inbox (a temporary failure)
 stays unread for the people who also read that mailbox.
+
+Who moves a message: the run whose handler recorded it, and any later run that finds
+it already recorded *a while ago* (``move_seen_after``, 60 s) — that earlier run must
+have stopped between its record and its move. A message recorded moments ago by
+another process is left to that process: two sessions MOVE-ing one message at once
+can both copy it before either expunges it (Dovecot does), leaving two copies in the
+done folder. (A Maildir has no such race: a rename happens once.)
 """
 
 from __future__ import annotations
@@ -19,17 +26,21 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from ..config import ConfigError
+from ..db import utcnow
 from .handling import (
     FailureStreak,
     FetchReport,
     Handler,
+    HandleResult,
     InboundMessage,
+    Outcome,
     call_handler,
     chunked,
     header_section,
@@ -50,6 +61,7 @@ class ImapOptions:
     failed_folder: str
     max_bytes: int
     timeout: float
+    move_seen_after: float
 
 
 def fetch_imap(mailbox: MailboxURL, password: str, handle: Handler,
@@ -139,11 +151,21 @@ def _handle_all(client: IMAPClient, mailbox: MailboxURL, handle: Handler,
             continue
         result = call_handler(handle, message)
         report.count(result)
-        if result.final:
+        if _recorded_moments_ago(result, options.move_seen_after):
+            report.busy_elsewhere += 1
+        elif result.final:
             _move(client, uid, failed if result.failed else done, report)
         if stop := streak.stop_after(result):
             report.interrupted = stop
             return
+
+
+def _recorded_moments_ago(result: HandleResult, seconds: float) -> bool:
+    """Already seen, and recorded so recently that the run which recorded it is most
+    likely about to move it."""
+    if result.outcome is not Outcome.ALREADY_SEEN or result.recorded_at is None:
+        return False
+    return utcnow() - result.recorded_at < timedelta(seconds=seconds)
 
 
 def _fetch(client: IMAPClient, uid: int, size: int, origin: str, max_bytes: int,

@@ -59,6 +59,9 @@ __all__ = [
 #: Postfix's pipe(8), Exim's pipe transport and procmail all treat as "try again later".
 EX_OK, EX_CONFIG, EX_TEMPFAIL = 0, 2, 75
 
+#: An already-seen message recorded less than this long ago is being moved by the
+#: process that recorded it; an older one was left behind by a run that stopped.
+MOVE_SEEN_AFTER_SECONDS = 60.0
 DEFAULT_DONE_FOLDER = "itsm-done"
 DEFAULT_FAILED_FOLDER = "itsm-failed"
 
@@ -111,6 +114,7 @@ def fetch_mail(
     failed_folder: str = DEFAULT_FAILED_FOLDER,
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float = 30.0,
+    move_seen_after: float = MOVE_SEEN_AFTER_SECONDS,
 ) -> FetchReport:
     """Hand every message in the mailbox at ``url`` to ``handle`` once, oldest first,
     and move each one it dealt with: handled and already-seen ones to ``done_folder``,
@@ -122,6 +126,11 @@ def fetch_mail(
     A connection lost halfway ends the run early (``report.interrupted``, exit 1):
     what was recorded but not moved is recognised and moved by the next run.
 
+    Over IMAP, a message found already recorded less than ``move_seen_after``
+    seconds ago is left in place for the process that recorded it to move (see
+    ``imap``); an older record means that run stopped before its move, so this one
+    moves it.
+
     ``ca_file`` is a PEM bundle to verify the IMAP server against (default: the
     system's CAs). Over ``imap://`` the connection is upgraded with STARTTLS when the
     server offers it; without it the password is sent only if ``allow_plaintext_auth``.
@@ -132,11 +141,13 @@ def fetch_mail(
                              failed_folder=failed_folder, max_bytes=max_bytes)
     options = ImapOptions(ca_file=ca_file, allow_plaintext_auth=allow_plaintext_auth,
                           done_folder=done_folder, failed_folder=failed_folder,
-                          max_bytes=max_bytes, timeout=timeout)
+                          max_bytes=max_bytes, timeout=timeout,
+                          move_seen_after=move_seen_after)
     return fetch_imap(mailbox, password, handle, options)
 
 
-def fetch_mail_with_settings(settings: Settings, handle: Handler) -> FetchReport:
+def fetch_mail_with_settings(settings: Settings, handle: Handler, *,
+                             move_seen_after: float = MOVE_SEEN_AFTER_SECONDS) -> FetchReport:
     """``fetch_mail`` with everything taken from the settings (ITSM_INBOUND_*); the CA
     bundle is ITSM_INBOUND_SSL_CAFILE, else EMAIL_SSL_CAFILE. This is what both the
     ``fetch-mail`` command and a scheduler job call."""
@@ -151,4 +162,5 @@ def fetch_mail_with_settings(settings: Settings, handle: Handler) -> FetchReport
         failed_folder=settings.inbound_failed_folder,
         max_bytes=settings.inbound_max_bytes,
         timeout=settings.email_timeout,
+        move_seen_after=move_seen_after,
     )

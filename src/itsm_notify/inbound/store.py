@@ -78,11 +78,12 @@ inbound_messages = Table(
 @dataclass(frozen=True)
 class Recorded:
     """What ``record_message`` did: ``new`` is False when the key was already recorded,
-    and then ``previous_outcome`` is the outcome recorded the first time."""
+    and then ``previous_outcome`` and ``previous_received_at`` are the first record's."""
 
     new: bool
     id: int | None
     previous_outcome: str | None = None
+    previous_received_at: datetime | None = None
 
 
 def record_message(
@@ -133,12 +134,13 @@ def record_message(
     except IntegrityError:
         # A locking read sees the latest committed row whatever the isolation level.
         previous = conn.execute(
-            select(inbound_messages.c.outcome)
+            select(inbound_messages.c.outcome, inbound_messages.c.received_at)
             .where(inbound_messages.c.message_key == message_key)
-            .with_for_update(read=True)).scalar_one_or_none()
+            .with_for_update(read=True)).one_or_none()
         if previous is None:  # some other constraint failed: not a duplicate
             raise
-        return Recorded(new=False, id=None, previous_outcome=previous)
+        return Recorded(new=False, id=None, previous_outcome=previous.outcome,
+                        previous_received_at=previous.received_at)
     key = result.inserted_primary_key
     return Recorded(new=True, id=key[0] if key else None)
 
