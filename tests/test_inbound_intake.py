@@ -453,6 +453,19 @@ def test_maildir_intake_moves_messages_into_done_and_failed_folders(
     assert len(effect_keys(engine)) == 4
 
 
+def test_fetch_mail_stops_between_messages_when_asked(tmp_path: Path,
+                                                     sqlite_engine: sa.Engine) -> None:
+    maildir = make_maildir(tmp_path / "Maildir")
+    for n in range(3):
+        (maildir / "new" / f"{n}.M1P1.host").write_bytes(make_message(n))
+    handler = RecordingHandler(sqlite_engine)
+    report = fetch_mail(f"maildir:{maildir}", "", handler,
+                        should_stop=lambda: len(recorded_rows(sqlite_engine)) >= 2)
+    assert report.stopped and report.handled == 2 and report.exit_code == 0
+    assert "stopped on request" in report.summary()
+    assert len(list((maildir / "new").iterdir())) == 1
+
+
 def test_maildir_leaves_a_message_it_could_not_record(tmp_path: Path, sqlite_url: str) -> None:
     maildir = make_maildir(tmp_path / "Maildir")
     (maildir / "new" / "1.M1P1.host").write_bytes(make_message(1))

@@ -220,6 +220,8 @@ class FetchReport:
     busy_elsewhere: int = 0
     #: why the run stopped early (connection lost, the database down), or None
     interrupted: str | None = None
+    #: the run ended early because should_stop() said so (not a problem)
+    stopped: bool = False
     problems: list[str] = field(default_factory=list)
 
     def count(self, result: HandleResult) -> None:
@@ -245,7 +247,9 @@ class FetchReport:
         if self.deferred:
             parts.append(f"{self.deferred} left for the next run")
         text = ", ".join(parts)
-        return f"{text}; stopped early: {self.interrupted}" if self.interrupted else text
+        if self.interrupted:
+            return f"{text}; stopped early: {self.interrupted}"
+        return f"{text}; stopped on request" if self.stopped else text
 
 
 #: After this many temporary failures in a row the run stops: the database is down, and

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -62,6 +63,7 @@ class ImapOptions:
     max_bytes: int
     timeout: float
     move_seen_after: float
+    should_stop: Callable[[], bool]
 
 
 def fetch_imap(mailbox: MailboxURL, password: str, handle: Handler,
@@ -142,6 +144,9 @@ def _handle_all(client: IMAPClient, mailbox: MailboxURL, handle: Handler,
             sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
     streak = FailureStreak()
     for uid in uids:
+        if options.should_stop():
+            report.stopped = True
+            return
         if uid not in sizes:
             report.gone += 1
             continue

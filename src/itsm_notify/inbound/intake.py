@@ -20,6 +20,7 @@ cannot work: a wrong URL, password or CA, a server that cannot be reached.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -115,6 +116,7 @@ def fetch_mail(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float = 30.0,
     move_seen_after: float = MOVE_SEEN_AFTER_SECONDS,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> FetchReport:
     """Hand every message in the mailbox at ``url`` to ``handle`` once, oldest first,
     and move each one it dealt with: handled and already-seen ones to ``done_folder``,
@@ -134,20 +136,25 @@ def fetch_mail(
     ``ca_file`` is a PEM bundle to verify the IMAP server against (default: the
     system's CAs). Over ``imap://`` the connection is upgraded with STARTTLS when the
     server offers it; without it the password is sent only if ``allow_plaintext_auth``.
+
+    ``should_stop`` is asked before each message (the scheduler's SIGTERM): when it
+    answers True the run ends after the message in hand, with ``report.stopped`` set.
     """
     mailbox = parse_inbound_url(url)
     if mailbox.scheme == "maildir":
         return fetch_maildir(Path(mailbox.path), handle, done_folder=done_folder,
-                             failed_folder=failed_folder, max_bytes=max_bytes)
+                             failed_folder=failed_folder, max_bytes=max_bytes,
+                             should_stop=should_stop)
     options = ImapOptions(ca_file=ca_file, allow_plaintext_auth=allow_plaintext_auth,
                           done_folder=done_folder, failed_folder=failed_folder,
                           max_bytes=max_bytes, timeout=timeout,
-                          move_seen_after=move_seen_after)
+                          move_seen_after=move_seen_after, should_stop=should_stop)
     return fetch_imap(mailbox, password, handle, options)
 
 
 def fetch_mail_with_settings(settings: Settings, handle: Handler, *,
-                             move_seen_after: float = MOVE_SEEN_AFTER_SECONDS) -> FetchReport:
+                             move_seen_after: float = MOVE_SEEN_AFTER_SECONDS,
+                             should_stop: Callable[[], bool] = lambda: False) -> FetchReport:
     """``fetch_mail`` with everything taken from the settings (ITSM_INBOUND_*); the CA
     bundle is ITSM_INBOUND_SSL_CAFILE, else EMAIL_SSL_CAFILE. This is what both the
     ``fetch-mail`` command and a scheduler job call."""
@@ -163,4 +170,5 @@ def fetch_mail_with_settings(settings: Settings, handle: Handler, *,
         max_bytes=settings.inbound_max_bytes,
         timeout=settings.email_timeout,
         move_seen_after=move_seen_after,
+        should_stop=should_stop,
     )

@@ -15,7 +15,7 @@ same folder at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..config import ConfigError
@@ -26,7 +26,7 @@ _SUBDIRS = ("cur", "new", "tmp")
 
 
 def fetch_maildir(root: Path, handle: Handler, *, done_folder: str, failed_folder: str,
-                  max_bytes: int) -> FetchReport:
+                  max_bytes: int, should_stop: Callable[[], bool]) -> FetchReport:
     """One pass over ``new/`` then ``cur/``, oldest first; see ``intake.fetch_mail``."""
     if not all((root / sub).is_dir() for sub in _SUBDIRS):
         raise ConfigError(f"{root} is not a Maildir (it needs cur, new and tmp folders): fix "
@@ -36,6 +36,9 @@ def fetch_maildir(root: Path, handle: Handler, *, done_folder: str, failed_folde
     report = FetchReport()
     streak = FailureStreak()
     for path in _message_files(root):
+        if should_stop():
+            report.stopped = True
+            break
         try:
             with path.open("rb") as stream:
                 message = read_message(stream, source=MAILDIR, max_bytes=max_bytes,
