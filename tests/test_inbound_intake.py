@@ -3,6 +3,7 @@ Maildir; every message handled exactly once, whatever crashes or runs beside it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -203,6 +204,24 @@ def test_record_message_reports_a_key_seen_before_and_keeps_the_transaction(
     rows = recorded_rows(engine)
     assert [r.message_key[0] for r in rows] == ["a", "b"]
     assert rows[0].raw == raw and len(rows[0].message_id) == 998 and rows[1].raw is None
+
+
+hostile_text = st.binary(max_size=1200).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+
+def test_record_message_stores_hostile_header_text_on_every_database(engine: sa.Engine) -> None:
+    @settings(max_examples=15, deadline=None)
+    @given(message_id=hostile_text, subject=hostile_text, sender=hostile_text)
+    def record(message_id: str, subject: str, sender: str) -> None:
+        with engine.connect() as conn:
+            key = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()
+            recorded = record_message(conn, message_key=key, source="stdin", size=1,
+                                      outcome=REJECTED, reason=subject, message_id=message_id,
+                                      subject=subject, from_address=sender, raw=b"\0\xff")
+            conn.rollback()
+        assert recorded.new
+
+    record()
 
 
 # -------------------------------------------------------------------------- receive

@@ -116,13 +116,13 @@ def record_message(
         raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
     values: dict[str, Any] = {
         "message_key": message_key,
-        "message_id": _clip(message_id),
+        "message_id": _clean(message_id),
         "received_at": received_at or utcnow(),
         "source": source,
-        "from_address": _clip(from_address, 320),
-        "subject": _clip(subject),
+        "from_address": _clean(from_address, 320),
+        "subject": _clean(subject),
         "outcome": outcome,
-        "reason": reason,
+        "reason": _clean(reason, None),
         "size": size,
         "raw": _storable_raw(conn, raw),
         "ticket_id": ticket_id,
@@ -145,8 +145,14 @@ def record_message(
     return Recorded(new=True, id=key[0] if key else None)
 
 
-def _clip(text: str | None, limit: int = MAX_HEADER_TEXT) -> str | None:
-    return None if text is None else text[:limit]
+def _clean(text: str | None, limit: int | None = MAX_HEADER_TEXT) -> str | None:
+    """Text every database accepts: header bytes that were not UTF-8 (kept by the email
+    package as surrogate escapes) become U+FFFD, NULs (which PostgreSQL refuses) go,
+    and it is cut to the column's length."""
+    if text is None:
+        return None
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text.replace("\0", "")[:limit]
 
 
 def _storable_raw(conn: Connection, raw: bytes | None) -> bytes | None:
