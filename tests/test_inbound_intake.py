@@ -373,6 +373,24 @@ def test_the_database_down_leaves_every_message_in_the_inbox(
     assert len(account.messages("INBOX")) == 5
 
 
+def test_messages_that_make_the_handler_fail_do_not_hold_up_the_rest(
+        tmp_path: Path, sqlite_engine: sa.Engine) -> None:
+    maildir = make_maildir(tmp_path / "Maildir")
+    for n in range(6):
+        (maildir / "new" / f"{n}.M1P1.host").write_bytes(make_message(n))
+    recorder = RecordingHandler(sqlite_engine)
+
+    def buggy(message: InboundMessage) -> HandleResult:
+        if b"Message number 4" not in message.raw:
+            raise ValueError("a bug this message trips")
+        return recorder(message)
+
+    report = fetch_mail(f"maildir:{maildir}", "", buggy)
+    assert (report.handled, report.deferred, report.interrupted) == (1, 5, None)
+    assert sorted(p.name for p in (maildir / "new").iterdir()) == [
+        f"{n}.M1P1.host" for n in (0, 1, 2, 3, 5)]
+
+
 def test_a_crash_between_record_and_move_is_recognised_on_the_next_fetch(
         account: ImapAccount, engine: sa.Engine, ca_bundle_path: Path) -> None:
     account.append(*(make_message(n) for n in range(3)))

@@ -57,6 +57,9 @@ class HandleResult:
     failed: bool = False
     #: for already_seen: when the first record was made (naive UTC), if known
     recorded_at: datetime | None = None
+    #: for temporary_failure: something every message needs is down (the database), as
+    #: opposed to this one message making the handler fail
+    outage: bool = False
 
     @classmethod
     def handled(cls, reason: str = "") -> HandleResult:
@@ -76,7 +79,10 @@ class HandleResult:
 
     @classmethod
     def temporary_failure(cls, reason: str) -> HandleResult:
-        return cls(Outcome.TEMPORARY_FAILURE, reason)
+        """Nothing was recorded because something every message needs is unavailable
+        (the database): the message stays, and a run that meets several of these in a
+        row stops."""
+        return cls(Outcome.TEMPORARY_FAILURE, reason, outage=True)
 
     @property
     def final(self) -> bool:
@@ -137,9 +143,11 @@ class InboundMessage:
 class Handler(Protocol):
     """Called once per inbound message. It must record the message with
     ``store.record_message`` in the same transaction as its effects, answer
-    ``already_seen`` when that reports the key as taken, and answer
+    ``already_seen`` when that reports the key as taken, answer ``rejected`` (and store
+    the raw bytes with the reason) for a message it cannot handle, and answer
     ``temporary_failure`` (never raise) when the database cannot be used. It may raise
-    ``ConfigError`` for a configuration that makes every message fail."""
+    ``ConfigError`` for a configuration that makes every message fail. Any other
+    exception leaves that one message in place for the next run."""
 
     def __call__(self, message: InboundMessage) -> HandleResult: ...
 
@@ -157,7 +165,9 @@ def call_handler(handle: Handler, message: InboundMessage) -> HandleResult:
         logger.error("inbound %s: the handler failed: %r", message.origin or message.source,
                      exc)
         logger.debug("the handler's traceback", exc_info=True)
-        result = HandleResult.temporary_failure(f"the handler failed: {exc!r}")
+        # Not an outage: this message stays in place, and the run goes on with the
+        # others, so one message that trips a bug never holds up the rest.
+        result = HandleResult(Outcome.TEMPORARY_FAILURE, f"the handler failed: {exc!r}")
     logger.info("inbound %s <%s> %s%s", message.origin or message.source,
                 message.message_id or f"sha256:{message.digest[:16]}", result.outcome.value,
                 f": {result.reason}" if result.reason else "")
@@ -258,13 +268,14 @@ MAX_FAILURES_IN_A_ROW = 3
 
 
 class FailureStreak:
-    """Counts consecutive temporary failures; says when to stop a run."""
+    """Counts consecutive outages (not a handler's exception on one message, which
+    must not hold up the messages after it); says when to stop a run."""
 
     def __init__(self) -> None:
         self._in_a_row = 0
 
     def stop_after(self, result: HandleResult) -> str | None:
-        if result.outcome is not Outcome.TEMPORARY_FAILURE:
+        if not result.outage:
             self._in_a_row = 0
             return None
         self._in_a_row += 1

@@ -6,7 +6,8 @@ FETCH responses and literals into dicts instead of leaving us to split byte stri
 raises typed errors (LoginError, AbortError), encodes folder names in modified UTF-7,
 and wraps MOVE (RFC 6851), UIDPLUS expunge (RFC 4315), NAMESPACE (RFC 2342) and
 STARTTLS with a caller's SSLContext, so certificates are verified exactly as the SMTP
-side verifies them.
+side verifies them. Its debug log redacts the LOGIN command, so the password never
+reaches a log.
 
 Messages are fetched with BODY.PEEK, so one left in the inbox (a temporary failure)
 stays unread for the people who also read that mailbox.
