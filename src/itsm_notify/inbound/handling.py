@@ -125,14 +125,26 @@ class InboundMessage:
 
     @cached_property
     def key(self) -> str:
-        """The unique key the message is recorded under: a SHA-256 hex digest of its
-        Message-ID, or, for a message without one, of its bytes. Message-ID first, so
-        the same message that arrives twice with different Received headers (an MTA
-        retry, a copy through two aliases) still has one key."""
-        if self.message_id:
-            text = "message-id\0" + self.message_id
-            return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-        return self.digest
+        """The unique key the message is recorded under (64 hex digits).
+
+        With a Message-ID: a digest of the Message-ID and of the body, line endings
+        made alike. So the same message delivered again with other trace headers (an
+        MTA retry, a copy through a second alias, the IMAP copy of a piped message,
+        CRLF instead of LF) has one key, while a device that stamps every message with
+        the same Message-ID, or a stranger who reuses a real one, cannot make a
+        different message pass for one already handled. Without a Message-ID: a digest
+        of the whole message, line endings made alike. A message too large to read
+        whole stands for its body by its size.
+        """
+        if not self.message_id:
+            return hashlib.sha256(b"message\0" + _lf(self.raw)).hexdigest()
+        key = hashlib.sha256(b"message-id\0")
+        key.update(self.message_id.encode("utf-8", "surrogateescape"))
+        if self.too_large:
+            key.update(f"\0size {self.size}".encode())
+        else:
+            key.update(b"\0body\0" + _lf(self.raw[len(header_section(self.raw)):]))
+        return key.hexdigest()
 
     @property
     def too_large_reason(self) -> str:
@@ -192,6 +204,10 @@ def read_message(stream: BinaryIO, *, source: str, max_bytes: int,
                               True, max_bytes, origin)
     return InboundMessage(bytes(kept), source, size, digest.hexdigest(), False, max_bytes,
                           origin)
+
+
+def _lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
 
 
 def header_section(raw: bytes, limit: int = MAX_HEADER_SECTION) -> bytes:
