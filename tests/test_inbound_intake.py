@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -494,6 +496,27 @@ def test_maildir_intake_moves_messages_into_done_and_failed_folders(
     again = fetch_mail(f"maildir:{maildir}", "", handler)
     assert (again.handled, again.already_seen) == (0, 1)
     assert len(effect_keys(engine)) == 4
+
+
+def test_two_fetch_mail_runs_on_one_maildir_handle_each_message_once(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    maildir = make_maildir(tmp_path / "Maildir")
+    for n in range(30):
+        (maildir / "new" / f"{n:02}.M1P1.host").write_bytes(make_message(n))
+    handler = RecordingHandler(engine)
+    start = threading.Barrier(2)
+
+    def run() -> FetchReport:
+        start.wait()
+        return fetch_mail(f"maildir:{maildir}", "", handler)
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = [future.result() for future in [pool.submit(run) for _ in range(2)]]
+    keys = effect_keys(engine)
+    assert len(keys) == len(set(keys)) == 30
+    assert sum(r.handled for r in reports) == 30
+    assert len(list((maildir / ".itsm-done" / "cur").iterdir())) == 30
+    assert not list((maildir / "new").iterdir())
 
 
 def test_fetch_mail_stops_between_messages_when_asked(tmp_path: Path,
