@@ -165,6 +165,17 @@ class Settings:
     overdue_realert_hours: float = _setting(24.0, "ITSM_OVERDUE_REALERT_HOURS", _parse_float)
     send_interval_seconds: int = _setting(60, "ITSM_SEND_INTERVAL_SECONDS", _parse_int)
     overdue_cron: str = _setting("0 * * * *", "ITSM_OVERDUE_CRON", _parse_str)
+    inbound_url: str | None = _setting(None, "ITSM_INBOUND_URL", _parse_optional_str)
+    inbound_password: Secret = _setting(
+        Secret(""), "ITSM_INBOUND_PASSWORD", _parse_secret, repr=False)
+    inbound_ssl_cafile: str | None = _setting(None, "ITSM_INBOUND_SSL_CAFILE",
+                                              _parse_optional_str)
+    inbound_allow_plaintext_auth: bool = _setting(
+        False, "ITSM_INBOUND_ALLOW_PLAINTEXT_AUTH", _parse_bool)
+    inbound_done_folder: str = _setting("itsm-done", "ITSM_INBOUND_DONE_FOLDER", _parse_str)
+    inbound_failed_folder: str = _setting("itsm-failed", "ITSM_INBOUND_FAILED_FOLDER",
+                                          _parse_str)
+    inbound_max_bytes: int = _setting(40 * 1024 * 1024, "ITSM_INBOUND_MAX_BYTES", _parse_int)
 
     @property
     def from_domain(self) -> str:
@@ -267,7 +278,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("DEFAULT_FROM_EMAIL must be an email address: set it, e.g. "
                           "'Help Desk <helpdesk@example.com>'.")
     for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "smtp_connections",
-                 "send_interval_seconds"):
+                 "send_interval_seconds", "inbound_max_bytes"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{ENV_NAMES[name]} must be at least 1: fix its value.")
     if settings.email_timeout <= 0:
@@ -275,6 +286,10 @@ def validate(settings: Settings) -> None:
     if settings.rate_per_second < 0 or settings.rate_per_hour < 0:
         raise ConfigError("ITSM_RATE_PER_SECOND and ITSM_RATE_PER_HOUR cannot be negative: "
                           "use 0 for no limit.")
+    if not settings.inbound_done_folder or not settings.inbound_failed_folder or (
+            settings.inbound_done_folder == settings.inbound_failed_folder):
+        raise ConfigError("ITSM_INBOUND_DONE_FOLDER and ITSM_INBOUND_FAILED_FOLDER must be two "
+                          "different folder names: fix their values.")
     if settings.overdue_realert_hours < 0:
         raise ConfigError("ITSM_OVERDUE_REALERT_HOURS cannot be negative: use 0 to alert on "
                           "every scan.")

@@ -1,0 +1,162 @@
+"""The record of every inbound message: one row per message, keyed so that a message
+delivered twice is handled once.
+
+``inbound_messages.message_key`` is UNIQUE, and a handler inserts the row *in the same
+transaction* as whatever it does with the message (a comment, a suppression, a
+ticket). So when an IMAP re-fetch after a crash, a second ``fetch-mail`` process or an
+MTA's retry hands the same message in again, the database itself decides: the second
+insert meets the first one's key (waiting for it to commit, if it has not yet) and
+reports "already seen", and the second transaction's work is rolled back with it.
+
+The key is a SHA-256 hex digest (see ``InboundMessage.key``): fixed length, ASCII, so it
+indexes the same way on every database and a case-insensitive MariaDB collation cannot
+make two different Message-IDs collide.
+
+Raw bytes are kept only for messages that could not be handled (outcome ``rejected``),
+so an operator can read and re-process them; nothing inbound is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from ..storage.database import utcnow
+from ..storage.schema import Id, Timestamp
+
+STDIN, IMAP, MAILDIR = "stdin", "imap", "maildir"
+SOURCES = (STDIN, IMAP, MAILDIR)
+
+#: The outcome a handler records for a message it could not handle; its raw bytes are kept.
+REJECTED = "rejected"
+
+#: Longest Message-ID / Subject kept: RFC 5322's line limit.
+MAX_HEADER_TEXT = 998
+#: MariaDB's default max_allowed_packet (and PyMySQL's) is 16 MiB: a bigger value cannot
+#: be sent in one INSERT, so on MariaDB/MySQL raw bytes beyond this are cut (the size
+#: column keeps the real size; the mailbox's failed folder keeps the whole message).
+MYSQL_MAX_RAW = 15 * 1024 * 1024
+
+inbound_metadata = MetaData()
+
+inbound_messages = Table(
+    "inbound_messages", inbound_metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_key", String(64), nullable=False, unique=True),
+    Column("message_id", String(MAX_HEADER_TEXT)),
+    Column("received_at", Timestamp, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("from_address", String(320)),
+    Column("subject", String(MAX_HEADER_TEXT)),
+    Column("outcome", String(32), nullable=False),
+    Column("reason", Text),
+    Column("size", Integer, nullable=False),
+    Column("raw", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
+    Column("ticket_id", Integer),
+    Column("comment_id", Integer),
+    # status counts by outcome; a listing of rejected messages, newest first
+    Index("ix_inbound_outcome_received", "outcome", "received_at"),
+)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What ``record_message`` did: ``new`` is False when the key was already recorded,
+    and then ``previous_outcome`` and ``previous_received_at`` are the first record's."""
+
+    new: bool
+    id: int | None
+    previous_outcome: str | None = None
+    previous_received_at: datetime | None = None
+
+
+def record_message(
+    conn: Connection,
+    *,
+    message_key: str,
+    source: str,
+    size: int,
+    outcome: str,
+    reason: str | None = None,
+    message_id: str | None = None,
+    from_address: str | None = None,
+    subject: str | None = None,
+    raw: bytes | None = None,
+    ticket_id: int | None = None,
+    comment_id: int | None = None,
+    received_at: datetime | None = None,
+) -> Recorded:
+    """Insert one message's row inside the caller's transaction, or report that its key
+    is already there.
+
+    Call it in the same transaction as the message's effects and, when it returns
+    ``new=False``, roll that transaction back: the message was handled before (by an
+    earlier fetch, another process or an earlier MTA delivery). The insert runs in a
+    SAVEPOINT so the caller's transaction stays usable either way. While another
+    transaction holds the same key uncommitted, the insert waits for it (every
+    supported database does), so two processes can never both get ``new=True``.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+    values: dict[str, Any] = {
+        "message_key": message_key,
+        "message_id": _clean(message_id),
+        "received_at": received_at or utcnow(),
+        "source": source,
+        "from_address": _clean(from_address, 320),
+        "subject": _clean(subject),
+        "outcome": outcome,
+        "reason": _clean(reason, None),
+        "size": size,
+        "raw": _storable_raw(conn, raw),
+        "ticket_id": ticket_id,
+        "comment_id": comment_id,
+    }
+    try:
+        with conn.begin_nested():
+            result = conn.execute(insert(inbound_messages).values(values))
+    except IntegrityError:
+        # A locking read sees the latest committed row whatever the isolation level.
+        previous = conn.execute(
+            select(inbound_messages.c.outcome, inbound_messages.c.received_at)
+            .where(inbound_messages.c.message_key == message_key)
+            .with_for_update(read=True)).one_or_none()
+        if previous is None:  # some other constraint failed: not a duplicate
+            raise
+        return Recorded(new=False, id=None, previous_outcome=previous.outcome,
+                        previous_received_at=previous.received_at)
+    key = result.inserted_primary_key
+    return Recorded(new=True, id=key[0] if key else None)
+
+
+def _clean(text: str | None, limit: int | None = MAX_HEADER_TEXT) -> str | None:
+    """Text every database accepts: header bytes that were not UTF-8 (kept by the email
+    package as surrogate escapes) become U+FFFD, NULs (which PostgreSQL refuses) go,
+    and it is cut to the column's length."""
+    if text is None:
+        return None
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text.replace("\0", "")[:limit]
+
+
+def _storable_raw(conn: Connection, raw: bytes | None) -> bytes | None:
+    if raw is not None and conn.dialect.name in ("mysql", "mariadb"):
+        return raw[:MYSQL_MAX_RAW]
+    return raw
