@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from helpdesk import utcnow
+from contract_app import utcnow
 from itsm_notify import db
 from itsm_notify.render import message_id
 from smtp_server import SmtpSink

@@ -18,8 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from delivery_support import ADMIN, duplicates, received, seed_bulk, start_workers
-from helpdesk import (
+from contract_app import (
     add_event,
     create_schema,
     deliveries,
@@ -29,6 +28,7 @@ from helpdesk import (
     smtp_env,
     utcnow,
 )
+from delivery_support import ADMIN, duplicates, received, seed_bulk, start_workers
 from itsm_notify import db, sender
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.deliveries import record_outcomes
@@ -65,7 +65,7 @@ def in_app_count(engine: Engine) -> int:
 
 @pytest.fixture
 def desk(database_url: str) -> tuple[Engine, dict[str, int]]:
-    """The small help desk of helpdesk.py; a new ticket on ``vpn`` mails alice (the
+    """The small help desk of contract_app.py; a new ticket on ``vpn`` mails alice (the
     requester), bob (the assignee) and carol (bob's team mate)."""
     engine = create_schema(database_url)
     return engine, seed_helpdesk(engine)
