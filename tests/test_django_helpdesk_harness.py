@@ -14,6 +14,7 @@ from urllib.parse import urlencode, urlsplit
 
 import sqlalchemy as sa
 
+from django_apps import preset_sql
 from django_apps.helpdesk_site import HelpdeskSite
 
 OPEN, REOPENED, RESOLVED, CLOSED = 1, 2, 3, 4
@@ -173,16 +174,21 @@ def test_get_email_files_a_reply_with_the_tracking_tag_on_its_ticket(
         helpdesk_site: HelpdeskSite, tmp_path: Path) -> None:
     site = helpdesk_site
     alice = site.user("alice", email="alice@example.com", staff=True)
-    queue = site.queue("it", email_address="it@example.com", intake_dir=tmp_path / "mail")
+    bob = site.user("bob", email="bob@example.com", staff=True, email_on_ticket_change=False)
+    queue = site.queue("it", email_address="it@example.com", new_ticket_cc="new@example.com",
+                       updated_ticket_cc="watch@example.com", intake_dir=tmp_path / "mail")
     ticket = site.open_ticket(queue, title="VPN down", body="Since 9:00", by=alice,
-                              submitter_email="sub@example.com")
+                              submitter_email="sub@example.com", assigned_to=bob)
     site.change_status(ticket, alice, CLOSED, comment="Fixed")
+    site.helpdesk_mail()
 
     with site.signals() as signals:
         joined = site.receive_email(queue, reply(f"Re: [it-{ticket.id}] VPN down",
                                                  "sub@example.com", "<reply-1@example.com>"))
+        told_of_reply = recipients(site.helpdesk_mail())
         untagged = site.receive_email(queue, reply("Re: VPN down", "sub@example.com",
                                                    "<reply-2@example.com>"))
+        told_of_new = recipients(site.helpdesk_mail())
     assert joined.consumed, joined.log
     assert joined.ticket.id == ticket.id
     assert untagged.ticket.id != ticket.id  # without the tag: a new ticket
@@ -196,6 +202,22 @@ def test_get_email_files_a_reply_with_the_tracking_tag_on_its_ticket(
     assert [(s.signal, s.sender) for s in signals] == [
         ("update_ticket_done", "create_object_from_email_message"),
         ("new_ticket_done", "create_object_from_email_message")]
+    # whom get_email itself mails: the sender back, and the owner whatever his settings
+    assert set(told_of_reply) == {"sub@example.com", "bob@example.com"}
+    assert set(told_of_new) == {"sub@example.com", "new@example.com", "watch@example.com"}
+
+
+def test_a_queue_locale_without_templates_mails_nobody(helpdesk_site: HelpdeskSite) -> None:
+    site = helpdesk_site
+    alice = site.user("alice", email="alice@example.com", staff=True)
+    bob = site.user("bob", email="bob@example.com", staff=True)
+    german = site.queue("de", email_address="de@example.com", locale="de")
+    japanese = site.queue("ja", email_address="ja@example.com", locale="ja")
+    site.open_ticket(german, title="Drucker", body="kaputt", by=alice, assigned_to=bob)
+    assert [mail.subject for mail in site.helpdesk_mail()] \
+        == ["[de-1] Drucker (Ihnen zugewiesen)"]
+    site.open_ticket(japanese, title="Printer", body="broken", by=alice, assigned_to=bob)
+    assert site.helpdesk_mail() == []
 
 
 def test_its_mail_can_be_switched_off_and_a_reset_restores_it(
@@ -254,3 +276,73 @@ def test_the_links_it_serves(helpdesk_site: HelpdeskSite) -> None:
     # a space, the lookup fails, and the submitter is refused
     own = urlsplit(ticket.ticket_url)
     assert Client().get(f"{own.path}?{own.query}").status_code == 403
+
+
+def test_the_draft_preset_sql_reads_its_rows(helpdesk_site: HelpdeskSite, tmp_path: Path) -> None:
+    from django.contrib.auth.models import Group, Permission
+
+    site = helpdesk_site
+    alice = site.user("alice", email="alice@example.com", staff=True, first_name="Alice")
+    quiet = site.user("quiet", email="", staff=True, email_on_ticket_assign=False)
+    member = site.user("member", email="member@example.com", staff=True)
+    grouped = site.user("grouped", email="grouped@example.com", staff=True)
+    root = site.user("root", email="root@example.com", superuser=True)
+    site.user("gone", email="gone@example.com", staff=True, active=False, superuser=True)
+    queue = site.queue("it-ops", email_address="it@example.com", locale="de",
+                       new_ticket_cc="a@example.com,b@example.com", notify_ticket_ccs=True,
+                       intake_dir=tmp_path / "mail")
+    access = Permission.objects.get(codename="queue_access_it-ops")
+    member.user_permissions.add(access)
+    team = Group.objects.create(name="ops")
+    team.permissions.add(access)
+    grouped.groups.add(team)
+    ticket = site.open_ticket(queue, title="Disk full", body="/ at 100%", by=alice,
+                              submitter_email="sub@example.com", assigned_to=quiet, priority=1)
+    site.add_cc(ticket, user=member)
+    site.add_cc(ticket, email="outsider@example.com")
+    site.add_cc(ticket, user=quiet)  # an account without an address
+    note = site.comment(ticket, alice, "internal", public=False)
+    mailed = site.receive_email(queue, reply(f"Re: [it-ops-{ticket.id}] Disk full",
+                                             "sub@example.com", "<r@example.com>"))
+
+    def select(entity: str, where: str = "", **params: Any) -> list[dict[str, Any]]:
+        return rows(site.url, preset_sql.HELPDESK[entity].select(where), **params)
+
+    users = {user["username"]: user for user in select("user")}
+    assert users["alice"]["email"] == "alice@example.com"
+    assert users["quiet"]["email"] is None  # '' in auth_user
+    assert bool(users["quiet"]["email_on_ticket_assign"]) is False
+    assert bool(users["quiet"]["email_on_ticket_change"]) is True
+    assert bool(users["root"]["is_staff"]) is True
+
+    [row] = select("ticket", "t.id = :t", t=ticket.id)
+    assert row | {"due_at": None, "created_at": None, "on_hold": None} == {
+        "id": ticket.id, "queue_slug": "it-ops", "title": "Disk full", "description": "/ at 100%",
+        "status": OPEN, "priority": 1, "requester_email": "sub@example.com",
+        "secret_key": ticket.secret_key, "assignee_id": quiet.id, "queue_id": queue.id,
+        "due_at": None, "created_at": None, "on_hold": None, "merged_to_id": None}
+    assert f"[{row['queue_slug']}-{row['id']}]" == ticket.ticket  # joined in Python
+
+    comments = {c["id"]: c for c in select("comment", "f.ticket_id = :t", t=ticket.id)}
+    assert bool(comments[note.id]["is_internal"]) is True
+    assert comments[note.id]["author_id"] == alice.id
+    assert comments[mailed.followup.id]["author_id"] is None
+    assert bool(comments[mailed.followup.id]["is_internal"]) is False
+    assert comments[mailed.followup.id]["message_id"] == "<r@example.com>"
+
+    [queue_row] = select("queue", "q.id = :q", q=queue.id)
+    assert (queue_row["locale"], queue_row["new_ticket_cc"], bool(queue_row["notify_ticket_ccs"])) \
+        == ("de", "a@example.com,b@example.com", True)
+
+    ccs = select("ticket_cc", "c.ticket_id = :t", t=ticket.id)
+    assert sorted((cc["user_id"] or 0, cc["email"] or "") for cc in ccs) == sorted(
+        [(member.id, "member@example.com"), (0, "outsider@example.com"), (quiet.id, "")])
+
+    members = {m["user_id"] for m in select("membership", "q.id = :q", q=queue.id)}
+    assert members == {member.id, grouped.id, root.id}  # not alice, not the inactive one
+    from helpdesk.user import HelpdeskUser
+
+    with_permission = {user.id for user in (alice, quiet, member, grouped, root)
+                       if user.has_perm(queue.permission_name)}
+    assert members == with_permission
+    assert HelpdeskUser(member).can_access_queue(queue)  # with per-queue permissions off
