@@ -5,6 +5,8 @@
   shared servers come from ``ITSM_TEST_POSTGRES_URL`` / ``ITSM_TEST_MARIADB_URL``
   (``.ci/run`` sets them), are emptied before each test, and are skipped if unset.
 * ``sqlite_url`` — a fresh SQLite file, for tests that need just one database.
+* ``helpdesk_site``, ``spire_python`` — the real django-helpdesk and django-spire, built
+  by their own migrations (``tests/django_apps/fixtures.py``).
 * ``trust_ca``, ``server_tls_context``, ``client_tls_context``, ``ca_bundle_path`` —
   a private CA (trustme) and a certificate for 127.0.0.1 / localhost.
 * Every test runs in its own ``tmp_path`` with the tool's settings removed from the
@@ -26,6 +28,9 @@ import trustme
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from smtp_server import SmtpSink
+
+#: the real Django help desks: helpdesk_site, spire_python (tests/django_apps/fixtures.py)
+pytest_plugins = ["django_apps.fixtures"]
 
 # --------------------------------------------------------------- configuration
 

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from helpdesk import utcnow
+from contract_app import utcnow
 from itsm_notify.compose.render import message_id
 from itsm_notify.storage import schema
 from smtp_server import SmtpSink

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpdesk import add_event, cli_env, create_schema, run_cli, seed_helpdesk
+from contract_app import add_event, cli_env, create_schema, run_cli, seed_helpdesk
 
 pytestmark = pytest.mark.timeout(120)
 

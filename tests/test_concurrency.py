@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from contract_app import create_schema, smtp_env, utcnow
 from delivery_support import (
     ADMIN,
     count_by_state,
@@ -25,7 +26,6 @@ from delivery_support import (
     sent_deliveries,
     start_workers,
 )
-from helpdesk import create_schema, smtp_env, utcnow
 from itsm_notify.config import load_settings
 from itsm_notify.engine.pipeline import MAX_UNRECORDED
 from itsm_notify.engine.sender import send_pending

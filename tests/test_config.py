@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpdesk import add_event, create_schema, outbox_states, run_cli, seed_helpdesk
+from contract_app import add_event, create_schema, outbox_states, run_cli, seed_helpdesk
 from itsm_notify.config import AdminAddress, ConfigError, Settings, load_settings
 
 

@@ -18,8 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from delivery_support import ADMIN, duplicates, received, seed_bulk, start_workers
-from helpdesk import (
+from contract_app import (
     add_event,
     create_schema,
     deliveries,
@@ -29,6 +28,7 @@ from helpdesk import (
     smtp_env,
     utcnow,
 )
+from delivery_support import ADMIN, duplicates, received, seed_bulk, start_workers
 from itsm_notify.compose.render import message_id
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine import sender

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from helpdesk import (
+from contract_app import (
     add_event,
     add_ticket,
     add_user,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from helpdesk import add_event, create_schema, run_cli, seed_helpdesk
+from contract_app import add_event, create_schema, run_cli, seed_helpdesk
 from itsm_notify.config import ConfigError
 from itsm_notify.ops.metrics import (
     MetricsSnapshot,

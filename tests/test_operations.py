@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from helpdesk import (
+from contract_app import (
     add_event,
     cli_env,
     create_schema,

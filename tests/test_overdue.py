@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from helpdesk import add_ticket, add_user, create_schema, run_cli, set_preference, smtp_env
-from helpdesk import utcnow as helpdesk_now
+from contract_app import add_ticket, add_user, create_schema, run_cli, set_preference, smtp_env
+from contract_app import utcnow as helpdesk_now
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine import overdue
 from itsm_notify.engine.overdue import overdue_for, overdue_query, overdue_scan

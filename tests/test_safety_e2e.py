@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from helpdesk import (
+from contract_app import (
     add_comment,
     add_event,
     add_ticket,

@@ -19,7 +19,7 @@ from typing import IO
 
 import pytest
 
-from helpdesk import (
+from contract_app import (
     add_event,
     add_ticket,
     add_user,

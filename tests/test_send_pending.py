@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from helpdesk import (
+from contract_app import (
     add_event,
     add_ticket,
     app_notifications,

@@ -19,7 +19,7 @@ import pytest
 import trustme
 from typer.testing import Result
 
-from helpdesk import run_cli
+from contract_app import run_cli
 from smtp_server import SmtpSink
 
 USER = "helpdesk@example.com"

@@ -1,0 +1,1 @@
+"""Real Django help desks (django-helpdesk, django-spire) built by their own code, for tests."""
