@@ -72,7 +72,8 @@ _MBOX_FROM_LINE = re.compile(rb"\AFrom [^\r\n]*\r?\n")
 _ANGLE_ID = re.compile(r"<([^<>\s]{1,250})>")
 _BARE_ID = re.compile(r"[^<>\s,;]{1,250}@[^<>\s,;]{1,250}")
 _ADDR_SPEC = re.compile(r"[^@\s<>(),;:\"\[\]\\]{1,64}@[\w.-]{1,255}")
-_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/=]")
+_BASE64_RUN = re.compile(rb"(?<==)(?=[A-Za-z0-9+/])")
 _FOLD = re.compile(r"\r?\n[ \t]")
 _UNSAFE = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 _BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -139,12 +140,16 @@ class Part:
         encoding = str(self.headers.get("content-transfer-encoding", "")).strip().lower()
         data = bytes(self.body if max_bytes is None else self.body[: max_bytes * 3])
         if encoding == "base64":
-            data = _BASE64_JUNK.sub(b"", data)
-            data = data[: len(data) - len(data) % 4]
-            try:
-                return binascii.a2b_base64(data)
-            except binascii.Error:
-                return b""
+            # padding inside the stream (each line encoded on its own) starts a new run
+            out = []
+            for run in _BASE64_RUN.split(_BASE64_JUNK.sub(b"", data)):
+                run = run.rstrip(b"=")
+                run = run[: len(run) - len(run) % 4 if len(run) % 4 == 1 else len(run)]
+                try:
+                    out.append(binascii.a2b_base64(run + b"=" * (-len(run) % 4)))
+                except binascii.Error:
+                    break
+            return b"".join(out)
         if encoding == "quoted-printable":
             return binascii.a2b_qp(data)
         return data
@@ -329,6 +334,8 @@ class _Parser:
         except Exception:
             boundary = None
         if not boundary or len(boundary) > 200:
+            self.problems.append("A multipart part has no usable boundary: its content was "
+                                 "not read.")
             return []
         delimiter = re.compile(rb"^--" + re.escape(boundary.encode("utf-8", "surrogateescape"))
                                + rb"(--)?[ \t]*\r?$", re.MULTILINE)
@@ -371,7 +378,7 @@ class _Parser:
         from_address, from_name = self.sender(top)
         envelope = tuple(dict.fromkeys(
             mailbox.address for name in ENVELOPE_HEADERS
-            for mailbox in _mailboxes(top.get_all(name, []))))
+            for mailbox in _mailboxes(_raw_all(top, name))))
         return_path = _return_path(_raw(top, "return-path"))
         text, source = self.body_text(root) if not oversize else ("", "none")
         return InboundMessage(
@@ -380,9 +387,9 @@ class _Parser:
             message_id=message_id,
             from_address=from_address,
             from_name=from_name,
-            reply_to=_mailboxes(top.get_all("reply-to", [])),
-            to=_mailboxes(top.get_all("to", [])),
-            cc=_mailboxes(top.get_all("cc", [])),
+            reply_to=_mailboxes(_raw_all(top, "reply-to")),
+            to=_mailboxes(_raw_all(top, "to")),
+            cc=_mailboxes(_raw_all(top, "cc")),
             envelope_to=envelope,
             return_path=return_path,
             subject=header_text(_raw(top, "subject"), limits.max_header_chars),
@@ -400,7 +407,7 @@ class _Parser:
         )
 
     def sender(self, headers: Message) -> tuple[str | None, str]:
-        values = headers.get_all("from", [])
+        values = _raw_all(headers, "from")
         if not values:
             return None, ""
         mailboxes = _mailboxes(values)
@@ -523,8 +530,13 @@ def header_text(value: str | None, limit: int = DEFAULT_LIMITS.max_header_chars)
 
 
 def _raw(headers: Message, name: str) -> str:
-    value = headers.get(name)
-    return "" if value is None else str(value)
+    """The first ``name`` field's value as received (8-bit bytes as surrogate escapes:
+    ``Message.get`` would turn those into U+FFFD)."""
+    return next(iter(_raw_all(headers, name)), "")
+
+
+def _raw_all(headers: Message, name: str) -> list[str]:
+    return [str(value) for key, value in headers.raw_items() if key.lower() == name]
 
 
 def _ids(value: str) -> list[str]:

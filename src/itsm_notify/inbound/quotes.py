@@ -42,6 +42,12 @@ _SEPARATOR = re.compile(
     r"^[ \t]*-{2,}[ \t]*(?:Original Message|Ursprüngliche Nachricht|Original-Nachricht|"
     r"Message d'origine|Message original|Mensaje original)[ \t]*-{2,}[ \t]*$",
     re.IGNORECASE)
+_FORWARD = re.compile(
+    r"^[ \t]*(?:-{2,}[ \t]*(?:Forwarded message|Forwarded Message|Weitergeleitete Nachricht|"
+    r"Message transf(?:é|e)r(?:é|e)|Mensaje reenviado)[ \t]*-*|Begin forwarded message:|"
+    r"Anfang der weitergeleiteten Nachricht:|D(?:é|e)but du message r(?:é|e)exp(?:é|e)di(?:é|e)"
+    r"[ \t\u00a0]*:|Inicio del mensaje reenviado:)[ \t]*$", re.IGNORECASE)
+"""A forward marker: what follows was forwarded to the help desk, which is news to it."""
 _RULE = re.compile(r"^[ \t]*_{10,}[ \t]*$")
 _FROM_KEY = re.compile(r"^[ \t]*\*?(?:From|Von|De|Expéditeur)[ \t\u00a0]*:\*?[ \t]", re.IGNORECASE)
 _OTHER_KEY = re.compile(
@@ -85,6 +91,8 @@ def _reply_header(lines: list[str]) -> tuple[int, int, str] | None:
     for index, line in enumerate(lines):
         if _QUOTED.match(line) or not line.strip():
             continue
+        if _FORWARD.match(line):
+            return None
         if _SEPARATOR.match(line):
             return index, index + 1, "separator"
         if _FROM_KEY.match(line) and _outlook_block(lines, index):
