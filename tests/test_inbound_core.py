@@ -224,6 +224,32 @@ def test_parsing_and_classifying_any_mime_structure_never_raises(tree: bytes,
     extract_reply(msg.text)
 
 
+def test_a_part_that_starts_with_a_blank_line_has_no_headers() -> None:
+    msg = parse_message(b"From: a@example.net\nContent-Type: multipart/mixed; boundary=b\n\n"
+                        b"--b\n\nFirst: line looks like a header\n\nsecond paragraph\n--b--\n")
+    assert msg.text == "First: line looks like a header\n\nsecond paragraph"
+
+
+@pytest.mark.parametrize(("diagnostic", "status"), [
+    ("smtp; 550 5.1.1 <a@b.example>: user unknown", "5.1.1"),
+    ("host 203.0.113.9 said: 550 no such user", "5.0.0"),
+    ("connect to 10.5.4.3[10.5.4.3]:443: Connection timed out", None),
+    ("Remote host said: 554: delivery error", "5.0.0"),
+])
+def test_status_codes_come_from_reply_codes_not_addresses(diagnostic: str,
+                                                          status: str | None) -> None:
+    raw = (b"Return-Path: <>\nFrom: MAILER-DAEMON@mx.example\nSubject: Undelivered Mail\n"
+           b"Content-Type: multipart/report; report-type=delivery-status; boundary=r\n\n"
+           b"--r\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example\n\n"
+           b"Final-Recipient: rfc822; a@b.example\nAction: delayed\nDiagnostic-Code: "
+           + diagnostic.encode() + b"\n--r--\n")
+    result = classify(parse_message(raw), MAILBOXES)
+    assert result.kind == "delivery-report" and result.report is not None
+    recipient = result.report.recipients[0]
+    assert recipient.status == status
+    assert recipient.outcome == ("temporary" if status is None else "permanent")
+
+
 # ---------------------------------------------------------------- addresses and keys
 
 
@@ -289,9 +315,9 @@ line_kinds = st.one_of(
     st.builds(lambda w: ("answer", f"ANSWER {w}"), answer_words),
     st.builds(lambda w: ("quote", f"> quoted {w}"), answer_words),
     st.just(("blank", "")),
-    st.just(("header", "On Tue, 5 Mar 2024 at 09:12, Desk <support@desk.example> wrote:")),
-    st.just(("header", "Am 05.03.24 um 09:12 schrieb IT Help Desk:")),
-    st.just(("header", "-----Original Message-----")),
+    st.just(("attribution", "On Tue, 5 Mar 2024 at 09:12, Desk <support@desk.example> wrote:")),
+    st.just(("attribution", "Am 05.03.24 um 09:12 schrieb IT Help Desk:")),
+    st.just(("separator", "-----Original Message-----")),
     st.just(("signature", "Sent from my iPhone")),
 )
 
@@ -302,11 +328,17 @@ def test_quote_stripping_loses_nothing_and_keeps_every_answer(lines: list[tuple[
     text = "\n".join(line for _, line in lines)
     reply = extract_reply(text)
     assert set(text.split()) <= set(reply.new.split()) | set(reply.cut.split())
-    # answers above the first reply header, or below quoted lines, are never cut
-    first_header = next((i for i, (kind, _) in enumerate(lines) if kind == "header"), len(lines))
+    # answers above the first reply header, and answers between the quotes below an
+    # attribution ("On ... wrote:"), are never cut; below a separator line the unquoted
+    # text is the old message, as Outlook writes it
+    first_header, kind_of_first = next(((i, k) for i, (k, _) in enumerate(lines)
+                                        if k in ("attribution", "separator")),
+                                       (len(lines), None))
     for index, (kind, line) in enumerate(lines):
-        quoted_before = any(k == "quote" for k, _ in lines[:index])
-        if kind == "answer" and (index < first_header or quoted_before):
+        inline = kind_of_first == "attribution" and any(
+            k == "quote" for k, _ in lines[first_header:index]) and not any(
+            k == "separator" for k, _ in lines[first_header:index])
+        if kind == "answer" and (index < first_header or inline):
             signed_above = any(k == "signature" for k, _ in lines[:index]) and not any(
                 k == "quote" for k, _ in lines[index:])
             if not signed_above:

@@ -286,6 +286,9 @@ class _Parser:
     def split(self, view: memoryview) -> tuple[Message, memoryview]:
         """An entity's header fields (parsed, bounded) and its body (a view)."""
         limit = self.limits.max_header_bytes
+        for blank in (b"\n", b"\r\n"):  # an entity that starts with a blank line: no headers
+            if view[: len(blank)] == blank:
+                return _HEADER_PARSER.parsebytes(b"\n"), view[len(blank):]
         end = _END_OF_HEADERS.search(view, 0, limit + 4)
         if end is None and len(view) > limit:
             cut = bytes(view[:limit]).rfind(b"\n")

@@ -158,25 +158,36 @@ def _answers_among_quotes(lines: list[str], header: range) -> ReplyText:
     if not new_lines:
         return ReplyText("", "\n".join(lines).strip("\n"))
     last = new_lines[-1]
-    body = _without_signature(lines[: last + 1])
+    body = _without_signature(lines[: last + 1], header)
     return ReplyText(body.new, _join(body.cut, "\n".join(lines[last + 1:])))
 
 
-def _without_signature(lines: list[str]) -> ReplyText:
-    """``lines`` as text, the signature after the last answer cut (when text remains)."""
+def _without_signature(lines: list[str], header: range = range(0)) -> ReplyText:
+    """``lines`` as text, the signature after the last answer cut when the sender's own
+    words (not quotes, not the reply ``header`` lines) remain above it. A "-- " line
+    starts a signature that runs to the end; a "Sent from my iPhone" line is one only
+    when nothing but blank lines follows it."""
     for index, line in enumerate(lines):
-        if _SIGNATURE.match(line) or _MOBILE.match(line):
-            if any(_QUOTED.match(rest) for rest in lines[index:]):
-                continue  # answers below it: a delimiter in the middle is no signature
-            new = "\n".join(lines[:index]).strip("\n")
-            if _has_text(new):
-                return ReplyText(_trim(new), "\n".join(lines[index:]).strip("\n"))
-            break
+        rest = lines[index + 1:]
+        if _MOBILE.match(line) and any(text.strip() for text in rest):
+            continue
+        if not (_SIGNATURE.match(line) or _MOBILE.match(line)):
+            continue
+        if any(_QUOTED.match(text) for text in rest):
+            continue  # answers below it: a delimiter in the middle is no signature
+        above = [text for i, text in enumerate(lines[:index])
+                 if i not in header and not _MOBILE.match(text)]
+        if _has_text("\n".join(above)):
+            return ReplyText(_trim("\n".join(lines[:index])),
+                             "\n".join(lines[index:]).strip("\n"))
+        break
     return ReplyText(_trim("\n".join(lines)), "")
 
 
 def _has_text(text: str) -> bool:
-    return any(ch.isalnum() for ch in text)
+    """Words outside quoted lines: something the sender wrote this time."""
+    return any(any(ch.isalnum() for ch in line) for line in text.split("\n")
+               if not _QUOTED.match(line))
 
 
 def _trim(text: str) -> str:

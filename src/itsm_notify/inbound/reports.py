@@ -35,8 +35,10 @@ from .message import InboundMessage, Part, header_text
 Outcome = Literal["permanent", "temporary", "delivered", "unknown"]
 
 _HEADER_PARSER = BytesHeaderParser(policy=policy.compat32)
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_SMTP_REPLY = re.compile(r"\b([245])\d\d\b")
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_SMTP_REPLY = re.compile(r"(?:^|said:|returned(?: was)?:?|error[^:\n]{0,40}:|['#(])\s*"
+                         r"([245])[0-5]\d(?=[\s:-])")
+"""A basic SMTP reply code where reports put one, not any number (an IP, a port)."""
 _MESSAGE_ID_LINE = re.compile(r"^[ \t>]*Message-ID:[ \t]*\r?\n?[ \t]*<([^<>\s]{1,250})>",
                               re.IGNORECASE | re.MULTILINE)
 _ADDRESS = re.compile(r"[^\s<>(),;:\"'\[\]]{1,64}@[A-Za-z0-9.-]{1,255}\.[A-Za-z0-9-]{2,63}")
