@@ -235,6 +235,7 @@ def test_a_part_that_starts_with_a_blank_line_has_no_headers() -> None:
     ("host 203.0.113.9 said: 550 no such user", "5.0.0"),
     ("connect to 10.5.4.3[10.5.4.3]:443: Connection timed out", None),
     ("Remote host said: 554: delivery error", "5.0.0"),
+    ("host mx.example[192.0.2.1]: 550 Unknown user", "5.0.0"),
 ])
 def test_status_codes_come_from_reply_codes_not_addresses(diagnostic: str,
                                                           status: str | None) -> None:

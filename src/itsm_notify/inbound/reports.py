@@ -36,7 +36,7 @@ Outcome = Literal["permanent", "temporary", "delivered", "unknown"]
 
 _HEADER_PARSER = BytesHeaderParser(policy=policy.compat32)
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_SMTP_REPLY = re.compile(r"(?:^|said:|returned(?: was)?:?|error[^:\n]{0,40}:|['#(])\s*"
+_SMTP_REPLY = re.compile(r"(?:^|said:|returned(?: was)?:?|error[^:\n]{0,40}:|:\s|['#(])\s*"
                          r"([245])[0-5]\d(?=[\s:-])")
 """A basic SMTP reply code where reports put one, not any number (an IP, a port)."""
 _MESSAGE_ID_LINE = re.compile(r"^[ \t>]*Message-ID:[ \t]*\r?\n?[ \t]*<([^<>\s]{1,250})>",
