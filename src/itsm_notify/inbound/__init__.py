@@ -1,2 +1,3 @@
-"""Inbound mail: intake (MTA pipe, IMAP, Maildir), the exactly-once record, and the
-classification of what comes back (delivery reports, auto-replies, replies, new mail)."""
+"""Inbound mail: what comes back to the help desk. Intake (MTA pipe, IMAP, Maildir) with
+an exactly-once record, then parsing and classification (delivery reports, complaints,
+auto-replies, replies, new mail), then the decision written through the source."""
