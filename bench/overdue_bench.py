@@ -26,6 +26,7 @@ from sqlalchemy import Engine, insert, text
 
 from itsm_notify.storage import database, schema
 from itsm_notify.storage.database import utcnow
+from itsm_notify.storage.migrations import VERSION_TABLE, init_database
 
 USERS = 500
 
@@ -56,11 +57,19 @@ FROM generate_series(1::bigint, :n) AS g
 """
 
 
+
+def drop_all(engine: Engine) -> None:
+    """Drop every table the tool made (its own, the contract's, the version table)."""
+    schema.metadata.drop_all(engine)
+    schema.contract_metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {VERSION_TABLE}")
+
 def create_tickets(engine: Engine, n_tickets: int) -> float:
     """Empty the schema and create ``n_tickets`` tickets; return the seconds it took."""
     started = time.perf_counter()
-    schema.metadata.drop_all(engine)
-    database.init_db(engine)
+    drop_all(engine)
+    init_database(engine, contract_tables=True)
     now = utcnow()
     with engine.begin() as conn:
         conn.execute(insert(schema.users), [

@@ -54,6 +54,7 @@ from itsm_notify.compose.render import message_id
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.storage import database, schema
 from itsm_notify.storage import deliveries as delivery_store
+from itsm_notify.storage.migrations import VERSION_TABLE, init_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sink import HOST, SinkProcess, placement
@@ -88,6 +89,14 @@ class Dataset:
     tickets: list[dict[str, Any]]
     events: list[dict[str, Any]]
 
+
+
+def drop_all(engine: Engine) -> None:
+    """Drop every table the tool made (its own, the contract's, the version table)."""
+    schema.metadata.drop_all(engine)
+    schema.contract_metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {VERSION_TABLE}")
 
 def make_dataset(n_events: int, *, seed: int = 5, n_users: int = 500) -> Dataset:
     """A help desk: users (two of them managers: in-app only), ten projects, one ticket
@@ -146,8 +155,8 @@ def _chunks(rows: Sequence[dict[str, Any]], size: int = 5000) -> Iterator[Sequen
 
 def reset_schema(engine: Engine) -> None:
     """Drop the tool's tables and create them again (bench databases only)."""
-    schema.metadata.drop_all(engine)
-    database.init_db(engine)
+    drop_all(engine)
+    init_database(engine, contract_tables=True)
 
 
 def populate(engine: Engine, data: Dataset) -> list[Any]:

@@ -29,6 +29,7 @@ from typer.testing import CliRunner, Result
 
 from itsm_notify.cli import app
 from itsm_notify.storage import database, schema
+from itsm_notify.storage.migrations import init_database
 
 __all__ = [
     "HELPDESK_USERS",
@@ -62,7 +63,7 @@ def utcnow() -> datetime:
 def create_schema(url: str) -> Engine:
     """An engine on ``url`` with every table created (``itsm-notify db init``'s work)."""
     engine = database.make_engine(url)
-    database.init_db(engine)
+    init_database(engine, contract_tables=True)
     return engine
 
 

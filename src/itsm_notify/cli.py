@@ -29,9 +29,7 @@ from .storage.database import (
     DatabaseUnavailable,
     database_errors,
     describe_exception,
-    init_db,
     make_engine,
-    missing_tables,
     utcnow,
 )
 from .storage.outbox import outbox_status, requeue_failed
@@ -95,13 +93,20 @@ def open_database(config: Path | None, database_url: str | None) -> tuple[Settin
 
 
 def engine_for(settings: Settings, *, require_tables: bool = True) -> Engine:
+    """An engine on the configured database; with ``require_tables``, checked first: the
+    tool's tables at this release's revision (else exit 2: run ``db upgrade`` or use
+    the newer release), and the application's tables present."""
     engine = make_engine(settings.database_url)
     if require_tables:
+        from .storage.migrations import check_schema, missing_contract_tables
+
         with database_errors(settings.database_url):
-            missing = missing_tables(engine)
+            check_schema(engine)
+            missing = missing_contract_tables(engine)
         if missing:
             raise DatabaseUnavailable(
-                f"The database has no {missing[0]} table: run 'itsm-notify db init' first.")
+                f"The database has no {missing[0]} table or view: run 'itsm-notify db init' "
+                "first.")
     return engine
 
 
@@ -110,16 +115,34 @@ def engine_for(settings: Settings, *, require_tables: bool = True) -> Engine:
 
 @db_app.command("init")
 def db_init(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
-    """Create the tables that do not exist yet (safe to run again)."""
+    """Create the missing tables and bring the tool's own to the current revision (safe to
+    run again)."""
+    from .storage.migrations import init_database
+
     with friendly_errors():
         settings = settings_from(config, database_url=database_url)
         engine = engine_for(settings, require_tables=False)
         with database_errors(settings.database_url):
-            created = init_db(engine)
+            created = init_database(engine, contract_tables=True)
     if created:
         err.print(f"Created {len(created)} tables: {', '.join(created)}.")
     else:
         err.print("All tables already exist; nothing to do.")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Migrate the tool's own tables in place to the current revision (a no-op when
+    current); every row is kept."""
+    from .storage.migrations import HEAD, upgrade
+
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = engine_for(settings, require_tables=False)
+        with database_errors(settings.database_url):
+            created = upgrade(engine)
+    note = f" (new tables: {', '.join(created)})" if created else ""
+    err.print(f"The tool's tables are at revision {HEAD}{note}.")
 
 
 # ------------------------------------------------------------- send-pending

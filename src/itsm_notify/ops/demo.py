@@ -20,7 +20,8 @@ from ..channels.local import ConsoleTransport
 from ..config import load_settings
 from ..engine.overdue import overdue_scan
 from ..engine.sender import send_pending
-from ..storage.database import init_db, make_engine, utcnow
+from ..storage.database import make_engine, utcnow
+from ..storage.migrations import init_database
 from ..storage.schema import (
     app_notifications,
     comments,
@@ -93,7 +94,7 @@ def run_demo(path: Path, console: Console) -> int:
                               "delivery_log": str(path.with_suffix(".email.log"))},
                              dotenv_path=None, environ={})
     engine = make_engine(settings.database_url)
-    init_db(engine)
+    init_database(engine, contract_tables=True)
     seed(engine)
     console.rule(f"[bold]itsm-notify demo[/]: {path} — 6 outbox events, mail to the console")
     console.rule("[bold]send-pending")

@@ -25,8 +25,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.sql.expression import ColumnElement
 
-from .schema import metadata
-
 # ----------------------------------------------------------------------- engines
 
 
@@ -130,27 +128,6 @@ def database_errors(url: str) -> Iterator[None]:
         yield
     except (OperationalError, DBAPIError) as exc:
         raise DatabaseUnavailable(describe_db_error(exc, url)) from None
-
-
-def init_db(engine: Engine) -> list[str]:
-    """Create the tables that do not exist yet; return their names. Safe to run again."""
-    with engine.connect() as conn:
-        existing = set(_table_names(conn))
-    created = [t.name for t in metadata.sorted_tables if t.name not in existing]
-    metadata.create_all(engine, checkfirst=True)
-    return created
-
-
-def _table_names(conn: Connection) -> list[str]:
-    from sqlalchemy import inspect
-
-    return inspect(conn).get_table_names()
-
-
-def missing_tables(engine: Engine) -> list[str]:
-    with engine.connect() as conn:
-        existing = set(_table_names(conn))
-    return [t.name for t in metadata.sorted_tables if t.name not in existing]
 
 
 def among(conn: Connection, column: ColumnElement[Any],

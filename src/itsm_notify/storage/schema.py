@@ -72,12 +72,17 @@ Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb") \
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Address = String(320)
 
+contract_metadata = MetaData()
+"""The application tables of the ``contract`` source: ``db init`` creates those that
+exist neither as a table nor as a view (for demos and tests)."""
 metadata = MetaData()
+"""The tool's own tables: made and changed only by the migrations (storage/migrations),
+which a test holds to these definitions."""
 
 # ------------------------------------------------- tables the ITSM application owns
 
 users = Table(
-    "users", metadata,
+    "users", contract_metadata,
     Column("id", Integer, primary_key=True),
     Column("username", String(150), nullable=False, unique=True),
     Column("email", Address),
@@ -89,20 +94,20 @@ users = Table(
 )
 
 projects = Table(
-    "projects", metadata,
+    "projects", contract_metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False),
     Column("notify_team", Boolean, nullable=False, server_default="0"),
 )
 
 project_members = Table(
-    "project_members", metadata,
+    "project_members", contract_metadata,
     Column("project_id", ForeignKey("projects.id"), primary_key=True),
     Column("user_id", ForeignKey("users.id"), primary_key=True),
 )
 
 tickets = Table(
-    "tickets", metadata,
+    "tickets", contract_metadata,
     Column("id", Integer, primary_key=True),
     Column("number", String(64), nullable=False, unique=True),
     Column("title", String(500), nullable=False),
@@ -130,7 +135,7 @@ Index("ix_tickets_open_due", tickets.c.due_at,
       ).ddl_if(dialect="postgresql")
 
 comments = Table(
-    "comments", metadata,
+    "comments", contract_metadata,
     Column("id", Integer, primary_key=True),
     Column("ticket_id", ForeignKey("tickets.id"), nullable=False, index=True),
     Column("author_id", ForeignKey("users.id"), nullable=False),
