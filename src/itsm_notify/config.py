@@ -38,10 +38,25 @@ BACKEND_ALIASES = {
     "console": "console",
     "smtp": "smtp",
     "file": "file",
+    "sendgrid": "sendgrid",
+    "ses": "ses",
+    "postmark": "postmark",
+    "mailgun": "mailgun",
     "django.core.mail.backends.console.EmailBackend": "console",
     "django.core.mail.backends.smtp.EmailBackend": "smtp",
     "django.core.mail.backends.filebased.EmailBackend": "file",
+    # django-sendgrid-v5's and django-anymail's names, so their users' .env works as is
+    "sendgrid_backend.SendgridBackend": "sendgrid",
+    "anymail.backends.sendgrid.EmailBackend": "sendgrid",
+    "anymail.backends.amazon_ses.EmailBackend": "ses",
+    "anymail.backends.amazon_sesv2.EmailBackend": "ses",
+    "anymail.backends.postmark.EmailBackend": "postmark",
+    "anymail.backends.mailgun.EmailBackend": "mailgun",
 }
+HTTP_EMAIL_BACKENDS = frozenset({"sendgrid", "ses", "postmark", "mailgun"})
+"""Backends that send through a provider's HTTP API (itsm_notify.channels.http_email)."""
+CONFIG_TABLES = frozenset({"itsm_notify", "chat"})
+"""The tables a config file may hold: settings, and chat destinations ([chat.<name>])."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,8 @@ def _parse_list(raw: Any) -> tuple[str, ...]:
 def _parse_backend(raw: Any) -> str:
     text = str(raw).strip()
     if text not in BACKEND_ALIASES:
-        raise ValueError("must be console, smtp or file (or Django's dotted name for one of them)")
+        raise ValueError("must be console, smtp, file, sendgrid, ses, postmark or mailgun (or "
+                         "the Django, django-sendgrid-v5 or django-anymail dotted name of one)")
     return BACKEND_ALIASES[text]
 
 
@@ -174,6 +190,28 @@ class Settings:
     overdue_realert_hours: float = _setting(24.0, "ITSM_OVERDUE_REALERT_HOURS", _parse_float)
     send_interval_seconds: int = _setting(60, "ITSM_SEND_INTERVAL_SECONDS", _parse_int)
     overdue_cron: str = _setting("0 * * * *", "ITSM_OVERDUE_CRON", _parse_str)
+    http_connections: int = _setting(4, "ITSM_HTTP_CONNECTIONS", _parse_int)
+    sendgrid_api_key: Secret = _setting(Secret(""), "SENDGRID_API_KEY", _parse_secret, repr=False)
+    sendgrid_api_url: str = _setting("https://api.sendgrid.com/v3/", "SENDGRID_API_URL",
+                                     _parse_str)
+    postmark_server_token: Secret = _setting(
+        Secret(""), "POSTMARK_SERVER_TOKEN", _parse_secret, repr=False)
+    postmark_api_url: str = _setting("https://api.postmarkapp.com/", "POSTMARK_API_URL",
+                                     _parse_str)
+    mailgun_api_key: Secret = _setting(Secret(""), "MAILGUN_API_KEY", _parse_secret, repr=False)
+    mailgun_sender_domain: str | None = _setting(None, "MAILGUN_SENDER_DOMAIN",
+                                                 _parse_optional_str)
+    mailgun_api_url: str = _setting("https://api.mailgun.net/v3", "MAILGUN_API_URL", _parse_str)
+    aws_region: str | None = _setting(None, "AWS_REGION", _parse_optional_str)
+    aws_access_key_id: str | None = _setting(None, "AWS_ACCESS_KEY_ID", _parse_optional_str)
+    aws_secret_access_key: Secret = _setting(
+        Secret(""), "AWS_SECRET_ACCESS_KEY", _parse_secret, repr=False)
+    aws_session_token: Secret = _setting(Secret(""), "AWS_SESSION_TOKEN", _parse_secret,
+                                         repr=False)
+    aws_endpoint_url_sesv2: str | None = _setting(None, "AWS_ENDPOINT_URL_SESV2",
+                                                  _parse_optional_str)
+    amazon_ses_configuration_set_name: str | None = _setting(
+        None, "AMAZON_SES_CONFIGURATION_SET_NAME", _parse_optional_str)
 
     @property
     def from_domain(self) -> str:
@@ -197,9 +235,17 @@ def ticket_path(ticket_id: int) -> str:
 ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)}
 
 
-def _toml_values(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
+def config_file_path(config_path: str | Path | None, env: Mapping[str, str],
+                     dotenv: Mapping[str, str]) -> Path | None:
+    """The config file in force: the flag, else ITSM_NOTIFY_CONFIG from the environment,
+    else from .env; None when there is none."""
+    path = config_path or env.get("ITSM_NOTIFY_CONFIG") or dotenv.get("ITSM_NOTIFY_CONFIG")
+    return Path(path) if path else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The config file's TOML; ConfigError for a missing file, bad syntax or a table that
+    is neither [itsm_notify] nor [chat.<name>]."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -209,6 +255,18 @@ def _toml_values(path: Path | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"The config file {path} is not valid TOML ({exc}): "
                           "fix the syntax.") from None
+    tables = sorted(k for k, v in data.items() if isinstance(v, dict) and k not in CONFIG_TABLES)
+    if tables:
+        raise ConfigError(f"The config file {path} has unknown table [{tables[0]}]: settings go "
+                          "at the top or under [itsm_notify], chat destinations under "
+                          "[chat.<name>] (see config.example.toml).")
+    return data
+
+
+def _toml_values(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    data = read_config_file(path)
     # Allow keys in the top level or under an [itsm_notify] table.
     values = dict(data.get("itsm_notify", {})) | {k: v for k, v in data.items()
                                                   if not isinstance(v, dict)}
@@ -234,9 +292,8 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     dotenv = {k: v for k, v in (dotenv_values(dotenv_path) if dotenv_path else {}).items()
               if v is not None}
-    path = config_path or env.get("ITSM_NOTIFY_CONFIG") or dotenv.get("ITSM_NOTIFY_CONFIG")
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("the config file", _toml_values(Path(path) if path else None)),
+        ("the config file", _toml_values(config_file_path(config_path, env, dotenv))),
         (".env", {name: dotenv[env_name] for name, env_name in ENV_NAMES.items()
                   if env_name in dotenv}),
         ("the environment", {name: env[env_name] for name, env_name in ENV_NAMES.items()
@@ -276,7 +333,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("DEFAULT_FROM_EMAIL must be an email address: set it, e.g. "
                           "'Help Desk <helpdesk@example.com>'.")
     for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "smtp_connections",
-                 "send_interval_seconds"):
+                 "send_interval_seconds", "http_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{ENV_NAMES[name]} must be at least 1: fix its value.")
     if settings.email_timeout <= 0:
@@ -287,3 +344,35 @@ def validate(settings: Settings) -> None:
     if settings.overdue_realert_hours < 0:
         raise ConfigError("ITSM_OVERDUE_REALERT_HOURS cannot be negative: use 0 to alert on "
                           "every scan.")
+    _validate_http_backend(settings)
+
+
+_API_KEYS = {"sendgrid": ("sendgrid_api_key", "the API key SendGrid gave you (Settings > API "
+                          "Keys, with Mail Send access)"),
+             "postmark": ("postmark_server_token", "the Server API token of your Postmark "
+                          "server (its API Tokens tab)"),
+             "mailgun": ("mailgun_api_key", "your Mailgun sending API key")}
+
+
+def _validate_http_backend(settings: Settings) -> None:
+    """An HTTP email backend needs its key; every provider URL must be http(s)."""
+    for name in ("sendgrid_api_url", "postmark_api_url", "mailgun_api_url",
+                 "aws_endpoint_url_sesv2"):
+        url = getattr(settings, name)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{ENV_NAMES[name]} must start with https:// (or http:// for a "
+                              f"local test server), got {url!r}: fix its value.")
+    backend = settings.email_backend
+    if backend in _API_KEYS:
+        key, what = _API_KEYS[backend]
+        if not getattr(settings, key):
+            raise ConfigError(f"EMAIL_BACKEND is {backend} but {ENV_NAMES[key]} is not set: set "
+                              f"it to {what}, preferably in the environment.")
+    if backend == "mailgun" and settings.mailgun_sender_domain is not None \
+            and "/" in settings.mailgun_sender_domain:
+        raise ConfigError("MAILGUN_SENDER_DOMAIN must be a domain name such as mg.example.com, "
+                          f"got {settings.mailgun_sender_domain!r}: fix its value.")
+    pair = (bool(settings.aws_access_key_id), bool(settings.aws_secret_access_key))
+    if backend == "ses" and pair[0] != pair[1]:
+        raise ConfigError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both, or "
+                          "neither to use the AWS credential chain (profile, SSO, instance role).")

@@ -30,7 +30,7 @@ from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import IO, Protocol, cast
 
-from .config import Settings
+from .config import HTTP_EMAIL_BACKENDS, Settings
 from .render import needs_smtputf8
 
 SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
@@ -68,6 +68,15 @@ class Outcome:
     counts_as_attempt: bool = True
     """False when the message never reached the server through no fault of its own
     (the rate ceiling): such a deferral does not use up a retry."""
+    retry_after: float | None = None
+    """Seconds the server asked to wait before the next attempt (an HTTP Retry-After),
+    when it said: a deferral's next attempt should come no sooner."""
+    provider_id: str | None = None
+    """The id an HTTP provider gave the accepted message (SendGrid's X-Message-Id,
+    Amazon SES's MessageId, ...), to match its later events."""
+    destination_gone: bool = False
+    """The destination says it no longer exists (a chat webhook deleted: 404 or 410):
+    stop sending to it."""
 
 
 Answered = Callable[[Outcome], None]
@@ -539,6 +548,10 @@ class SmtpTransport:
 
 
 def make_transport(settings: Settings, stream: IO[str] | None = None) -> Transport:
+    if settings.email_backend in HTTP_EMAIL_BACKENDS:
+        from .channels.http_email import make_http_email_transport
+
+        return make_http_email_transport(settings)
     if settings.email_backend == "smtp":
         return SmtpTransport(settings)
     if settings.email_backend == "file":
