@@ -11,15 +11,15 @@ turns it into the JSON its incoming webhook takes:
   flow ("Post to a channel when a webhook request is received") posts; not the retired
   Office 365 connector MessageCard. Ticket text goes only in ``TextRun``s, which Teams
   shows as plain text (no Markdown, no links; a mention needs an entity, never sent).
-* **Mattermost**: Markdown, every ASCII punctuation character that Markdown reads
-  backslash-escaped (CommonMark), so ``[x](y)``, ``<http://…>`` or ``# …`` stay text.
+* **Mattermost**: Markdown, ASCII punctuation backslash-escaped (CommonMark), so
+  ``[x](y)``, ``<http://…>`` or ``# …`` stay text.
 * **Rocket.Chat**: its Markdown, where a zero-width space breaks what would become a
   link (``[x]\u200b(y)``, ``<\u200bhttp://…|…>``); its parser has no escapes.
 * **webhook**: the fields as JSON, unchanged, signed (``signing.py``).
 
-In every text format an ``@`` that starts a word (``@channel``, ``@here``, ``@all``,
-``@everyone``, ``@alice``) becomes the full-width ``＠``, which no chat reads as a
-mention; ``bob@example.com`` is left alone. Ticket text is put on one line (control
+In every text format an ``@`` that does not follow a letter or digit (``@channel``,
+``@here``, ``@all``, ``@everyone``, ``@alice``) becomes the full-width ``＠``, which no
+chat reads as a mention; ``bob@example.com`` is left alone. Ticket text is put on one line (control
 and format characters removed) and cut to a length, so it cannot add lines either.
 The JSON is always made by ``json.dumps``: no text can break its structure.
 
@@ -104,11 +104,13 @@ def test_message(site_name: str, site_url: str) -> ChatMessage:
 # -------------------------------------------------------------------- escaping
 
 _DROPPED = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
-_MENTION = re.compile(r"(?<!\w)@(?=\w)")
+_MENTION = re.compile(r"(?<!\w)@")
 FULLWIDTH_AT = "\uff20"
 ZWSP = "\u200b"
-_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
-"""Every ASCII punctuation character: CommonMark lets a backslash escape each."""
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-?\[-`{-~])")
+"""ASCII punctuation, which CommonMark lets a backslash escape, but ``@``: not Markdown,
+and a mention parser might not read ``\\@`` as escaped (``defuse_mentions`` sees to
+it)."""
 
 
 def plain_line(text: str, limit: int) -> str:
@@ -119,7 +121,8 @@ def plain_line(text: str, limit: int) -> str:
 
 
 def defuse_mentions(text: str) -> str:
-    """``@word`` at the start of a word becomes ``＠word``: no chat mentions anyone."""
+    """An ``@`` that does not follow a letter or digit becomes ``＠``: no chat reads a
+    mention in ``＠channel``, whatever comes after it (even a format's own ``_``)."""
     return _MENTION.sub(FULLWIDTH_AT, text)
 
 
@@ -133,8 +136,8 @@ def slack_text(text: str) -> str:
 
 
 def mattermost_text(text: str) -> str:
-    """Text for Mattermost's Markdown: ASCII punctuation backslash-escaped."""
-    return defuse_mentions(_MARKDOWN_PUNCTUATION.sub(r"\\\1", text))
+    """Text for Mattermost's Markdown: ASCII punctuation (but ``@``) backslash-escaped."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", defuse_mentions(text))
 
 
 def rocketchat_text(text: str) -> str:
