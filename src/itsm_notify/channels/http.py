@@ -11,7 +11,8 @@ key) is a ``TransportError``, after which the run stops and nothing is lost. On 
   none) is waited out in the run, by every worker sending to that endpoint, and the
   request sent again; a longer one defers the message, without using up a retry, with
   ``Outcome.retry_after`` set, and the endpoint's other messages with it.
-* **5xx** (and 408): deferred, honouring ``Retry-After`` the same way, as a retry.
+* **5xx** (and 408): deferred, as an attempt (backoff), its ``Retry-After`` in
+  ``Outcome.retry_after``.
 * **A server that cannot be reached or does not answer** (refused connection, unknown
   host, untrusted certificate, a timeout): deferred without using up a retry, and the
   endpoint given up for the run, as SMTP does with a server that is down. A connection
