@@ -443,3 +443,20 @@ def test_the_message_read_back_has_the_smtp_paths_headers() -> None:
     parsed = email.message_from_bytes(out.data, policy=policy.default)
     names = [name for name, _ in EXTRA_HEADERS]
     assert [n for n in parsed if n in names] == names
+
+
+def test_test_email_through_sendgrid_shows_the_settings_masked() -> None:
+    from helpdesk import run_cli
+
+    with SendGridFake() as fake:
+        env = {"EMAIL_BACKEND": "sendgrid", "SENDGRID_API_KEY": "SG.test-key",
+               "SENDGRID_API_URL": fake.url + "/v3/",
+               "DEFAULT_FROM_EMAIL": "Help Desk <helpdesk@example.com>"}
+        sent = run_cli(["test-email", "zoe@example.com"], env)
+        refused = run_cli(["test-email", "zoe@example.com"],
+                          env | {"SENDGRID_API_KEY": "SG.revoked"})
+    assert sent.exit_code == 0, sent.stdout
+    assert "SENDGRID_API_KEY     ********" in sent.stdout and "SG.test-key" not in sent.stdout
+    assert "202 accepted by SendGrid" in sent.stdout
+    assert refused.exit_code == 1 and "check SENDGRID_API_KEY" in refused.stdout
+    assert fake.requests[0].json()["personalizations"] == [{"to": [{"email": "zoe@example.com"}]}]
