@@ -485,3 +485,43 @@ def test_an_unreachable_or_hung_destination_does_not_hold_up_the_others() -> Non
                 "retried later"}
     assert transport.gave_up is None and len(hung.requests) == 1
     assert all(dead_url not in o.detail for o in outcomes)
+
+
+# ------------------------------------------------------------ from an event
+
+
+def event_context(kind: str, payload: dict[str, Any] | None = None, *,
+                  comment: Any = None, actor_id: int | None = 2) -> Any:
+    from itsm_notify.models import EventContext, OutboxEvent, Ticket, User
+
+    users = {1: User(1, "alice", "alice@example.com", "Alice", "Lopez"),
+             2: User(2, "bob", "bob@example.com", "Bob", "Okafor")}
+    ticket = Ticket(7, "TKT-007", "Core switch down", "Nothing on floor 2\nreaches it.",
+                    "open", "critical", 1, 2, None, None, None)
+    return EventContext(OutboxEvent(10, kind, 7, actor_id, None), payload or {}, ticket, users,
+                        comment=comment)
+
+
+def test_chat_message_says_what_happened() -> None:
+    from itsm_notify.channels.messages import chat_message
+    from itsm_notify.models import Comment
+
+    desk = load_settings({"site_url": "https://helpdesk.example.com", "site_name": "Desk"},
+                         environ={}, dotenv_path=None)
+    created = chat_message(event_context("ticket_created", actor_id=None), desk)
+    assert created == ChatMessage("ticket_created", "TKT-007", "Core switch down", "critical",
+                                  "open", "System", "Nothing on floor 2 reaches it.",
+                                  "https://helpdesk.example.com/tickets/7/", "Desk")
+    changed = chat_message(event_context("status_changed", {"old_status": "open",
+                                                            "new_status": "resolved"}), desk)
+    assert changed is not None
+    assert (changed.status, changed.summary, changed.actor_name) == \
+        ("resolved", "open → resolved", "Bob Okafor")
+    assigned = chat_message(event_context("ticket_assigned", {"assignee_id": 1}), desk)
+    assert assigned is not None and assigned.summary == "Assigned to Alice Lopez"
+    public = Comment(5, 7, 1, "Rebooted it, " * 100, False, None)
+    commented = chat_message(event_context("comment_added", comment=public), desk)
+    assert commented is not None and len(commented.summary) == 500
+    assert commented.summary.startswith("Rebooted it, Rebooted")
+    internal = Comment(6, 7, 2, "the vendor is slow, do not tell the customer", True, None)
+    assert chat_message(event_context("comment_added", comment=internal), desk) is None
