@@ -4,6 +4,7 @@
     uv run python bench/run.py --events 1000 --db sqlite
     uv run python bench/run.py --memory             # peak RSS with 100,000 pending events
     uv run python bench/run.py --overdue            # overdue-scan over 1,000,000 tickets (PG)
+    uv run python bench/run.py --http --skip-throughput   # SendGrid's API vs SMTP at 20 ms
 
 What one run does, per database (SQLite in a temporary folder, PostgreSQL at
 ``--postgres-url``, whose tables it DROPS and recreates):
@@ -20,7 +21,11 @@ What one run does, per database (SQLite in a temporary folder, PostgreSQL at
 5. checks the sink received exactly the expected messages: the count, and the set of
    Message-IDs computed independently from the generated data;
 6. with the sink answering each message after 20 ms (a real relay's latency), runs
-   send-pending and the baseline with K=1 and K=4 on a smaller backlog.
+   send-pending and the baseline with K=1 and K=4 on a smaller backlog;
+7. with ``--http``: send-pending through the SendGrid backend (``EMAIL_BACKEND=sendgrid``)
+   to an HTTP sink answering 202 after 20 ms (bench/http_sink.py), and through SMTP to
+   the SMTP sink at 20 ms, one after the other, with K=1 and K=4 connections: the ratio
+   of their throughputs per connection, measured in the same run.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from itsm_notify.storage import deliveries as delivery_store
 from itsm_notify.storage.migrations import VERSION_TABLE, init_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_sink import HttpSinkProcess
 from sink import HOST, SinkProcess, placement
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/itsm_bench"
@@ -568,6 +574,84 @@ def memory(args: argparse.Namespace, sink: SinkProcess, workdir: Path,
     return results
 
 
+# ------------------------------------------------------------------- HTTP vs SMTP
+
+
+@dataclass
+class HttpRow:
+    connections: int
+    emails: int
+    http_rate: float
+    smtp_rate: float
+    http_cpu_ms: float
+    smtp_cpu_ms: float
+    http_connections_used: int
+    ratios: tuple[float, ...] = ()
+
+    @property
+    def ratio(self) -> float:
+        return self.http_rate / self.smtp_rate if self.smtp_rate else 0.0
+
+
+def http_versus_smtp(args: argparse.Namespace, sink: SinkProcess, http_sink: HttpSinkProcess,
+                     workdir: Path, check: Check, db_name: str, url: str) -> list[HttpRow]:
+    """send-pending through SendGrid's API and through SMTP, both answering after 20 ms,
+    with K connections each: the same events, one run after the other, ``--rounds``
+    times; the median ratio of their throughputs (per connection: the same K)."""
+    data = make_dataset(args.latency_events)
+    sink.set_latency(0.02)
+    http_sink.set_latency(0.02)
+    rows = []
+    for k in (1, 4):
+        print(f"\n== HTTP (SendGrid API) vs SMTP, both 20 ms: {args.latency_events} events, "
+              f"K={k}, {db_name}", flush=True)
+        runs = []
+        for _ in range(args.rounds):
+            rates, cpu, used = {}, {}, 0
+            for kind in ("smtp", "http"):
+                expected = fresh_outbox(url, data)
+                target: Any = sink if kind == "smtp" else http_sink
+                target.reset()
+                overrides = bench_settings(url, sink.port, k, workdir, args.batch_size)
+                if kind == "http":
+                    overrides |= {"email_backend": "sendgrid", "sendgrid_api_key": "SG.bench",
+                                  "sendgrid_api_url": f"{http_sink.url}/v3/",
+                                  "http_connections": k}
+                result = run_send_pending(overrides)
+                check_delivery(check, f"{kind} K={k}", target, expected, result)
+                rates[kind] = result["emails_sent"] / result["elapsed"]
+                cpu[kind] = 1000 * result["cpu"] / max(1, result["emails_sent"])
+                if kind == "http":
+                    used = target.report()["connections"]
+                    check.expect(used <= k, f"http K={k}: {used} connections, more than {k}")
+            row = HttpRow(k, len(expected), rates["http"], rates["smtp"], cpu["http"],
+                          cpu["smtp"], used)
+            runs.append(row)
+            print(f"  SendGrid API {row.http_rate:6.1f} emails/s ({row.http_rate / k:.1f} per "
+                  f"connection, {used} connections, {row.http_cpu_ms:.2f} ms CPU/email) | "
+                  f"SMTP {row.smtp_rate:6.1f} emails/s ({row.smtp_rate / k:.1f} per "
+                  f"connection, {row.smtp_cpu_ms:.2f} ms CPU/email) | ratio {row.ratio:.2f}",
+                  flush=True)
+        median = sorted(runs, key=lambda r: r.ratio)[(len(runs) - 1) // 2]
+        median.ratios = tuple(r.ratio for r in runs)
+        rows.append(median)
+    sink.set_latency(0)
+    return rows
+
+
+def print_http_summary(rows: list[HttpRow]) -> None:
+    print("\n| K | emails | SendGrid API /s | per connection | SMTP /s | per connection "
+          "| ratio | CPU/email API | CPU/email SMTP |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        spread = f" (median of {', '.join(f'{x:.2f}' for x in r.ratios)})" \
+            if len(r.ratios) > 1 else ""
+        print(f"| {r.connections} | {r.emails} | {r.http_rate:.1f} | "
+              f"{r.http_rate / r.connections:.1f} | {r.smtp_rate:.1f} | "
+              f"{r.smtp_rate / r.connections:.1f} | {r.ratio:.2f}{spread} | "
+              f"{r.http_cpu_ms:.2f} ms | {r.smtp_cpu_ms:.2f} ms |")
+
+
 # ------------------------------------------------------------------------ overdue
 
 
@@ -636,6 +720,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also time overdue-scan over --overdue-tickets tickets (PostgreSQL)")
     parser.add_argument("--overdue-tickets", type=int, default=1_000_000)
     parser.add_argument("--overdue-count", type=int, default=10_000)
+    parser.add_argument("--http", action="store_true",
+                        help="also compare send-pending through the SendGrid API with SMTP, "
+                             "both at 20 ms, on --latency-events events (SQLite, or the "
+                             "first --db)")
     parser.add_argument("--sink-without-pipelining", action="store_true",
                         help="the sink does not offer PIPELINING (aiosmtpd's default): "
                              "send-pending then waits for each reply, as smtplib does")
@@ -693,6 +781,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rows:
             print_summary(rows)
         results["throughput"] = [row.__dict__ | {"ratio": row.ratio} for row in rows]
+        if args.http:
+            name, url = database_urls(args, workdir)[0]
+            with HttpSinkProcess(sink_cpu) as http_sink:
+                http_rows = http_versus_smtp(args, sink, http_sink, workdir, check, name, url)
+            print_http_summary(http_rows)
+            results["http"] = [row.__dict__ | {"ratio": row.ratio} for row in http_rows]
         if args.memory:
             results["memory"] = memory(args, sink, workdir, check)
         if args.overdue:

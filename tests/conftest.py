@@ -41,8 +41,10 @@ CONFIG_ENV_VARS = (
     "DEFAULT_FROM_EMAIL", "SITE_URL", "ADMINS", "DEBUG", "DEVELOPMENT_EMAIL",
     "ITSM_NOTIFY_CONFIG", "REPLY_TO_EMAIL", "SITE_NAME", "SECRET_KEY",
 )
-#: prefixes of further settings, also removed (except the test-only ITSM_TEST_*)
-CONFIG_ENV_PREFIXES = ("EMAIL_", "ITSM_")
+#: prefixes of further settings, also removed (except the test-only ITSM_TEST_*): the
+#: HTTP email providers' too, and AWS's, which botocore's credential chain would read
+CONFIG_ENV_PREFIXES = ("EMAIL_", "ITSM_", "SENDGRID_", "POSTMARK_", "MAILGUN_", "AWS_",
+                       "AMAZON_SES_")
 KEEP_ENV_PREFIXES = ("ITSM_TEST_",)
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from email.header import decode_header, make_header
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,25 @@ BACKEND_ALIASES = {
     "console": "console",
     "smtp": "smtp",
     "file": "file",
+    "sendgrid": "sendgrid",
+    "ses": "ses",
+    "postmark": "postmark",
+    "mailgun": "mailgun",
     "django.core.mail.backends.console.EmailBackend": "console",
     "django.core.mail.backends.smtp.EmailBackend": "smtp",
     "django.core.mail.backends.filebased.EmailBackend": "file",
+    # django-sendgrid-v5's and django-anymail's names, so their users' .env works as is
+    "sendgrid_backend.SendgridBackend": "sendgrid",
+    "anymail.backends.sendgrid.EmailBackend": "sendgrid",
+    "anymail.backends.amazon_ses.EmailBackend": "ses",
+    "anymail.backends.amazon_sesv2.EmailBackend": "ses",
+    "anymail.backends.postmark.EmailBackend": "postmark",
+    "anymail.backends.mailgun.EmailBackend": "mailgun",
 }
+HTTP_EMAIL_BACKENDS = frozenset({"sendgrid", "ses", "postmark", "mailgun"})
+"""Backends that send through a provider's HTTP API (itsm_notify.channels.http_email)."""
+CONFIG_TABLES = frozenset({"itsm_notify", "chat"})
+"""The tables a config file may hold: settings, and chat destinations ([chat.<name>])."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +112,8 @@ def _parse_list(raw: Any) -> tuple[str, ...]:
 def _parse_backend(raw: Any) -> str:
     text = str(raw).strip()
     if text not in BACKEND_ALIASES:
-        raise ValueError("must be console, smtp or file (or Django's dotted name for one of them)")
+        raise ValueError("must be console, smtp, file, sendgrid, ses, postmark or mailgun (or "
+                         "the Django, django-sendgrid-v5 or django-anymail dotted name of one)")
     return BACKEND_ALIASES[text]
 
 
@@ -176,6 +194,28 @@ class Settings:
     inbound_failed_folder: str = _setting("itsm-failed", "ITSM_INBOUND_FAILED_FOLDER",
                                           _parse_str)
     inbound_max_bytes: int = _setting(40 * 1024 * 1024, "ITSM_INBOUND_MAX_BYTES", _parse_int)
+    http_connections: int = _setting(4, "ITSM_HTTP_CONNECTIONS", _parse_int)
+    sendgrid_api_key: Secret = _setting(Secret(""), "SENDGRID_API_KEY", _parse_secret, repr=False)
+    sendgrid_api_url: str = _setting("https://api.sendgrid.com/v3/", "SENDGRID_API_URL",
+                                     _parse_str)
+    postmark_server_token: Secret = _setting(
+        Secret(""), "POSTMARK_SERVER_TOKEN", _parse_secret, repr=False)
+    postmark_api_url: str = _setting("https://api.postmarkapp.com/", "POSTMARK_API_URL",
+                                     _parse_str)
+    mailgun_api_key: Secret = _setting(Secret(""), "MAILGUN_API_KEY", _parse_secret, repr=False)
+    mailgun_sender_domain: str | None = _setting(None, "MAILGUN_SENDER_DOMAIN",
+                                                 _parse_optional_str)
+    mailgun_api_url: str = _setting("https://api.mailgun.net/v3", "MAILGUN_API_URL", _parse_str)
+    aws_region: str | None = _setting(None, "AWS_REGION", _parse_optional_str)
+    aws_access_key_id: str | None = _setting(None, "AWS_ACCESS_KEY_ID", _parse_optional_str)
+    aws_secret_access_key: Secret = _setting(
+        Secret(""), "AWS_SECRET_ACCESS_KEY", _parse_secret, repr=False)
+    aws_session_token: Secret = _setting(Secret(""), "AWS_SESSION_TOKEN", _parse_secret,
+                                         repr=False)
+    aws_endpoint_url_sesv2: str | None = _setting(None, "AWS_ENDPOINT_URL_SESV2",
+                                                  _parse_optional_str)
+    amazon_ses_configuration_set_name: str | None = _setting(
+        None, "AMAZON_SES_CONFIGURATION_SET_NAME", _parse_optional_str)
 
     @property
     def from_domain(self) -> str:
@@ -199,9 +239,17 @@ def ticket_path(ticket_id: int) -> str:
 ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)}
 
 
-def _toml_values(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
+def config_file_path(config_path: str | Path | None, env: Mapping[str, str],
+                     dotenv: Mapping[str, str]) -> Path | None:
+    """The config file in force: the flag, else ITSM_NOTIFY_CONFIG from the environment,
+    else from .env; None when there is none."""
+    path = config_path or env.get("ITSM_NOTIFY_CONFIG") or dotenv.get("ITSM_NOTIFY_CONFIG")
+    return Path(path) if path else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The config file's TOML; ConfigError for a missing file, bad syntax or a table that
+    is neither [itsm_notify] nor [chat.<name>]."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -211,6 +259,18 @@ def _toml_values(path: Path | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"The config file {path} is not valid TOML ({exc}): "
                           "fix the syntax.") from None
+    tables = sorted(k for k, v in data.items() if isinstance(v, dict) and k not in CONFIG_TABLES)
+    if tables:
+        raise ConfigError(f"The config file {path} has unknown table [{tables[0]}]: settings go "
+                          "at the top or under [itsm_notify], chat destinations under "
+                          "[chat.<name>] (see config.example.toml).")
+    return data
+
+
+def _toml_values(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    data = read_config_file(path)
     # Allow keys in the top level or under an [itsm_notify] table.
     values = dict(data.get("itsm_notify", {})) | {k: v for k, v in data.items()
                                                   if not isinstance(v, dict)}
@@ -236,9 +296,8 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     dotenv = {k: v for k, v in (dotenv_values(dotenv_path) if dotenv_path else {}).items()
               if v is not None}
-    path = config_path or env.get("ITSM_NOTIFY_CONFIG") or dotenv.get("ITSM_NOTIFY_CONFIG")
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("the config file", _toml_values(Path(path) if path else None)),
+        ("the config file", _toml_values(config_file_path(config_path, env, dotenv))),
         (".env", {name: dotenv[env_name] for name, env_name in ENV_NAMES.items()
                   if env_name in dotenv}),
         ("the environment", {name: env[env_name] for name, env_name in ENV_NAMES.items()
@@ -260,6 +319,25 @@ def load_settings(
     return settings
 
 
+def _header_address_problem(value: str) -> str | None:
+    """Why an address setting cannot go into a header as it is, or None. Its display name
+    may be RFC 2047 encoded (a non-ASCII name in a .env file): what it decodes to counts."""
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or not pairs[0][1]:
+        return "must hold exactly one address"
+    name, address = pairs[0]
+    try:
+        decoded = str(make_header(decode_header(name)))
+    except (ValueError, LookupError):
+        return "has a display name that does not decode"
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+           for ch in decoded + address):
+        return "holds a control character or a line break"
+    if problem := address_problem(address):
+        return f"is {problem}"
+    return None
+
+
 def validate(settings: Settings) -> None:
     """Cross-field checks; each failure names the key and the fix."""
     if settings.debug and not settings.development_email:
@@ -274,11 +352,19 @@ def validate(settings: Settings) -> None:
                           f"{settings.site_url!r}: set the web app's address, e.g. "
                           "https://helpdesk.example.com.")
     object.__setattr__(settings, "site_url", settings.site_url.rstrip("/"))
+    if not settings.site_url.isprintable() or any(ch.isspace() for ch in settings.site_url):
+        raise ConfigError("SITE_URL holds a space or a control character: set the web app's "
+                          "address alone, e.g. https://helpdesk.example.com.")
     if "@" not in settings.default_from_email:
         raise ConfigError("DEFAULT_FROM_EMAIL must be an email address: set it, e.g. "
                           "'Help Desk <helpdesk@example.com>'.")
+    for name in ("default_from_email", "reply_to_email", "development_email"):
+        value = getattr(settings, name)
+        if value and (problem := _header_address_problem(value)):
+            raise ConfigError(f"{ENV_NAMES[name]} {problem}: fix its value, e.g. "
+                              "'Help Desk <helpdesk@example.com>'.")
     for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "smtp_connections",
-                 "send_interval_seconds", "inbound_max_bytes"):
+                 "send_interval_seconds", "inbound_max_bytes", "http_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{ENV_NAMES[name]} must be at least 1: fix its value.")
     if settings.email_timeout <= 0:
@@ -293,3 +379,35 @@ def validate(settings: Settings) -> None:
     if settings.overdue_realert_hours < 0:
         raise ConfigError("ITSM_OVERDUE_REALERT_HOURS cannot be negative: use 0 to alert on "
                           "every scan.")
+    _validate_http_backend(settings)
+
+
+_API_KEYS = {"sendgrid": ("sendgrid_api_key", "the API key SendGrid gave you (Settings > API "
+                          "Keys, with Mail Send access)"),
+             "postmark": ("postmark_server_token", "the Server API token of your Postmark "
+                          "server (its API Tokens tab)"),
+             "mailgun": ("mailgun_api_key", "your Mailgun sending API key")}
+
+
+def _validate_http_backend(settings: Settings) -> None:
+    """An HTTP email backend needs its key; every provider URL must be http(s)."""
+    for name in ("sendgrid_api_url", "postmark_api_url", "mailgun_api_url",
+                 "aws_endpoint_url_sesv2"):
+        url = getattr(settings, name)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{ENV_NAMES[name]} must start with https:// (or http:// for a "
+                              f"local test server), got {url!r}: fix its value.")
+    backend = settings.email_backend
+    if backend in _API_KEYS:
+        key, what = _API_KEYS[backend]
+        if not getattr(settings, key):
+            raise ConfigError(f"EMAIL_BACKEND is {backend} but {ENV_NAMES[key]} is not set: set "
+                              f"it to {what}, preferably in the environment.")
+    if backend == "mailgun" and settings.mailgun_sender_domain is not None \
+            and "/" in settings.mailgun_sender_domain:
+        raise ConfigError("MAILGUN_SENDER_DOMAIN must be a domain name such as mg.example.com, "
+                          f"got {settings.mailgun_sender_domain!r}: fix its value.")
+    pair = (bool(settings.aws_access_key_id), bool(settings.aws_secret_access_key))
+    if backend == "ses" and pair[0] != pair[1]:
+        raise ConfigError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both, or "
+                          "neither to use the AWS credential chain (profile, SSO, instance role).")

@@ -50,6 +50,15 @@ class Outcome:
     counts_as_attempt: bool = True
     """False when the message never reached the server through no fault of its own
     (the rate ceiling): such a deferral does not use up a retry."""
+    retry_after: float | None = None
+    """Seconds the server asked to wait before the next attempt (an HTTP Retry-After),
+    when it said: a deferral's next attempt should come no sooner."""
+    provider_id: str | None = None
+    """The id an HTTP provider gave the accepted message (SendGrid's X-Message-Id,
+    Amazon SES's MessageId, ...), to match its later events."""
+    destination_gone: bool = False
+    """The destination says it no longer exists (a chat webhook deleted: 404 or 410):
+    stop sending to it."""
 
 
 Answered = Callable[[Outcome], None]

@@ -33,7 +33,7 @@ from ..compose.render import (
     recipient_variables,
     sender_address,
 )
-from ..config import Settings
+from ..config import ENV_NAMES, Settings
 from ..events.audience import EmailRecipient
 from ..storage.database import utcnow
 
@@ -93,10 +93,34 @@ def effective_settings(settings: Settings) -> list[tuple[str, str]]:
                  ("EMAIL_HOST_USER", settings.email_host_user or "(not set: no login)"),
                  ("EMAIL_HOST_PASSWORD", settings.email_host_password.masked()),
                  ("EMAIL_TIMEOUT", f"{settings.email_timeout:g} s")]
+    rows += _http_backend_settings(settings)
     if settings.redirect_to:
         rows.append(("DEBUG", f"on (other commands redirect to {settings.redirect_to}; "
                               "test-email sends to the address given)"))
     return rows
+
+
+_HTTP_BACKEND_SETTINGS = {
+    "sendgrid": ("sendgrid_api_url", "sendgrid_api_key"),
+    "postmark": ("postmark_api_url", "postmark_server_token"),
+    "mailgun": ("mailgun_api_url", "mailgun_sender_domain", "mailgun_api_key"),
+    "ses": ("aws_region", "aws_endpoint_url_sesv2", "aws_access_key_id",
+            "aws_secret_access_key", "amazon_ses_configuration_set_name"),
+}
+
+
+def _http_backend_settings(settings: Settings) -> list[tuple[str, str]]:
+    """The settings of an HTTP email backend, by environment name; secrets masked."""
+    names = _HTTP_BACKEND_SETTINGS.get(settings.email_backend)
+    if names is None:
+        return []
+    rows = []
+    for name in names:
+        value = getattr(settings, name)
+        shown = value.masked() if hasattr(value, "masked") else (value or "(not set)")
+        rows.append((ENV_NAMES[name], str(shown)))
+    return [*rows, ("ITSM_HTTP_CONNECTIONS", str(settings.http_connections)),
+            ("EMAIL_TIMEOUT", f"{settings.email_timeout:g} s")]
 
 
 def build_test_message(settings: Settings, address: str, now: datetime) -> tuple[str, bytes]:
