@@ -59,6 +59,9 @@ _BASE_APPS = (
     "django.contrib.sites",  # helpdesk.lib.build_base_url reads the current Site
     "django.contrib.humanize",
     "helpdesk",
+    # the tool's own app: its outbox model and migration, the django-helpdesk receivers
+    # (connected whenever helpdesk is installed) and the unsubscribe page
+    "itsm_notify.django",
 )
 
 
