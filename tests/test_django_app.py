@@ -411,42 +411,57 @@ def test_its_forms_and_update_ticket_write_the_events(
 
 def test_the_change_and_its_events_commit_together(helpdesk_site: HelpdeskSite,
                                                    engine: sa.Engine) -> None:
-    from django.db import connection, transaction
+    from django.db import connection
+    from django.test import Client
     from helpdesk.signals import update_ticket_done
-
-    from itsm_notify.django.models import OutboxEvent
 
     site = helpdesk_site
     alice = site.user("alice", email="alice@example.com", staff=True)
-    ticket = site.open_ticket(site.queue("it"), title="VPN down", body="x", by=alice)
-    start = outbox_rows(engine)
+    queue = site.queue("it")
+    ticket = site.open_ticket(queue, title="VPN down", body="x", by=alice)
+    opened = outbox_rows(engine)
+    browser = Client()
+    browser.force_login(alice)
+
+    def respond(comment: str, new_status: int) -> Any:
+        """django-helpdesk's own staff "respond" form, through its view."""
+        return browser.post(f"/helpdesk/tickets/{ticket.pk}/update/", {
+            "comment": comment, "new_status": str(new_status), "public": "1",
+            "title": "VPN down", "priority": "3", "queue": str(queue.pk), "owner": "-1"})
 
     class Boom(Exception):
         pass
 
-    # what ATOMIC_REQUESTS does for a request: the follow-up, the ticket and the events
-    # are one transaction
-    with pytest.raises(Boom), transaction.atomic():
-        site.change_status(ticket, alice, RESOLVED, comment="Fixed")
-        assert OutboxEvent.objects.count() == len(start) + 2  # status_changed, comment_added
-        raise Boom
-    assert outbox_rows(engine) == start
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT status FROM helpdesk_ticket")).scalar() == OPEN
-        assert conn.execute(sa.text("SELECT COUNT(*) FROM helpdesk_followup")).scalar() == 1
+    seen_in_transaction: list[bool] = []
 
-    # without one, django-helpdesk has committed its change when it sends the signal
-    in_transaction: list[bool] = []
+    def after_ours(sender: str, followup: Any, **_: Any) -> None:
+        seen_in_transaction.append(connection.in_atomic_block)
+        if followup.comment == "boom":
+            raise Boom
 
-    def watch(sender: str, followup: Any, **_: Any) -> None:
-        in_transaction.append(connection.in_atomic_block)
-
-    update_ticket_done.connect(watch, weak=False)
+    update_ticket_done.connect(after_ours, weak=False)
     try:
-        site.comment(ticket, alice, "Still broken?")
+        # without ATOMIC_REQUESTS, django-helpdesk has committed when it signals
+        assert respond("Looking", OPEN).status_code == 302
+        # with it, the follow-up, the ticket and the events are one transaction
+        connection.settings_dict["ATOMIC_REQUESTS"] = True
+        with pytest.raises(Boom):
+            respond("boom", RESOLVED)
+        assert respond("Fixed", RESOLVED).status_code == 302
     finally:
-        update_ticket_done.disconnect(watch)
-    assert in_transaction == [False]
+        connection.settings_dict["ATOMIC_REQUESTS"] = False
+        update_ticket_done.disconnect(after_ours)
+
+    assert seen_in_transaction == [False, True, True]
+    with engine.connect() as conn:
+        followups = dict(conn.execute(sa.text("SELECT comment, id FROM helpdesk_followup")
+                                      ).all())
+    assert set(followups) == {"x", "Looking", "Fixed"}  # "boom" and its status change: gone
+    assert [(kind, payload) for kind, _, _, payload in outbox_rows(engine)[len(opened):]] == [
+        ("comment_added", {"comment_id": followups["Looking"], "is_internal": False}),
+        ("status_changed", {"old_status": OPEN, "new_status": RESOLVED}),
+        ("comment_added", {"comment_id": followups["Fixed"], "is_internal": False}),
+    ]
 
 
 # -------------------------------------------------------------- unsubscribe

@@ -124,8 +124,10 @@ def on_ticket_updated(sender: Any, followup: Any, **kwargs: Any) -> None:
     ticket = followup.ticket
     after = _stored_state(ticket)
     before = ticket.__dict__.pop(_STORED_BEFORE, None) or after
+    # the staff form leaves the posted text ("1") in public; stored, it is a boolean
+    public = followup._meta.get_field("public").to_python(followup.public)
     events = followup_events(before, after, followup_id=followup.pk,
-                             comment=followup.comment, public=followup.public)
+                             comment=followup.comment, public=public)
     with transaction.atomic(using=ticket._state.db, savepoint=False):
         for event_type, payload in events:
             notify(event_type, ticket, followup.user_id, **payload)
