@@ -409,6 +409,37 @@ def test_its_forms_and_update_ticket_write_the_events(
                                         and "Traceback" not in error), error
 
 
+@pytest.mark.parametrize("helpdesk_site", ["sqlite"], indirect=True)
+def test_the_receivers_follow_the_setting(helpdesk_site: HelpdeskSite,
+                                          engine: sa.Engine) -> None:
+    from django.apps import apps
+    from django.core.exceptions import ImproperlyConfigured
+    from django.test import override_settings
+
+    from itsm_notify.django import helpdesk
+
+    site = helpdesk_site
+    alice = site.user("alice", email="alice@example.com", staff=True)
+    queue = site.queue("it")
+    app = apps.get_app_config("itsm_notify")
+    helpdesk.disconnect()
+    try:
+        with override_settings(ITSM_NOTIFY_HELPDESK_SIGNALS=False):
+            app.ready()
+        site.open_ticket(queue, title="Quiet", body="x", by=alice)
+        assert outbox_rows(engine) == []
+        app.ready()  # the default: on, because helpdesk is installed
+        site.open_ticket(queue, title="Told", body="x", by=alice)
+        assert [kind for kind, *_ in outbox_rows(engine)] == ["ticket_created"]
+        with override_settings(ITSM_NOTIFY_HELPDESK_SIGNALS=True), \
+                pytest.MonkeyPatch.context() as patch:
+            patch.setattr(apps, "is_installed", lambda name: False)
+            with pytest.raises(ImproperlyConfigured, match="add 'helpdesk'"):
+                app.ready()
+    finally:
+        helpdesk.connect()
+
+
 def test_the_change_and_its_events_commit_together(helpdesk_site: HelpdeskSite,
                                                    engine: sa.Engine) -> None:
     from django.db import connection
