@@ -20,8 +20,10 @@ production. (Several aliases with a database router were rejected for that reaso
 ``default``, so "the outbox row commits with the ticket" could not be tested.)
 
 Settings read once by django-helpdesk at import (``HELPDESK_*``) and the apps a test
-session needs (for instance the tool's own Django app) must therefore be given to the
-first :func:`configure` call; a later call that asks for more fails loudly.
+session needs must therefore be given to the first :func:`configure` call; a later call
+that asks for more fails loudly. The tool's own Django app (``itsm_notify.django``: the
+outbox model, the django-helpdesk receivers, the unsubscribe page) is always installed,
+so every test of the session sees the site as a site with itsm-notify installed would.
 
 django-helpdesk's own notification mail goes to Django's in-memory outbox
 (:meth:`HelpdeskSite.helpdesk_mail`), never to the network, so tests can observe
@@ -59,6 +61,9 @@ _BASE_APPS = (
     "django.contrib.sites",  # helpdesk.lib.build_base_url reads the current Site
     "django.contrib.humanize",
     "helpdesk",
+    # the tool's own app: its outbox model and migration, the django-helpdesk receivers
+    # (connected whenever helpdesk is installed) and the unsubscribe page
+    "itsm_notify.django",
 )
 
 
