@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from contract_app import utcnow
 from itsm_notify.compose.render import message_id
+from itsm_notify.states import Channel, DeliveryState
 from itsm_notify.storage import schema
 from smtp_server import SmtpSink
 
@@ -114,8 +115,8 @@ def sent_deliveries(engine: Engine) -> set[EmailKey]:
     with engine.connect() as conn:
         return {(row.message_id, row.recipient) for row in conn.execute(
             sa.select(schema.deliveries.c.message_id, schema.deliveries.c.recipient)
-            .where(schema.deliveries.c.channel == schema.EMAIL,
-                   schema.deliveries.c.state == schema.SENT))}
+            .where(schema.deliveries.c.channel == Channel.EMAIL,
+                   schema.deliveries.c.state == DeliveryState.SENT))}
 
 
 WORKER = [sys.executable, "-m", "itsm_notify", "send-pending"]

@@ -37,7 +37,8 @@ from sqlalchemy.exc import DBAPIError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from itsm_notify.config import ConfigError, load_settings
+from itsm_notify.config import load_settings
+from itsm_notify.errors import ConfigError
 from itsm_notify.inbound.handling import HandleResult, InboundMessage, header_section
 from itsm_notify.inbound.intake import fetch_mail_with_settings, receive_stdin
 from itsm_notify.inbound.store import REJECTED, inbound_messages, inbound_metadata, record_message

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from itsm_notify.config import ConfigError
+from itsm_notify.errors import ConfigError
 from itsm_notify.timing.business_hours import (
     ALWAYS_OPEN,
     BusinessCalendar,

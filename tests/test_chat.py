@@ -50,7 +50,8 @@ from itsm_notify.channels.routes import (
     destinations_for,
     load_destinations,
 )
-from itsm_notify.config import ConfigError, Secret, load_settings
+from itsm_notify.config import Secret, load_settings
+from itsm_notify.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -499,7 +500,7 @@ def event_context(kind: str, payload: dict[str, Any] | None = None, *,
     ticket = Ticket(7, "TKT-007", "Core switch down", "Nothing on floor 2\nreaches it.",
                     "open", "critical", 1, 2, None, None, None)
     return EventContext(OutboxEvent(10, kind, 7, actor_id, None), payload or {}, ticket, users,
-                        comment=comment)
+                        comment=comment, manager_ids=())
 
 
 def test_chat_message_says_what_happened() -> None:

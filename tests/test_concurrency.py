@@ -29,6 +29,7 @@ from delivery_support import (
 from itsm_notify.config import load_settings
 from itsm_notify.engine.pipeline import MAX_UNRECORDED
 from itsm_notify.engine.sender import send_pending
+from itsm_notify.states import EventState
 from itsm_notify.storage import schema
 from smtp_server import SmtpSink
 
@@ -125,7 +126,7 @@ def _processing(engine: sa.Engine) -> dict[int, str]:
     """event id → the worker holding it, for events in processing."""
     with engine.connect() as conn:
         rows = conn.execute(sa.select(schema.outbox.c.id, schema.outbox.c.locked_by)
-                            .where(schema.outbox.c.state == schema.PROCESSING)).all()
+                            .where(schema.outbox.c.state == EventState.PROCESSING)).all()
     assert rows, "no event was left in processing"
     return {row.id: row.locked_by for row in rows}
 
@@ -135,7 +136,7 @@ def _wait_for_leases_to_expire(engine: sa.Engine, timeout: float = 10) -> None:
     while time.monotonic() < deadline:
         with engine.connect() as conn:
             latest = conn.execute(sa.select(sa.func.max(schema.outbox.c.locked_until))
-                                  .where(schema.outbox.c.state == schema.PROCESSING)).scalar()
+                                  .where(schema.outbox.c.state == EventState.PROCESSING)).scalar()
         if latest is None or latest < utcnow():
             return
         time.sleep(0.1)

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from contract_app import add_event, create_schema, outbox_states, run_cli, seed_helpdesk
-from itsm_notify.config import AdminAddress, ConfigError, Settings, load_settings
+from itsm_notify.config import AdminAddress, Settings, load_settings
+from itsm_notify.errors import ConfigError
 
 
 def write(path: Path, text: str) -> Path:

@@ -33,6 +33,7 @@ from itsm_notify.django.helpdesk import TicketState, followup_events
 from itsm_notify.django.outbox import PAYLOAD_KEYS, encode_payload
 from itsm_notify.engine.sender import send_pending
 from itsm_notify.ops.unsubscribe import make_token, unsubscribe_url
+from itsm_notify.states import EventState
 from itsm_notify.storage import schema
 from itsm_notify.storage.database import make_engine, utcnow
 from itsm_notify.storage.migrations import init_database
@@ -404,9 +405,9 @@ def test_its_forms_and_update_ticket_write_the_events(
     with engine.connect() as conn:
         states = conn.execute(sa.select(schema.outbox.c.state, schema.outbox.c.last_error)
                               ).all()
-    assert {state for state, _ in states} <= {schema.DONE, schema.FAILED}
+    assert {state for state, _ in states} <= {EventState.DONE, EventState.FAILED}
     for state, error in states:
-        assert state == schema.DONE or (error and "\n" not in error
+        assert state == EventState.DONE or (error and "\n" not in error
                                         and "Traceback" not in error), error
 
 

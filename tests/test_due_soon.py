@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from itsm_notify.config import ConfigError
+from itsm_notify.errors import ConfigError
 from itsm_notify.timing.business_hours import ALWAYS_OPEN, BusinessCalendar, load_calendar
 from itsm_notify.timing.thresholds import (
     Threshold,

@@ -72,7 +72,7 @@ def context(event_type: str) -> EventContext:
     comment = Comment(9, TICKET.id, 2, "See <the> log & retry", False, None) \
         if event_type == "comment_added" else None
     return EventContext(event=event, payload=parse_payload(event_type, raw), ticket=TICKET,
-                        users=USERS, project=Project(1, "Network"), comment=comment)
+                        users=USERS, project=Project(1, "Network"), comment=comment, manager_ids=())
 
 
 # ------------------------------------------------------------ render once, fill in

@@ -33,6 +33,7 @@ from itsm_notify.compose.render import message_id
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine import sender
 from itsm_notify.engine.sender import RunReport, send_pending
+from itsm_notify.states import Channel
 from itsm_notify.storage import database, schema
 from itsm_notify.storage import outbox as outbox_queue
 from itsm_notify.storage.deliveries import record_outcomes
@@ -52,7 +53,7 @@ def run_at(settings: Settings, engine: Engine, moment: datetime, **kwargs: Any) 
 def email_rows(engine: Engine, event_id: int) -> dict[str, dict[str, Any]]:
     """recipient → its email delivery row, for one event."""
     return {row["recipient"]: row for row in deliveries(engine)
-            if row["event_id"] == event_id and row["channel"] == schema.EMAIL}
+            if row["event_id"] == event_id and row["channel"] == Channel.EMAIL}
 
 
 def event_row(engine: Engine, event_id: int) -> dict[str, Any]:
@@ -131,30 +132,48 @@ def test_exhausting_max_attempts_fails_the_delivery_and_the_event(
     assert run_at(settings, engine, t0 + timedelta(days=1)).events_handled == 0
 
 
-def test_each_deferred_recipient_waits_for_its_own_backoff(
+def test_available_at_is_the_one_retry_clock(
         database_url: str, smtp_sink: SmtpSink, desk: tuple[Engine, dict[str, int]]) -> None:
+    """A deferred event waits for its available_at; setting it to now (an operator, the
+    app, or requeue --deferred) gets the retry now: no per-recipient clock overrides it,
+    so the claim never ends with nothing sent."""
     engine, ids = desk
     event = add_event(engine, "ticket_created", ids["vpn"], None, {})
     smtp_sink.refuse(ALICE, 451, "4.7.1 try later", times=1)
     smtp_sink.refuse(CAROL, 451, "4.7.1 try later", times=1)
     settings = settings_for(database_url, smtp_sink)
     t0 = utcnow()
-    run_at(settings, engine, t0)
-    carol_due = t0 + timedelta(days=1)  # as if carol had been deferred many times
-    with engine.begin() as conn:
-        conn.execute(sa.update(schema.deliveries).where(schema.deliveries.c.recipient == CAROL)
-                     .values(next_attempt_at=carol_due))
-
-    run_at(settings, engine, t0 + timedelta(hours=2))
-    assert len(smtp_sink.messages_to(ALICE)) == 1
-    assert smtp_sink.messages_to(CAROL) == []  # her backoff has not run out
+    first = run_at(settings, engine, t0)
+    assert first.emails_deferred == 2
     row = event_row(engine, event)
-    assert (row["state"], row["available_at"]) == ("pending", carol_due)
+    assert row["state"] == "pending" and row["available_at"] > t0
 
-    run_at(settings, engine, carol_due + timedelta(seconds=1))
-    assert len(smtp_sink.messages_to(CAROL)) == 1
+    early = run_at(settings, engine, t0 + timedelta(seconds=1))  # its backoff runs
+    assert early.events_handled == 0 and smtp_sink.messages_to(ALICE) == []
+
+    with engine.begin() as conn:  # an operator makes it due now
+        conn.execute(sa.update(schema.outbox).where(schema.outbox.c.id == event)
+                     .values(available_at=t0 + timedelta(seconds=2)))
+    now = run_at(settings, engine, t0 + timedelta(seconds=2))
+    assert now.emails_sent == 2 and now.exit_code == 0
+    assert len(smtp_sink.messages_to(ALICE)) == len(smtp_sink.messages_to(CAROL)) == 1
     assert event_row(engine, event)["state"] == "done"
     assert duplicates(received(smtp_sink)) == 0
+
+
+def test_requeue_deferred_makes_every_deferred_event_due_now(
+        database_url: str, smtp_sink: SmtpSink, desk: tuple[Engine, dict[str, int]]) -> None:
+    engine, ids = desk
+    events = [add_event(engine, "ticket_created", ids["vpn"], None, {}) for _ in range(2)]
+    smtp_sink.refuse(ALICE, 451, "4.7.1 try later", times=2)
+    env = smtp_env(database_url, smtp_sink, ITSM_RETRY_BASE_SECONDS=3600)
+    assert run_cli(["send-pending"], env).exit_code == 1
+    assert run_cli(["send-pending"], env).output == ""  # waiting an hour: nothing due
+    requeued = run_cli(["requeue", "--deferred", "--yes"], env)
+    assert requeued.exit_code == 0 and "Requeued 2 events" in requeued.stderr
+    assert run_cli(["send-pending"], env).exit_code == 0
+    assert [event_row(engine, e)["state"] for e in events] == ["done", "done"]
+    assert len(smtp_sink.messages_to(ALICE)) == 2
 
 
 # ------------------------------------------------------------- 5xx: failed at once
@@ -223,10 +242,10 @@ def test_server_down_defers_the_batch_exits_1_and_up_again_delivers_once(
     rows = outbox_rows(engine)
     assert {r["state"] for r in rows} == {"pending"}  # retryable, none failed
     # The run stopped after the first batch instead of walking the whole backlog.
-    assert [r["attempts"] for r in rows] == [1, 1, 0, 0, 0, 0]
+    assert {r["event_id"] for r in deliveries(engine)} == {r["id"] for r in rows[:2]}
     # A message that never reached a server does not use up an attempt (max is 1 here).
     assert {(r["state"], r["attempts"]) for r in deliveries(engine)
-            if r["channel"] == schema.EMAIL} == {("deferred", 0)}
+            if r["channel"] == Channel.EMAIL} == {("deferred", 0)}
 
     smtp_sink.start()
     time.sleep(0.05)  # the backoff of 0.01 s runs out
@@ -301,7 +320,7 @@ def test_rate_per_hour_caps_runs_and_the_rest_waits_without_using_attempts(
     rows = outbox_rows(engine)
     assert {r["state"] for r in rows} == {"done", "pending"}
     assert [r["attempts"] for r in rows if r["state"] == "pending"][-2:] == [0, 0]  # unclaimed
-    waiting = [r for r in deliveries(engine) if r["channel"] == schema.EMAIL
+    waiting = [r for r in deliveries(engine) if r["channel"] == Channel.EMAIL
                and r["state"] != "sent"]
     assert waiting and {r["attempts"] for r in waiting} == {0}
 
@@ -314,7 +333,7 @@ def test_rate_per_hour_caps_runs_and_the_rest_waits_without_using_attempts(
     counts = received(smtp_sink)
     assert set(counts) == bulk.expected_emails and duplicates(counts) == 0
     assert {r["state"] for r in outbox_rows(engine)} == {"done"}
-    assert {r["attempts"] for r in deliveries(engine) if r["channel"] == schema.EMAIL} == {1}
+    assert {r["attempts"] for r in deliveries(engine) if r["channel"] == Channel.EMAIL} == {1}
 
 
 # ---------------------------------------------------------- leases and takeovers

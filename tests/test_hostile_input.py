@@ -41,22 +41,18 @@ from contract_app import (
     smtp_env,
     utcnow,
 )
-from itsm_notify.channels.base import SENT, Outgoing, deliver_all
+from itsm_notify.channels.base import Outgoing, deliver_all
 from itsm_notify.channels.smtp import SmtpTransport, bare_line_break
-from itsm_notify.compose.headers import (
-    SMTP_POLICY,
-    SMTPUTF8_POLICY,
-    UnsafeHeader,
-    header_address,
-    needs_smtputf8,
-)
+from itsm_notify.compose.headers import SMTP_POLICY, SMTPUTF8_POLICY, header_address, needs_smtputf8
 from itsm_notify.compose.render import Renderer, message_id, thread_id
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine.overdue import overdue_scan
 from itsm_notify.engine.sender import send_pending
+from itsm_notify.errors import UnsafeHeader
 from itsm_notify.events.addresses import address_problem
 from itsm_notify.events.model import Comment, EventContext, OutboxEvent, Project, Ticket, User
 from itsm_notify.events.types import resolve
+from itsm_notify.states import DeliveryState
 from smtp_server import ReceivedMessage, SmtpSink
 
 # ------------------------------------------------------------------ hostile text
@@ -180,7 +176,7 @@ def _context(title: str, number: str, status: str, first: str, last: str,
                     due_at=None, created_at=datetime(2026, 1, 1))
     return EventContext(event=OutboxEvent(1, "status_changed", 7, 2, None),
                         payload={"old_status": "open", "new_status": status},
-                        ticket=ticket, users=users)
+                        ticket=ticket, users=users, manager_ids=())
 
 
 @pytest.mark.parametrize("settings", [SETTINGS, REDIRECTED], ids=["direct", "debug-redirect"])
@@ -216,7 +212,7 @@ def test_no_field_can_add_a_header_or_smuggle_a_line_break(
     outcomes = deliver_all(transport, [
         Outgoing(key=path, sender="desk@example.com", rcpt=rcpt, data=data)
         for path, data in (("fast", fast), ("plain", plain))])
-    assert [o.status for o in outcomes] == [SENT, SENT], outcomes
+    assert [o.status for o in outcomes] == [DeliveryState.SENT, DeliveryState.SENT], outcomes
     received = module_sink.messages
     assert len(received) == 2
     to_local, to_domain = ("dev", "example.com") if settings.redirect_to else \
@@ -430,7 +426,7 @@ def test_in_app_text_of_a_hostile_event_is_bounded() -> None:
         event=OutboxEvent(1, "comment_added", 7, 1, None), payload={"comment_id": 9},
         ticket=Ticket(7, "T-7", "t" * 10_000, "", "open", "high", 1, None, None, None, None),
         users={1: User(1, "u", "u@example.com")}, project=Project(1, "P"),
-        comment=Comment(9, 7, 1, "b" * 100_000, False, None))
+        comment=Comment(9, 7, 1, "b" * 100_000, False, None), manager_ids=())
     from itsm_notify.compose.render import in_app_text
 
     title, body, _ = in_app_text(ctx, "s" * 10_000)

@@ -29,11 +29,12 @@ from http_fakes import (
     SendGridFake,
     SesFake,
 )
-from itsm_notify.channels.base import Outcome, Outgoing, RateLimiter, TransportError, deliver_all
+from itsm_notify.channels.base import Outcome, Outgoing, RateLimiter, deliver_all
 from itsm_notify.channels.http import retry_after_seconds
 from itsm_notify.channels.http_email import HttpEmailTransport, make_http_email_transport
 from itsm_notify.compose.render import RenderedEmail, Renderer, message_id, thread_id
-from itsm_notify.config import ConfigError, Settings, load_settings
+from itsm_notify.config import Settings, load_settings
+from itsm_notify.errors import ConfigError, TransportError
 from itsm_notify.events.audience import EmailRecipient
 
 pytestmark = pytest.mark.timeout(60)

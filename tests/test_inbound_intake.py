@@ -29,7 +29,7 @@ from inbound_support import (
     make_message,
     recorded_rows,
 )
-from itsm_notify.config import ConfigError
+from itsm_notify.errors import ConfigError
 from itsm_notify.inbound.handling import (
     DEFAULT_MAX_BYTES,
     FetchReport,

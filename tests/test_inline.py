@@ -123,7 +123,7 @@ def context(event_type: str, title: str, description: str, priority: str) -> Eve
     comment = Comment(9, 42, 2, description, False, None) \
         if event_type == "comment_added" else None
     return EventContext(event=event, payload=parse_payload(event_type, raw), ticket=ticket,
-                        users=USERS, project=Project(1, "Network"), comment=comment)
+                        users=USERS, project=Project(1, "Network"), comment=comment, manager_ids=())
 
 
 RENDERER = Renderer(__import__("itsm_notify.config", fromlist=["load_settings"]).load_settings(

@@ -16,13 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from contract_app import add_event, create_schema, run_cli, seed_helpdesk
-from itsm_notify.config import ConfigError
+from itsm_notify.errors import ConfigError
 from itsm_notify.ops.metrics import (
     MetricsSnapshot,
     load_snapshot,
     render_metrics,
     serve_metrics,
 )
+from itsm_notify.states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
 from itsm_notify.storage import database, outbox, schema
 
 NOW = datetime(2026, 5, 4, 12, 0)
@@ -75,17 +76,19 @@ def test_metrics_match_the_database(database_url: str, tmp_path: Path) -> None:
                                             "EMAIL_FILE_PATH": str(tmp_path / "mail")})
         assert result.exit_code == 0, result.output
         # and the states a quiet run does not produce
-        failed_event = add_outbox_row(engine, schema.FAILED, NOW - timedelta(hours=3))
-        add_delivery(engine, failed_event, schema.EMAIL, "gone@example.com", schema.FAILED)
-        add_delivery(engine, failed_event, schema.EMAIL, "later@example.com", schema.DEFERRED)
-        add_delivery(engine, failed_event, schema.EMAIL, "bounced@example.com", schema.SUPPRESSED)
-        add_delivery(engine, failed_event, "carrier-pigeon", "coop-7", schema.SENT)
+        failed_event = add_outbox_row(engine, EventState.FAILED, NOW - timedelta(hours=3))
+        add_delivery(engine, failed_event, Channel.EMAIL, "gone@example.com", EventState.FAILED)
+        add_delivery(engine, failed_event, Channel.EMAIL, "later@example.com",
+                     DeliveryState.DEFERRED)
+        add_delivery(engine, failed_event, Channel.EMAIL, "bounced@example.com",
+                     DeliveryState.SUPPRESSED)
+        add_delivery(engine, failed_event, "carrier-pigeon", "coop-7", DeliveryState.SENT)
         # pending: one written 40 minutes ago and due since 30; one waiting for a retry
-        add_outbox_row(engine, schema.PENDING, NOW - timedelta(minutes=40),
+        add_outbox_row(engine, EventState.PENDING, NOW - timedelta(minutes=40),
                        NOW - timedelta(minutes=30))
-        add_outbox_row(engine, schema.PENDING, NOW - timedelta(minutes=90),
+        add_outbox_row(engine, EventState.PENDING, NOW - timedelta(minutes=90),
                        NOW + timedelta(minutes=10))
-        add_outbox_row(engine, schema.PROCESSING, NOW - timedelta(minutes=1))
+        add_outbox_row(engine, EventState.PROCESSING, NOW - timedelta(minutes=1))
         with engine.begin() as conn:
             conn.execute(sa.insert(schema.suppressions).values(address="bounced@example.com",
                                                            reason="550 no such user"))
@@ -103,16 +106,16 @@ def test_metrics_match_the_database(database_url: str, tmp_path: Path) -> None:
         assert value(parsed, "itsm_notify_suppressed_addresses") == 1
 
         counts = delivery_counts(engine)
-        assert counts[(schema.EMAIL, schema.SENT)] >= 4
-        assert counts[(schema.IN_APP, schema.SENT)] >= 4
-        for channel in (schema.EMAIL, schema.IN_APP):
-            for outcome in schema.FINAL_DELIVERY_STATES:
+        assert counts[(Channel.EMAIL, DeliveryState.SENT)] >= 4
+        assert counts[(Channel.IN_APP, DeliveryState.SENT)] >= 4
+        for channel in (Channel.EMAIL, Channel.IN_APP):
+            for outcome in FINAL_DELIVERY_STATES:
                 assert value(parsed, "itsm_notify_deliveries_total", channel=channel,
                              outcome=outcome) == counts[(channel, outcome)]
             assert value(parsed, "itsm_notify_deliveries_waiting", channel=channel,
-                         state=schema.DEFERRED) == counts[(channel, schema.DEFERRED)]
-        assert value(parsed, "itsm_notify_deliveries_total", channel=schema.EMAIL,
-                     outcome=schema.FAILED) == 1
+                         state=DeliveryState.DEFERRED) == counts[(channel, DeliveryState.DEFERRED)]
+        assert value(parsed, "itsm_notify_deliveries_total", channel=Channel.EMAIL,
+                     outcome=EventState.FAILED) == 1
         # an unknown channel is counted as "other"; no address or recipient is a label
         assert value(parsed, "itsm_notify_deliveries_total", channel="other", outcome="sent") == 1
         text = render_metrics(load_snapshot(engine, NOW)).decode()
@@ -127,7 +130,7 @@ def test_inbound_messages_and_a_queue_waiting_for_a_retry(database_url: str) -> 
     engine = create_schema(database_url)
     try:
         # the only pending event waits for its retry: old, but not stuck
-        add_outbox_row(engine, schema.PENDING, NOW - timedelta(minutes=90),
+        add_outbox_row(engine, EventState.PENDING, NOW - timedelta(minutes=90),
                        NOW + timedelta(minutes=10))
         inbound = sa.Table("inbound_messages", sa.MetaData(),
                            sa.Column("id", sa.Integer, primary_key=True),
@@ -153,7 +156,7 @@ def test_labels_stay_bounded() -> None:
         outbox_events={"pending": 1, **{f"state-{n}": 1 for n in range(500)}},
         oldest_pending_age_seconds=5.0, oldest_due_wait_seconds=None,
         deliveries={(f"channel-{n}", f"state-{n}"): 1 for n in range(1000)}
-        | {(schema.EMAIL, schema.SENT): 7},
+        | {(Channel.EMAIL, DeliveryState.SENT): 7},
         suppressed_addresses=0,
         inbound_messages={f"outcome-{n}": 2 for n in range(100)},
         run_seconds={"send-pending": 1.5, **{f"cmd-{n}": float(n) for n in range(50)}})
@@ -196,7 +199,7 @@ def test_serve_metrics_on_loopback(sqlite_url: str) -> None:
             assert value(parsed, "itsm_notify_outbox_events", state="pending") == 0
             assert value(parsed, "itsm_notify_last_run_duration_seconds",
                          command="send-pending") == 0.25
-            add_outbox_row(engine, schema.PENDING, NOW - timedelta(seconds=30))
+            add_outbox_row(engine, EventState.PENDING, NOW - timedelta(seconds=30))
             # a new snapshot per scrape
             assert value(samples(fetch(server.url)[1]), "itsm_notify_outbox_events",
                          state="pending") == 1

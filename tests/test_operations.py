@@ -23,6 +23,7 @@ from contract_app import (
     smtp_env,
     utcnow,
 )
+from itsm_notify.states import Channel
 from itsm_notify.storage import schema
 from smtp_server import SmtpSink
 
@@ -43,7 +44,7 @@ def new_ticket_event(engine: Engine, ids: dict[str, int]) -> int:
 
 def email_states(engine: Engine, event_id: int) -> dict[str, tuple[str, int]]:
     return {r["recipient"]: (r["state"], r["attempts"]) for r in deliveries(engine)
-            if r["event_id"] == event_id and r["channel"] == schema.EMAIL}
+            if r["event_id"] == event_id and r["channel"] == Channel.EMAIL}
 
 
 # ------------------------------------------------------------------------- status
@@ -220,7 +221,7 @@ def test_delivery_log_has_one_line_per_attempt_and_never_the_password(
     again = new_ticket_event(engine, ids)
     wrong = dict(env, EMAIL_HOST_PASSWORD=PASSWORD + "-wrong")
     refused = run_cli(["send-pending"], wrong)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # a configuration error
     assert "EMAIL_HOST_PASSWORD" in refused.stderr
     assert outbox_states(engine)[again] == "pending"
     outputs += [refused.stdout, refused.stderr]

@@ -12,12 +12,21 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from contract_app import add_ticket, add_user, create_schema, run_cli, set_preference, smtp_env
+from contract_app import (
+    add_ticket,
+    add_user,
+    create_schema,
+    outbox_rows,
+    run_cli,
+    set_preference,
+    smtp_env,
+)
 from contract_app import utcnow as helpdesk_now
+from itsm_notify.compose.present import overdue_for
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine import overdue
-from itsm_notify.engine.overdue import overdue_for, overdue_query, overdue_scan
-from itsm_notify.events.audience import EmailRecipient
+from itsm_notify.engine.overdue import overdue_query, overdue_scan
+from itsm_notify.engine.sender import send_pending
 from itsm_notify.storage import schema
 from itsm_notify.storage.deliveries import add_suppression
 from smtp_server import ReceivedMessage, SmtpSink
@@ -122,9 +131,16 @@ def test_one_digest_per_assignee_most_overdue_first(desk: dict[str, Any],
 
     assert alerts(desk["engine"]) == {(b1, "bob@example.com"), (b2, "bob@example.com"),
                                       (b3, "bob@example.com"), (c1, "carol@example.com")}
+    # A digest is an event like any other: its delivery rows, its delivery log lines.
+    with desk["engine"].connect() as conn:
+        digests = conn.execute(sa.select(schema.outbox.c.id, schema.outbox.c.state)
+                               .where(schema.outbox.c.event_type == "overdue")).all()
+        rows = conn.execute(sa.select(schema.deliveries.c.recipient,
+                                      schema.deliveries.c.state)).all()
+    assert [state for _, state in digests] == ["done", "done"]
+    assert sorted(rows) == [("bob@example.com", "sent"), ("carol@example.com", "sent")]
     log = (Path.cwd() / "logs" / "email.log").read_text()
-    assert "overdue digest recipient=bob@example.com tickets=3" in log
-    assert "outcome=sent" in log
+    assert f"event={digests[0][0]} channel=email recipient=bob@example.com outcome=sent" in log
 
 
 def test_unassigned_and_unreachable_assignees_go_to_admins(desk: dict[str, Any],
@@ -287,16 +303,23 @@ def test_suppressed_and_opted_out_recipients_get_nothing(desk: dict[str, Any],
     assert [m.rcpt_tos for m in smtp_sink.messages] == [["carol@example.com"]]
     assert (report.digests_sent, report.digests_suppressed, report.opted_out) == (1, 1, 1)
     assert report.exit_code == 0
-    assert {r for _, r in alerts(engine)} == {"carol@example.com"}  # nothing recorded for bob
+    # An alert is remembered when its digest is written; bob's digest has its delivery
+    # row, suppressed (status and the delivery log show it).
+    assert {r for _, r in alerts(engine)} == {"bob@example.com", "carol@example.com"}
 
 
-def test_deferred_digest_is_retried_next_scan(sqlite_url: str, smtp_sink: SmtpSink) -> None:
+def test_a_deferred_digest_is_retried_by_send_pending_not_sent_again_by_the_next_scan(
+        sqlite_url: str, smtp_sink: SmtpSink) -> None:
+    """Digests take the one delivery path: a 4xx is retried with backoff and the same
+    Message-ID; a 5xx fails that digest and suppresses the address, once (it is not sent
+    again by every scan)."""
     desk = {"engine": create_schema(sqlite_url), "url": sqlite_url}
-    desk["alice"] = add_user(desk["engine"], "alice")
-    desk["bob"] = add_user(desk["engine"], "bob", first_name="Bob")
-    desk["carol"] = add_user(desk["engine"], "carol", first_name="Carol")
-    ticket(desk, "TKT-701", assignee="bob", due=timedelta(days=1))
-    ticket(desk, "TKT-702", assignee="carol", due=timedelta(days=1))
+    engine = desk["engine"]
+    desk["alice"] = add_user(engine, "alice")
+    desk["bob"] = add_user(engine, "bob", first_name="Bob")
+    desk["carol"] = add_user(engine, "carol", first_name="Carol")
+    bobs = ticket(desk, "TKT-701", assignee="bob", due=timedelta(days=1))
+    carols = ticket(desk, "TKT-702", assignee="carol", due=timedelta(days=1))
     settings = settings_for(sqlite_url, smtp_sink)
     smtp_sink.refuse("bob@example.com", 451, "4.7.1 try again later", times=1)
     smtp_sink.refuse("carol@example.com", 550, "5.1.1 no such user")
@@ -305,13 +328,26 @@ def test_deferred_digest_is_retried_next_scan(sqlite_url: str, smtp_sink: SmtpSi
 
     assert (first.digests_sent, first.digests_deferred, first.digests_failed) == (0, 1, 1)
     assert first.exit_code == 1
-    assert alerts(desk["engine"]) == set()
-    with desk["engine"].connect() as conn:  # a 5xx refusal suppresses the address
+    assert alerts(engine) == {(bobs, "bob@example.com"), (carols, "carol@example.com")}
+    with engine.connect() as conn:  # a 5xx refusal suppresses the address
         assert conn.execute(sa.select(schema.suppressions.c.address)).scalars().all() == \
             ["carol@example.com"]
+        states = dict(conn.execute(sa.select(schema.deliveries.c.recipient,
+                                             schema.deliveries.c.state)).all())
+    assert states == {"bob@example.com": "deferred", "carol@example.com": "failed"}
     second = overdue_scan(settings, now=NOW + timedelta(hours=1))
-    assert (second.digests_sent, second.digests_suppressed) == (1, 1)
-    assert [m.rcpt_tos for m in smtp_sink.messages] == [["bob@example.com"]]
+    assert second.digests == 0  # within the re-alert window: no digest written again
+    assert smtp_sink.messages == []
+
+    retry = send_pending(settings, clock=lambda: NOW + timedelta(hours=2))
+    assert retry.emails_sent == 1
+    [message] = smtp_sink.messages
+    assert message.rcpt_tos == ["bob@example.com"]
+    with engine.connect() as conn:
+        planned = conn.execute(sa.select(schema.deliveries.c.message_id).where(
+            schema.deliveries.c.recipient == "bob@example.com")).scalar_one()
+    assert message.message["Message-ID"] == planned  # the same Message-ID on the retry
+    assert overdue_scan(settings, now=NOW + timedelta(hours=3)).digests == 0
 
 
 def test_digests_count_against_the_hourly_rate_ceiling(desk: dict[str, Any],
@@ -322,11 +358,12 @@ def test_digests_count_against_the_hourly_rate_ceiling(desk: dict[str, Any],
     first = overdue_scan(settings, engine=desk["engine"], now=NOW)
     assert (first.digests_sent, first.digests_deferred) == (1, 1)
     # Half an hour later the hour's one email is the digest already sent: nothing goes.
-    again = overdue_scan(settings, engine=desk["engine"], now=NOW + timedelta(minutes=30))
-    assert (again.digests_sent, again.digests_deferred) == (0, 1)
+    again = send_pending(settings, engine=desk["engine"],
+                         clock=lambda: NOW + timedelta(minutes=30))
+    assert again.emails_sent == 0
     assert len(smtp_sink.messages) == 1
-    later = overdue_scan(settings, engine=desk["engine"], now=NOW + timedelta(hours=2))
-    assert later.digests_sent == 1
+    later = send_pending(settings, engine=desk["engine"], clock=lambda: NOW + timedelta(hours=2))
+    assert later.emails_sent == 1
     assert len(smtp_sink.messages) == 2
 
 
@@ -410,7 +447,9 @@ def test_command_exits_1_when_the_server_is_down(sqlite_url: str, smtp_sink: Smt
     smtp_sink.stop()
     result = run_cli(["overdue-scan"], smtp_env(sqlite_url, smtp_sink))
     assert result.exit_code == 1
-    assert alerts(engine) == set()
+    # The digest waits in the outbox for send-pending, its alert remembered.
+    assert len(alerts(engine)) == 1
+    assert [row["state"] for row in outbox_rows(engine)] == ["pending"]
 
 
 # ------------------------------------------------------------------ units
@@ -426,23 +465,6 @@ def test_command_exits_1_when_the_server_is_down(sqlite_url: str, smtp_sink: Smt
 ])
 def test_overdue_for(age: timedelta, expected: str) -> None:
     assert overdue_for(NOW - age, NOW) == expected
-
-
-def test_message_id_is_stable_for_the_same_digest_within_the_window(sqlite_url: str) -> None:
-    engine = create_schema(sqlite_url)
-    settings = load_settings({"database_url": sqlite_url}, environ={}, dotenv_path=None)
-    due = NOW - timedelta(days=1)
-    one = overdue.OverdueTicket(1, "TKT-1", "t", "low", "open", due, None)
-    two = overdue.OverdueTicket(2, "TKT-2", "t", "low", "open", due, None)
-    bob = EmailRecipient("bob@example.com", "Bob")
-
-    def message_id(now: datetime, *tickets: overdue.OverdueTicket) -> str:
-        scan = overdue.OverdueScan(settings, engine, now=now)
-        return scan._message_id(overdue.Digest(bob, list(tickets)))
-
-    assert message_id(NOW, one) == message_id(NOW + timedelta(hours=1), one)  # a retry
-    assert message_id(NOW, one) != message_id(NOW, one, two)
-    assert message_id(NOW, one) != message_id(NOW + timedelta(hours=24), one)
 
 
 def test_query_walks_the_due_date_index(sqlite_url: str) -> None:

@@ -56,7 +56,7 @@ def context(event_type: str, ticket: Ticket = TICKET, *, event_id: int = 100,
     comment = Comment(9, ticket.id, 2, comment_body, False, None) \
         if event_type == "comment_added" else None
     return EventContext(event=event, payload=parse_payload(event_type, raw), ticket=ticket,
-                        users=USERS, project=Project(1, "Network"), comment=comment)
+                        users=USERS, project=Project(1, "Network"), comment=comment, manager_ids=())
 
 
 def compose(renderer: Renderer, ctx: EventContext, recipient: EmailRecipient) -> bytes:

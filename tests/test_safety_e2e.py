@@ -181,6 +181,8 @@ def test_a_broken_digest_template_fails_that_digest_not_the_scan(
     result = run_cli(["overdue-scan"], env)
     assert result.exit_code == 1
     assert smtp_sink.messages == []
-    with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(schema.overdue_alerts)
-                            ).scalar_one() == 0
+    with engine.connect() as conn:  # the digest failed with its reason, nothing else did
+        assert conn.execute(sa.select(schema.outbox.c.state, schema.outbox.c.last_error)
+                            .where(schema.outbox.c.event_type == "overdue")).one() == \
+            ("failed", "1 of 1 recipients failed: bob@example.com: could not render the "
+                       "email (UndefinedError: 'no_such_variable' is undefined)")

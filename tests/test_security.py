@@ -12,13 +12,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from itsm_notify.channels.base import Outgoing, TransportError, deliver_all
+from itsm_notify.channels.base import Outgoing, deliver_all
 from itsm_notify.channels.smtp import SmtpTransport
 from itsm_notify.compose.render import Renderer, message_id, thread_id
 from itsm_notify.config import load_settings
+from itsm_notify.errors import InvalidToken, TransportError
 from itsm_notify.events.model import Comment, EventContext, OutboxEvent, Project, Ticket, User
 from itsm_notify.events.types import resolve
-from itsm_notify.ops.unsubscribe import InvalidToken, make_token, read_token, unsubscribe_url
+from itsm_notify.ops.unsubscribe import make_token, read_token, unsubscribe_url
 
 SETTINGS = load_settings({"site_url": "https://desk.example.com", "secret_key": "s3cret",
                           "default_from_email": "Desk <desk@example.com>",
@@ -61,7 +62,7 @@ def _context(event_type: str, *, title: str, description: str, first: str, last:
         comment = Comment(9, 7, 3, body, False, datetime(2026, 1, 2))
     return EventContext(event=OutboxEvent(1, event_type, 7, 3, None), payload=payload,
                         ticket=ticket, users=users, project=Project(1, f"P {title}", True),
-                        comment=comment)
+                        comment=comment, manager_ids=())
 
 
 def _tag_names(html: str) -> set[str]:

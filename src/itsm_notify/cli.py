@@ -23,16 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import Engine
 
-from .config import ConfigError, Settings, load_settings
+from .config import Settings, load_settings
 from .engine.sender import RunReport, send_pending
-from .storage.database import (
-    DatabaseUnavailable,
-    database_errors,
-    describe_exception,
-    make_engine,
-    utcnow,
-)
-from .storage.outbox import outbox_status, requeue_failed
+from .errors import ConfigError, DatabaseUnavailable
+from .storage.database import database_errors, describe_exception, make_engine, utcnow
+from .storage.outbox import outbox_status, requeue_deferred, requeue_failed
 
 app = typer.Typer(help="Notification engine for IT help desks: outbox events to email and "
                        "in-app notifications.", no_args_is_help=True,
@@ -161,6 +156,14 @@ def present_run(command: str, summary: str, problems: list[str], did_work: bool)
         logging.getLogger("itsm_notify").info("%s: %s", command, summary)
 
 
+def stop_on_config_error(error: Exception | None) -> None:
+    """A channel refused the configuration: its sentence, exit 2 (the batch in hand was
+    left for the next run)."""
+    if error is not None:
+        err.print(f"[bold red]Error:[/] {plain(error)}", soft_wrap=True)
+        raise typer.Exit(2)
+
+
 def planned_table(report: RunReport, title: str) -> Table:
     table = Table(title=title)
     for column in ("event", "type", "ticket", "channel", "recipient", "subject", "note"):
@@ -196,6 +199,7 @@ def send_pending_command(
             return
         report = _run_with_progress(settings, engine, limit)
     present_run("send-pending", report.summary(), report.problems, report.events_handled > 0)
+    stop_on_config_error(report.config_error)
     raise typer.Exit(report.exit_code)
 
 
@@ -237,7 +241,8 @@ def status_command(
     out.print(table)
     age = status["oldest_pending_age_seconds"]
     out.print(f"oldest pending: {_age(age)}; failed in the last 24 h: "
-              f"{status['failed_last_24h']}; suppressed addresses: "
+              f"{status['failed_last_24h']}; recipients skipped in the last 24 h (no "
+              f"address): {status['skipped_recipients_last_24h']}; suppressed addresses: "
               f"{status['suppressed_addresses']}")
 
 
@@ -258,17 +263,22 @@ def requeue_command(
     event_ids: Annotated[list[int] | None, typer.Argument(
         help="Event ids to requeue.", show_default=False)] = None,
     all_failed: Annotated[bool, typer.Option("--all", help="Requeue every failed event.")] = False,
+    deferred: Annotated[bool, typer.Option(
+        "--deferred", help="Make every deferred event (waiting for its retry) due now.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Put failed events back to pending, so the next run retries them."""
-    if not event_ids and not all_failed:
-        err.print("[bold red]Error:[/] name the event ids to requeue, or pass --all.")
+    """Put failed events back to pending (ids or --all), or make the deferred ones due now
+    (--deferred), so the next run retries them."""
+    if sum((bool(event_ids), all_failed, deferred)) != 1:
+        err.print("[bold red]Error:[/] name the event ids to requeue, or pass --all (every "
+                  "failed event) or --deferred (every deferred one), one of them.")
         raise typer.Exit(2)
     with friendly_errors():
         settings, engine = open_database(config, database_url)
-        what = "every failed event" if all_failed else f"failed events {event_ids}"
+        what = ("every deferred event" if deferred else
+                "every failed event" if all_failed else f"failed events {event_ids}")
         if not yes:
             if not sys.stdin.isatty():
                 err.print("[bold red]Error:[/] requeue asks for confirmation: "
@@ -276,8 +286,11 @@ def requeue_command(
                 raise typer.Exit(2)
             typer.confirm(f"Requeue {what}?", abort=True)
         with database_errors(settings.database_url):
-            count = requeue_failed(engine, event_ids=None if all_failed else event_ids,
-                                      now=utcnow())
+            if deferred:
+                count = requeue_deferred(engine, now=utcnow())
+            else:
+                count = requeue_failed(engine, event_ids=None if all_failed else event_ids,
+                                       now=utcnow())
     err.print(f"Requeued {count} event{'s' if count != 1 else ''}.")
 
 
@@ -394,7 +407,8 @@ def unsubscribe_command(
     database_url: DatabaseOption = None,
 ) -> None:
     """Verify an unsubscribe TOKEN and turn that user's emails of that type off."""
-    from .ops.unsubscribe import InvalidToken, apply_token
+    from .errors import InvalidToken
+    from .ops.unsubscribe import apply_token
 
     with friendly_errors():
         settings, engine = open_database(config, database_url)
@@ -446,6 +460,7 @@ def overdue_scan_command(
         _present_planned_digests(report)
         return
     present_run("overdue-scan", report.summary(), report.problems, report.digests > 0)
+    stop_on_config_error(report.delivery.config_error)
     raise typer.Exit(report.exit_code)
 
 

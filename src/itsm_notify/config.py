@@ -20,11 +20,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from .errors import ConfigError
 from .events.addresses import address_problem
-
-
-class ConfigError(Exception):
-    """A setting is missing or wrong; the message is one sentence with the fix."""
 
 
 class Secret(str):
@@ -173,6 +170,7 @@ class Settings:
     retry_base_seconds: float = _setting(60.0, "ITSM_RETRY_BASE_SECONDS", _parse_float)
     retry_max_seconds: float = _setting(3600.0, "ITSM_RETRY_MAX_SECONDS", _parse_float)
     max_attempts: int = _setting(8, "ITSM_MAX_ATTEMPTS", _parse_int)
+    max_claims: int = _setting(5, "ITSM_MAX_CLAIMS", _parse_int)
     smtp_connections: int = _setting(4, "ITSM_SMTP_CONNECTIONS", _parse_int)
     one_cpu: bool = _setting(True, "ITSM_ONE_CPU", _parse_bool)
     rate_per_second: float = _setting(0.0, "ITSM_RATE_PER_SECOND", _parse_float)
@@ -363,7 +361,8 @@ def validate(settings: Settings) -> None:
         if value and (problem := _header_address_problem(value)):
             raise ConfigError(f"{ENV_NAMES[name]} {problem}: fix its value, e.g. "
                               "'Help Desk <helpdesk@example.com>'.")
-    for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "smtp_connections",
+    for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "max_claims",
+                 "smtp_connections",
                  "send_interval_seconds", "inbound_max_bytes", "http_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{ENV_NAMES[name]} must be at least 1: fix its value.")

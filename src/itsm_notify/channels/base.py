@@ -14,8 +14,7 @@ from email.parser import BytesParser
 from typing import Protocol, cast
 
 from ..compose.headers import needs_smtputf8
-
-SENT, DEFERRED, FAILED = "sent", "deferred", "failed"
+from ..states import DeliveryState
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Outgoing:
 @dataclass(frozen=True)
 class Outcome:
     key: Hashable
-    status: str  # sent, deferred or failed
+    status: DeliveryState  # sent, deferred or failed
     code: int | None = None
     detail: str = ""
     refused_recipient: bool = False
@@ -66,9 +65,6 @@ Answered = Callable[[Outcome], None]
 it raises, the transport stops taking messages and ``deliver`` raises that error."""
 
 
-class TransportError(Exception):
-    """The transport cannot work at all (login refused, TLS misconfigured): one sentence
-    with the fix. The batch in hand is deferred, not lost."""
 
 
 class Transport(Protocol):
@@ -148,4 +144,4 @@ RATE_LIMITED = "hourly rate ceiling reached (ITSM_RATE_PER_HOUR); retried later"
 
 def rate_limited(out: Outgoing) -> Outcome:
     """The deferral of a message the hourly ceiling held back: it uses up no retry."""
-    return Outcome(out.key, DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)
+    return Outcome(out.key, DeliveryState.DEFERRED, detail=RATE_LIMITED, counts_as_attempt=False)

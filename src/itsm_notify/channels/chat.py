@@ -45,8 +45,9 @@ from typing import Any
 
 import httpx
 
+from ..states import DeliveryState
 from . import signing
-from .base import DEFERRED, RATE_LIMITED, Answered, Outcome, RateLimiter
+from .base import RATE_LIMITED, Answered, Outcome, RateLimiter
 from .http import (
     Endpoint,
     Exchange,
@@ -399,7 +400,7 @@ class ChatTransport:
                 if state.endpoint.gave_up:
                     return untried(out.key, state.endpoint)
                 if not limiter.acquire():
-                    return Outcome(out.key, DEFERRED, detail=RATE_LIMITED,
+                    return Outcome(out.key, DeliveryState.DEFERRED, detail=RATE_LIMITED,
                                    counts_as_attempt=False)
                 state.pacer.acquire()
                 return state.exchange.send(out.key, state.endpoint,

@@ -41,7 +41,9 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from .base import DEFERRED, FAILED, SENT, Answered, Outcome, TransportError
+from ..errors import TransportError
+from ..states import DeliveryState
+from .base import Answered, Outcome
 
 WAIT_IN_RUN_AT_MOST = 20.0
 """Seconds of Retry-After a run waits out before sending again; beyond, it defers."""
@@ -234,8 +236,8 @@ class Endpoint:
 def untried(key: Hashable, endpoint: Endpoint) -> Outcome:
     """The deferral of a message not sent because its endpoint was given up: it uses
     up no retry, and waits at least as long as the endpoint asked."""
-    return Outcome(key, DEFERRED, detail=endpoint.gave_up or "", counts_as_attempt=False,
-                   retry_after=endpoint.paused_for() or None)
+    return Outcome(key, DeliveryState.DEFERRED, detail=endpoint.gave_up or "",
+                   counts_as_attempt=False, retry_after=endpoint.paused_for() or None)
 
 
 class Exchange:
@@ -286,8 +288,9 @@ class Exchange:
                 endpoint.pause(wait)
                 endpoint.give_up(f"{endpoint.label} asked to wait {wait:g} s "
                                  f"({judgement.reason}); retried later")
-                return Outcome(key, DEFERRED, code, f"{judgement.reason} (asked to wait "
-                               f"{wait:g} s)", counts_as_attempt=False, retry_after=wait)
+                return Outcome(key, DeliveryState.DEFERRED, code,
+                               f"{judgement.reason} (asked to wait {wait:g} s)",
+                               counts_as_attempt=False, retry_after=wait)
             return outcome_of(key, code, judgement, endpoint)
 
 
@@ -295,16 +298,16 @@ def outcome_of(key: Hashable, code: int, judgement: Judgement, endpoint: Endpoin
     """The outcome of an answer that is not a 429 (pure but for giving up ``endpoint``)."""
     verdict, reason = judgement.verdict, judgement.reason
     if verdict is Verdict.ACCEPTED:
-        return Outcome(key, SENT, code, reason, provider_id=judgement.provider_id)
+        return Outcome(key, DeliveryState.SENT, code, reason, provider_id=judgement.provider_id)
     if verdict is Verdict.RETRY:
-        return Outcome(key, DEFERRED, code, reason, retry_after=judgement.retry_after)
+        return Outcome(key, DeliveryState.DEFERRED, code, reason, retry_after=judgement.retry_after)
     if verdict is Verdict.CONFIGURATION:
         endpoint.give_up(reason, TransportError(reason))
-        return Outcome(key, DEFERRED, code, reason, counts_as_attempt=False)
+        return Outcome(key, DeliveryState.DEFERRED, code, reason, counts_as_attempt=False)
     if verdict is Verdict.THROTTLED:  # judged outside Exchange (a test, a probe)
-        return Outcome(key, DEFERRED, code, reason, counts_as_attempt=False,
+        return Outcome(key, DeliveryState.DEFERRED, code, reason, counts_as_attempt=False,
                        retry_after=judgement.retry_after)
-    return Outcome(key, FAILED, code, reason,
+    return Outcome(key, DeliveryState.FAILED, code, reason,
                    refused_recipient=verdict is Verdict.REFUSED_RECIPIENT,
                    destination_gone=verdict is Verdict.GONE)
 
@@ -370,5 +373,5 @@ def run_workers(items: Iterable[T], workers: int, handle: Callable[[T], Outcome]
 
 def unexpected(key: Hashable, exc: Exception) -> Outcome:
     """A bug must not lose the message: deferred, with what happened."""
-    return Outcome(key, DEFERRED, detail=f"unexpected error: {type(exc).__name__}: "
+    return Outcome(key, DeliveryState.DEFERRED, detail=f"unexpected error: {type(exc).__name__}: "
                                          f"{one_line(str(exc), 200)}")

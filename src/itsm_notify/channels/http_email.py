@@ -30,8 +30,9 @@ from urllib.parse import quote
 
 import httpx
 
-from ..config import ConfigError, Settings
-from .base import Answered, Outcome, Outgoing, RateLimiter, TransportError, rate_limited
+from ..config import Settings
+from ..errors import ConfigError, TransportError
+from .base import Answered, Outcome, Outgoing, RateLimiter, rate_limited
 from .http import (
     Endpoint,
     Exchange,

@@ -11,7 +11,8 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import IO
 
-from .base import SENT, Answered, Outcome, Outgoing, RateLimiter, rate_limited
+from ..states import DeliveryState
+from .base import Answered, Outcome, Outgoing, RateLimiter, rate_limited
 
 # --------------------------------------------------------------- console and file
 
@@ -45,7 +46,7 @@ class ConsoleTransport:
                       "characters]", ""]
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
-            answered(Outcome(out.key, SENT, code=250, detail="printed"))
+            answered(Outcome(out.key, DeliveryState.SENT, code=250, detail="printed"))
 
     def close(self) -> None:
         pass
@@ -75,7 +76,7 @@ class FileTransport:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(out.data)
             tmp.replace(path)
-            answered(Outcome(out.key, SENT, code=250, detail=str(path)))
+            answered(Outcome(out.key, DeliveryState.SENT, code=250, detail=str(path)))
 
     def close(self) -> None:
         pass

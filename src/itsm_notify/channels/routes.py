@@ -27,7 +27,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from ..config import ConfigError, Secret, config_file_path, read_config_file
+from ..config import Secret, config_file_path, read_config_file
+from ..errors import ConfigError
 
 KINDS = ("slack", "teams", "mattermost", "rocketchat", "webhook")
 KEYS = frozenset({"kind", "url", "url_env", "events", "priorities", "projects", "secret",

@@ -22,30 +22,22 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from ..config import Settings
-from .base import (
-    DEFERRED,
-    FAILED,
-    SENT,
-    Answered,
-    Outcome,
-    Outgoing,
-    RateLimiter,
-    TransportError,
-    rate_limited,
-)
+from ..errors import TransportError
+from ..states import DeliveryState
+from .base import Answered, Outcome, Outgoing, RateLimiter, rate_limited
 
 # --------------------------------------------------------------------------- SMTP
 
 
-def classify_reply(code: int, text: bytes | str) -> tuple[str, str]:
+def classify_reply(code: int, text: bytes | str) -> tuple[DeliveryState, str]:
     """(status, detail) for an SMTP reply: 2xx sent, 4xx deferred, 5xx failed."""
     message = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     detail = f"{code} {' '.join(message.split())}".strip()
     if 200 <= code < 300:
-        return SENT, detail
+        return DeliveryState.SENT, detail
     if 500 <= code < 600:
-        return FAILED, detail
-    return DEFERRED, detail
+        return DeliveryState.FAILED, detail
+    return DeliveryState.DEFERRED, detail
 
 
 class _Delivery:
@@ -87,7 +79,16 @@ class SmtpSession:
 
     def connect(self) -> smtplib.SMTP:
         """Open, secure and log in. Raises OSError/SMTPException for a server that cannot
-        be reached, TransportError for a configuration the server will not accept."""
+        be reached, TransportError for a configuration the server will not accept (a TLS
+        failure included: an untrusted certificate, or implicit TLS to a STARTTLS port)."""
+        try:
+            return self._connect()
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(_untrusted(exc)) from None
+        except ssl.SSLError as exc:
+            raise TransportError(_tls_mismatch(exc)) from None
+
+    def _connect(self) -> smtplib.SMTP:
         s = self.settings
         if s.email_use_ssl:
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(s.email_host, s.email_port,
@@ -98,6 +99,11 @@ class SmtpSession:
         try:
             smtp.ehlo()
             if s.email_use_tls:
+                if not smtp.has_extn("starttls"):
+                    raise TransportError(
+                        f"The SMTP server does not offer STARTTLS on port {s.email_port}: "
+                        "EMAIL_USE_TLS=true goes with port 587; for port 465 use "
+                        "EMAIL_USE_SSL=true instead.")
                 smtp.starttls(context=self.tls_context())
                 smtp.ehlo()
             if s.email_host_user:
@@ -115,11 +121,6 @@ class SmtpSession:
                 f"The SMTP server refused the login ({reply}): "
                 "check EMAIL_HOST_USER and EMAIL_HOST_PASSWORD (Gmail needs an app password)."
             ) from None
-        except ssl.SSLCertVerificationError as exc:
-            _quietly_close(smtp)
-            raise TransportError(
-                f"The SMTP server's certificate is not trusted ({exc.verify_message}): fix the "
-                "server's certificate, or point EMAIL_SSL_CAFILE at your CA bundle.") from None
         except BaseException:
             _quietly_close(smtp)
             raise
@@ -131,19 +132,20 @@ class SmtpSession:
         """Send one message, reopening a dropped session (but not twice in a row)."""
         while True:
             if delivery.give_up_reason:
-                return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason,
+                return Outcome(out.key, DeliveryState.DEFERRED, detail=delivery.give_up_reason,
                                counts_as_attempt=False)
             # A message that never reached a server does not use up a retry.
             try:
                 smtp = self.smtp or self.connect()
             except TransportError as exc:
                 delivery.error, delivery.give_up_reason = exc, str(exc)
-                return Outcome(out.key, DEFERRED, detail=str(exc), counts_as_attempt=False)
+                return Outcome(out.key, DeliveryState.DEFERRED, detail=str(exc),
+                               counts_as_attempt=False)
             except (OSError, smtplib.SMTPException) as exc:
                 delivery.give_up_reason = (
                     f"cannot reach the SMTP server {self.settings.email_host}:"
                     f"{self.settings.email_port} ({_describe(exc)})")
-                return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason,
+                return Outcome(out.key, DeliveryState.DEFERRED, detail=delivery.give_up_reason,
                                counts_as_attempt=False)
             try:
                 outcome = self._transmit(smtp, out)
@@ -152,7 +154,7 @@ class SmtpSession:
                 if self.dropped:
                     delivery.give_up_reason = \
                         f"the SMTP connection dropped twice ({_describe(exc)})"
-                    return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason)
+                    return Outcome(out.key, DeliveryState.DEFERRED, detail=delivery.give_up_reason)
                 self.dropped = True
                 continue
             self.dropped = False
@@ -169,13 +171,14 @@ class SmtpSession:
         do) gets MAIL, RCPT and DATA in one write and answers them together: one round
         trip instead of three before the message goes out."""
         if bare_line_break(out.data):
-            return Outcome(out.key, FAILED, detail="the message holds a bare CR or LF, which "
-                           "SMTP must never carry; it was not sent")
+            return Outcome(out.key, DeliveryState.FAILED, detail=(
+                "the message holds a bare CR or LF, which SMTP must never carry; it was not "
+                "sent"))
         options = ""
         if out.needs_smtputf8:
             if not smtp.has_extn("smtputf8"):
-                return Outcome(out.key, FAILED, detail="the address is not ASCII and the server "
-                               "does not offer SMTPUTF8")
+                return Outcome(out.key, DeliveryState.FAILED, detail=(
+                    "the address is not ASCII and the server does not offer SMTPUTF8"))
             smtp.command_encoding, options = "utf-8", " SMTPUTF8"
         if smtp.has_extn("size"):
             options += f" SIZE={len(out.data)}"
@@ -199,7 +202,7 @@ class SmtpSession:
         code, reply = smtp.getreply()
         if code != 250:
             return self._refused(smtp, out, code, reply)
-        return Outcome(out.key, SENT, code, classify_reply(code, reply)[1])
+        return Outcome(out.key, DeliveryState.SENT, code, classify_reply(code, reply)[1])
 
     def _end_group(self, smtp: smtplib.SMTP, replies_left: int) -> None:
         """After a refusal in a pipelined group, read the replies still to come (RFC 2920
@@ -229,12 +232,24 @@ class SmtpSession:
             _reset(smtp)
         status, detail = classify_reply(code, reply)
         return Outcome(out.key, status, code, detail,
-                       refused_recipient=recipient and status == FAILED)
+                       refused_recipient=recipient and status == DeliveryState.FAILED)
 
     def close(self) -> None:
         if self.smtp is not None:
             _quietly_close(self.smtp)
             self.smtp = None
+
+
+def _untrusted(exc: ssl.SSLCertVerificationError) -> str:
+    return (f"The SMTP server's certificate is not trusted ({exc.verify_message}): fix the "
+            "server's certificate, or point EMAIL_SSL_CAFILE at your CA bundle.")
+
+
+def _tls_mismatch(exc: ssl.SSLError) -> str:
+    reason = exc.reason or str(exc)
+    return (f"The TLS handshake with the SMTP server failed ({reason}): EMAIL_USE_TLS=true "
+            "goes with port 587 (STARTTLS), EMAIL_USE_SSL=true with port 465 (implicit TLS); "
+            "check EMAIL_PORT and those two settings.")
 
 
 def _command(verb: str, argument: str) -> str:
@@ -342,14 +357,15 @@ class SmtpTransport:
     def _attempt(session: SmtpSession, out: Outgoing, delivery: _Delivery,
                  limiter: RateLimiter) -> Outcome:
         if delivery.give_up_reason:
-            return Outcome(out.key, DEFERRED, detail=delivery.give_up_reason,
+            return Outcome(out.key, DeliveryState.DEFERRED, detail=delivery.give_up_reason,
                            counts_as_attempt=False)
         if not limiter.acquire():
             return rate_limited(out)
         try:
             return session.send(out, delivery)
         except Exception as exc:  # a bug must not lose the message
-            return Outcome(out.key, DEFERRED, detail=f"unexpected error: {_describe(exc)}")
+            return Outcome(out.key, DeliveryState.DEFERRED,
+                           detail=f"unexpected error: {_describe(exc)}")
 
     def close(self) -> None:
         for session in self.sessions:

@@ -18,6 +18,8 @@ from email.parser import BytesHeaderParser
 from email.utils import formatdate
 from typing import Any
 
+from ..errors import UnsafeHeader
+
 
 class ListUrlHeader(UnstructuredHeader):
     """``List-Unsubscribe`` holds ``<URL>`` (RFC 2369), which must not become RFC 2047
@@ -65,8 +67,6 @@ _UNSAFE_IN_HEADER = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 and unassigned characters: none of them may reach a header."""
 
 
-class UnsafeHeader(ValueError):
-    """A header value that could not be made safe: that one email is not sent."""
 
 
 def has_unsafe_characters(text: str) -> bool:

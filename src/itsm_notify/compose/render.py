@@ -33,8 +33,8 @@ from jinja2 import (
 
 from ..config import Settings, ticket_path
 from ..events.audience import EmailRecipient
-from ..events.model import EventContext, Ticket
-from ..events.types import assignee_id, event_type
+from ..events.model import EventContext
+from ..events.types import event_type
 from .headers import (
     SMTP_POLICY,
     SMTPUTF8_POLICY,
@@ -57,6 +57,7 @@ from .mime import (
     _boundary,
     _qp_part,
 )
+from .present import cut
 from .slots import SlotRenderer
 
 
@@ -68,15 +69,6 @@ def packaged_template_dir() -> Path:
         if (candidate / "emails" / "base.html").is_file():
             return candidate
     raise FileNotFoundError("itsm-notify's templates folder is missing from the installation")
-
-
-def cut(text: str, limit: int) -> tuple[str, bool]:
-    """Text cut to ``limit`` characters at a word boundary; and whether it was cut."""
-    if len(text) <= limit:
-        return text, False
-    head = text[:limit]
-    space = head.rfind(" ")
-    return (head[:space] if space > limit * 0.8 else head).rstrip() + " …", True
 
 
 def message_id(event_id: int | str, recipient_key: str, domain: str) -> str:
@@ -92,10 +84,6 @@ def _address_digest(recipient_key: str) -> str:
 def thread_id(ticket_id: int, domain: str) -> str:
     """Every email about one ticket refers to this id, so mail clients thread them."""
     return f"<itsm-notify.ticket-{ticket_id}@{domain}>"
-
-
-def display_time(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else None
 
 
 @dataclass(frozen=True)
@@ -144,53 +132,16 @@ class Renderer:
             found = self._templates[name] = self.env.get_template(name)
         return found
 
-    def ticket_view(self, ticket: Ticket, users: Mapping[int, Any],
-                    project_name: str | None) -> SimpleNamespace:
-        limit = self.settings.max_text_length
-        description, truncated = cut(ticket.description, limit)
-        requester = users.get(ticket.requester_id) if ticket.requester_id else None
-        assignee = users.get(ticket.assignee_id) if ticket.assignee_id else None
-        return SimpleNamespace(
-            id=ticket.id, number=ticket.number, title=ticket.title,
-            description=description, description_truncated=truncated,
-            status=ticket.status, priority=ticket.priority,
-            url=self.settings.ticket_url(ticket.id),
-            requester_name=requester.display_name if requester else "",
-            assignee_name=assignee.display_name if assignee else None,
-            project_name=project_name, due_at_display=display_time(ticket.due_at),
-        )
-
     def event_variables(self, ctx: EventContext) -> dict[str, Any]:
-        """The variables an event's templates share across all its recipients."""
-        actor = ctx.actor
-        variables: dict[str, Any] = {
-            "site_name": self.settings.site_name,
-            "site_url": self.settings.site_url,
-            "event_type": ctx.event.event_type,
-            "ticket": self.ticket_view(ctx.ticket, ctx.users,
-                                       ctx.project.name if ctx.project else None),
-            "actor_name": actor.display_name if actor else None,
-        }
-        if ctx.event.event_type == "ticket_assigned":
-            new_assignee = ctx.users.get(assignee_id(ctx) or -1)
-            variables["assignee_name"] = new_assignee.display_name if new_assignee else ""
-        if ctx.event.event_type == "status_changed":
-            variables["old_status"] = ctx.payload.get("old_status")
-            variables["new_status"] = ctx.payload["new_status"]
-        if ctx.comment is not None:
-            body, truncated = cut(ctx.comment.body, self.settings.max_text_length)
-            author = ctx.users.get(ctx.comment.author_id) if ctx.comment.author_id else None
-            variables["comment"] = SimpleNamespace(
-                body=body, body_truncated=truncated,
-                author_name=author.display_name if author else "Someone",
-                created_at_display=display_time(ctx.comment.created_at) or "",
-                is_internal=ctx.comment.is_internal)
-        return variables
+        """The variables an event's templates share across all its recipients: the
+        site's, and its event type's (``EventType.variables``)."""
+        return {"site_name": self.settings.site_name, "site_url": self.settings.site_url,
+                "event_type": ctx.event.event_type,
+                **event_type(ctx.event.event_type).variables(ctx, self.settings)}
 
     def subject(self, ctx: EventContext) -> str:
-        fields = {"title": one_line(ctx.ticket.title), "number": one_line(ctx.ticket.number),
-                  **{k: one_line(str(v)) for k, v in ctx.payload.items() if v is not None}}
-        return one_line(event_type(ctx.event.event_type).subject.format(**fields), limit=300)
+        """The event's subject, on one line (made header-safe when composed)."""
+        return one_line(event_type(ctx.event.event_type).subject(ctx), limit=300)
 
     def render_event(self, ctx: EventContext, recipient: EmailRecipient,
                      shared: Mapping[str, Any] | None = None,
@@ -330,20 +281,8 @@ def sender_address(settings: Settings) -> str:
 
 
 def in_app_text(ctx: EventContext, subject: str) -> tuple[str, str, str]:
-    """(title, body, relative url) of an in-app notification row."""
-    actor = ctx.actor
-    who = actor.display_name if actor else "Someone"
-    ticket = ctx.ticket
-    kind = ctx.event.event_type
-    if kind == "ticket_created":
-        body = f"{who} opened {ticket.number}: {ticket.title}"
-    elif kind == "ticket_assigned":
-        body = f"{ticket.number} was assigned by {who}"
-    elif kind == "status_changed":
-        body = f"{who} changed the status of {ticket.number} to {ctx.payload['new_status']}"
-    elif ctx.comment is not None:
-        label = "an internal note" if ctx.comment.is_internal else "a comment"
-        body = f"{who} added {label}: {cut(ctx.comment.body, 280)[0]}"
-    else:
-        body = subject
-    return one_line(subject, limit=500), body, ticket_path(ticket.id)
+    """(title, body, relative url) of an in-app notification row: the subject, the event
+    type's body (``EventType.in_app``), the ticket's path."""
+    make_body = event_type(ctx.event.event_type).in_app
+    body = make_body(ctx) if make_body is not None else subject
+    return one_line(subject, limit=500), cut(body, 400)[0], ticket_path(ctx.ticket.id)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from ..storage.schema import PENDING
+from ..states import EventState
 from .fields import NaiveUTCDateTimeField, PlainTextField, UtcNow
 
 
@@ -29,7 +29,7 @@ class OutboxEvent(models.Model):
     #: JSON text (the tool, not the database, judges it); see itsm_notify.django.outbox
     payload = PlainTextField(null=True)
     created_at = NaiveUTCDateTimeField(db_default=UtcNow())
-    state = models.CharField(max_length=16, db_default=PENDING)
+    state = models.CharField(max_length=16, db_default=EventState.PENDING)
     attempts = models.IntegerField(db_default=0)
     available_at = NaiveUTCDateTimeField(db_default=UtcNow())
     locked_by = models.CharField(max_length=128, null=True)

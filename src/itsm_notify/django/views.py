@@ -35,9 +35,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from ..ops.unsubscribe import InvalidToken, read_token
+from ..errors import InvalidToken
+from ..ops.unsubscribe import read_token
+from ..states import Channel
 from ..storage.database import utcnow
-from ..storage.schema import EMAIL
 from .models import NotificationPreference
 
 log = logging.getLogger("itsm_notify.django")
@@ -61,10 +62,10 @@ def signing_key() -> str:
 
 def turn_email_off(user_id: int, event_type: str) -> None:
     """Record that ``user_id`` wants no email of ``event_type`` (the tool's
-    ``set_preference(..., EMAIL, False, ...)``, through Django's connection)."""
+    ``set_preference(..., Channel.EMAIL, False, ...)``, through Django's connection)."""
     using = router.db_for_write(NotificationPreference)
     rows = NotificationPreference.objects.using(using)
-    key = {"user_id": user_id, "event_type": event_type, "channel": EMAIL}
+    key = {"user_id": user_id, "event_type": event_type, "channel": Channel.EMAIL}
     now = utcnow()
     with transaction.atomic(using=using):
         if rows.filter(**key).update(enabled=False, updated_at=now):

@@ -36,12 +36,14 @@ from ..channels import make_transport
 from ..channels.base import Outcome, Outgoing, Transport
 from ..compose.render import Renderer, in_app_text, message_id, thread_id
 from ..config import Settings
+from ..errors import EventError, TransportError
 from ..events.addresses import address_problem
 from ..events.audience import EmailRecipient, Recipients
-from ..events.model import EventContext, EventError, OutboxEvent
-from ..events.types import parse_payload, resolve
+from ..events.model import EventContext, OutboxEvent
+from ..events.types import event_type, parse_payload, resolve
 from ..ops.unsubscribe import unsubscribe_url
 from ..source.contract import load_contexts
+from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
 from ..storage.database import (
     database_errors,
     describe_exception,
@@ -58,18 +60,6 @@ from ..storage.deliveries import (
     write_plan,
 )
 from ..storage.outbox import EventOutcome, claim_events, finish_events, peek_events, renew_lease
-from ..storage.schema import (
-    DEFERRED,
-    DONE,
-    EMAIL,
-    FAILED,
-    FINAL_DELIVERY_STATES,
-    IN_APP,
-    PENDING,
-    SENT,
-    SKIPPED,
-    SUPPRESSED,
-)
 from .delivery_log import log_deliveries, setup_delivery_log
 from .pipeline import Batch, Pipeline
 from .retry import backoff, rate_limiter
@@ -108,6 +98,9 @@ class RunReport:
     in_app_written: int = 0
     problems: list[str] = field(default_factory=list)
     planned: list[PlannedEmail] = field(default_factory=list)
+    config_error: TransportError | None = None
+    """The channel refused the configuration (login, TLS, an API key): the batch in hand
+    was left for a later run, and the command exits 2."""
 
     @property
     def events_handled(self) -> int:
@@ -115,7 +108,10 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when everything went out; 1 when a delivery was deferred or failed."""
+        """0 when everything went out; 1 when a delivery was deferred or failed; 2 when the
+        channel refused the configuration."""
+        if self.config_error is not None:
+            return 2
         troubled = self.emails_deferred or self.emails_failed or self.events_failed \
             or self.events_retrying or self.problems
         return 1 if troubled else 0
@@ -190,7 +186,7 @@ class _EventPlan:
 
 def _failed(event_id: int, what: str, exc: BaseException) -> EventOutcome:
     """An event that failed alone, with a readable reason."""
-    return EventOutcome(event_id, FAILED, error=f"{what} ({describe_exception(exc)})")
+    return EventOutcome(event_id, EventState.FAILED, error=f"{what} ({describe_exception(exc)})")
 
 
 @dataclass(eq=False)
@@ -223,7 +219,9 @@ class Sender:
 
     # ---------------------------------------------------------------- the run
 
-    def run(self, limit: int | None = None) -> RunReport:
+    def run(self, limit: int | None = None, *, only: list[int] | None = None) -> RunReport:
+        """Claim and deliver pending events until none is available (or ``limit`` are
+        done); ``only``: just these events (the digests a scan wrote)."""
         report = RunReport()
         setup_delivery_log(self.settings.delivery_log)
         limiter = rate_limiter(self.settings, self.engine, self.clock())
@@ -247,7 +245,8 @@ class Sender:
                 size = self.settings.batch_size if limit is None else \
                     min(self.settings.batch_size, limit - claimed)
                 events = claim_events(self.engine, worker_id=self.worker_id, limit=size,
-                                         now=self.clock(), lease=lease)
+                                      now=self.clock(), lease=lease, only=only,
+                                      max_claims=self.settings.max_claims)
                 if not events:
                     break
                 claimed += len(events)
@@ -255,7 +254,9 @@ class Sender:
                 if self.on_progress:
                     self.on_progress(len(events))
         if self.transport.gave_up:
-            report.problems.append(self.transport.gave_up)
+            report.config_error = getattr(self.transport, "last_error", None)
+            if report.config_error is None:
+                report.problems.append(self.transport.gave_up)
         return report
 
     def process_batch(self, events: list[OutboxEvent], pipeline: Pipeline[_SendBatch],
@@ -272,7 +273,7 @@ class Sender:
             # when this worker's lease ran out): hand back those still ours, unsent, for
             # a later claim (not this run's next one, which would collide again).
             retry_at = now + backoff(1, self.settings)
-            settled += [EventOutcome(ctx.event.id, PENDING, available_at=retry_at,
+            settled += [EventOutcome(ctx.event.id, EventState.PENDING, available_at=retry_at,
                                      error="taken over by another worker; retried")
                         for ctx in contexts]
             works = {}
@@ -287,7 +288,7 @@ class Sender:
         contexts = []
         for event, ctx in load_batch(self.engine, events, self.settings):
             if isinstance(ctx, EventError):
-                finished.append(EventOutcome(event.id, FAILED, error=str(ctx)))
+                finished.append(EventOutcome(event.id, EventState.FAILED, error=str(ctx)))
             else:
                 contexts.append(ctx)
         return contexts
@@ -344,43 +345,44 @@ class Sender:
         if recipients.in_app:
             title, body, url = in_app_text(ctx, self.renderer.subject(ctx))
         for user_id in recipients.in_app:
-            if (event_id, IN_APP, str(user_id)) in existing:
+            if (event_id, Channel.IN_APP, str(user_id)) in existing:
                 continue
             plan.notifications.append({"user_id": user_id, "ticket_id": ctx.ticket.id,
                                        "event_type": ctx.event.event_type, "title": title,
                                        "body": body, "url": url, "created_at": now})
-            plan.rows.append(self._row(event_id, IN_APP, str(user_id), user_id, SENT,
-                                       now, sent_at=now))
+            plan.rows.append(self._row(event_id, Channel.IN_APP, str(user_id), user_id,
+                                       DeliveryState.SENT, now, sent_at=now))
         for recipient in recipients.email:
-            record = existing.get((event_id, EMAIL, recipient.key))
+            record = existing.get((event_id, Channel.EMAIL, recipient.key))
             if record is not None and record.state in FINAL_DELIVERY_STATES:
                 work.states[recipient.key] = record.state
-                if record.state == FAILED:  # in an earlier attempt: the event fails
+                if record.state == DeliveryState.FAILED:  # an earlier attempt: the event fails
                     work.errors[recipient.key] = record.last_error or "failed"
                 continue
             if record is None:
-                state, error = PENDING, None
+                state, error = DeliveryState.PENDING, None
                 if recipient.key in suppressed:
-                    state, error = SUPPRESSED, "address is on the suppression list"
+                    state, error = DeliveryState.SUPPRESSED, "address is on the suppression list"
                 elif problem := address_problem(recipient.address):
-                    state, error = SKIPPED, problem
-                plan.rows.append(self._row(event_id, EMAIL, recipient.key,
+                    state, error = DeliveryState.SKIPPED, problem
+                plan.rows.append(self._row(event_id, Channel.EMAIL, recipient.key,
                                            recipient.user_id, state, now, error=error,
                                            msg_id=self._message_id(ctx, recipient)))
-                if state != PENDING:
+                if state != DeliveryState.PENDING:
                     work.states[recipient.key] = state
-                    plan.suppressed += state == SUPPRESSED
-                    plan.skipped += state == SKIPPED
+                    plan.suppressed += state == DeliveryState.SUPPRESSED
+                    if state == DeliveryState.SKIPPED:
+                        plan.skipped += 1
+                        log.warning("event %s: %s is skipped: %s", event_id,
+                                    recipient.address, error)
                     continue
             elif recipient.key in suppressed:
-                work.states[recipient.key] = SUPPRESSED
+                work.states[recipient.key] = DeliveryState.SUPPRESSED
                 plan.suppressed += 1
                 continue
-            elif record.next_attempt_at is not None and record.next_attempt_at > now:
-                work.states[recipient.key] = DEFERRED  # its backoff has not run out yet
-                work.retry_at.append(record.next_attempt_at)
-                continue
-            work.states[recipient.key] = PENDING
+            # A deferred delivery is retried whenever its event is claimed: the event's
+            # available_at is the one retry clock (an operator may set it to now).
+            work.states[recipient.key] = DeliveryState.PENDING
             plan.to_send.append((ctx, recipient))
         return plan
 
@@ -438,15 +440,17 @@ class Sender:
                                                recipient.user_id, event.event_type)
                 rendered = renderer.render_event(ctx, recipient, current[1],
                                                  unsubscribe_url=unsubscribe, subject=current[2])
+                spec = event_type(event.event_type)
+                one_ticket = spec.about_one_ticket(ctx)
                 data = renderer.compose(
                     rendered, recipient, event_type_name=event.event_type,
-                    ticket_number=ctx.ticket.number, msg_id=self._message_id(ctx, recipient),
-                    thread=thread_id(ctx.ticket.id, self.domain),
-                    is_thread_start=event.event_type == "ticket_created",
-                    unsubscribe_url=unsubscribe)
+                    ticket_number=ctx.ticket.number if one_ticket else None,
+                    msg_id=self._message_id(ctx, recipient),
+                    thread=thread_id(ctx.ticket.id, self.domain) if one_ticket else None,
+                    is_thread_start=spec.starts_thread, unsubscribe_url=unsubscribe)
             except Exception as exc:  # any template error must fail one email, not the queue
-                pipeline.settle(Outcome(key, FAILED, detail=f"could not render the email "
-                                                           f"({type(exc).__name__}: {exc})"))
+                pipeline.settle(Outcome(key, DeliveryState.FAILED, detail=(
+                    f"could not render the email ({describe_exception(exc)})")))
                 continue
             yield Outgoing(key=key, sender=renderer.sender_address,
                            rcpt=settings.redirect_to or recipient.address, data=data)
@@ -462,7 +466,7 @@ class Sender:
         lines: list[str] = []
         for outcome, batch in zip(outcomes, batches, strict=True):
             event_id, recipient = cast(tuple[int, str], outcome.key)
-            record = batch.existing.get((event_id, EMAIL, recipient))
+            record = batch.existing.get((event_id, Channel.EMAIL, recipient))
             row = self._answer(batch.works[event_id], recipient, outcome,
                                record.attempts if record else 0, report, now)
             rows.append(row)
@@ -472,63 +476,97 @@ class Sender:
             lines.append(f"event={event_id} channel=email recipient={recipient} "
                          f"outcome={row['state']} code={code} detail={outcome.detail!r}")
         lease_until = now + timedelta(seconds=self.settings.lease_seconds)
-        record_outcomes(self.engine, rows, refused, now, also=lambda conn: renew_lease(
-            conn, renew, worker_id=self.worker_id, until=lease_until))
+        try:
+            record_outcomes(self.engine, rows, refused, now, also=lambda conn: renew_lease(
+                conn, renew, worker_id=self.worker_id, until=lease_until))
+        except Exception:
+            raise_if_database_down(self.engine)
+            self._record_one_by_one(rows, refused, batches, renew, lease_until, now)
         log_deliveries(lines)
+
+    def _record_one_by_one(self, rows: list[dict[str, Any]],
+                           refused: list[tuple[str, int | None, str]],
+                           batches: list[_SendBatch], renew: list[int], lease_until: datetime,
+                           now: datetime) -> None:
+        """The database refused a group of answers for a reason other than being down (a
+        value it cannot store): write each alone; the event of one it still refuses
+        fails with the reason, and the rest of the batch goes on."""
+        record_outcomes(self.engine, [], [], now, also=lambda conn: renew_lease(
+            conn, renew, worker_id=self.worker_id, until=lease_until))
+        for row, batch in zip(rows, batches, strict=True):
+            mine = [r for r in refused if r[0] == row["recipient"]]
+            try:
+                record_outcomes(self.engine, [row], mine, now)
+            except Exception as exc:
+                raise_if_database_down(self.engine)
+                work = batch.works[row["event_id"]]
+                work.states[row["recipient"]] = DeliveryState.FAILED
+                work.errors[row["recipient"]] = (
+                    f"its answer ({row['state']}) could not be stored "
+                    f"({describe_exception(exc)})")
 
     def _finish_batch(self, batch: _SendBatch, report: RunReport) -> None:
         """End a batch whose answers are all written (the recorder's thread)."""
         finished = batch.settled + [self._finish(work, batch.started)
                                     for work in batch.works.values()]
         for outcome in finished:
-            if outcome.state == DONE:
+            if outcome.state == EventState.DONE:
                 report.events_done += 1
-            elif outcome.state == FAILED:
+            elif outcome.state == EventState.FAILED:
                 report.events_failed += 1
             else:
                 report.events_retrying += 1
         finish_events(self.engine, finished, worker_id=self.worker_id, now=self.clock())
         for outcome in finished:
-            if outcome.state == FAILED:
+            if outcome.state == EventState.FAILED:
                 log.warning("event %s failed: %s", outcome.event_id, outcome.error)
 
     def _answer(self, work: _EventWork, recipient: str, outcome: Outcome,
                 previous_attempts: int, report: RunReport, now: datetime) -> dict[str, Any]:
         """Turn a transport outcome into the delivery's new state (and its row)."""
         attempts = previous_attempts + (1 if outcome.counts_as_attempt else 0)
-        state, error, retry_at = outcome.status, outcome.detail, None
-        if state == DEFERRED:
+        state, error, retry_at = DeliveryState(outcome.status), outcome.detail, None
+        if state == DeliveryState.DEFERRED:
             if attempts >= self.settings.max_attempts:
-                state, error = FAILED, f"gave up after {attempts} attempts: {outcome.detail}"
+                state = DeliveryState.FAILED
+                error = f"gave up after {attempts} attempts: {outcome.detail}"
+            elif self.transport.gave_up and not outcome.counts_as_attempt:
+                retry_at = now  # the server was never reached: the next run tries again
+                work.retry_at.append(now)
             else:
-                retry_at = now + backoff(max(attempts, 1), self.settings)
+                delay = max(backoff(max(attempts, 1), self.settings),
+                            timedelta(seconds=outcome.retry_after or 0))
+                retry_at = now + delay
                 work.retry_at.append(retry_at)
         work.states[recipient] = state
-        if state != SENT:
+        if state != DeliveryState.SENT:
             work.errors[recipient] = error
-        report.emails_sent += state == SENT
-        report.emails_deferred += state == DEFERRED
-        report.emails_failed += state == FAILED
-        return {"event_id": work.ctx.event.id, "channel": EMAIL, "recipient": recipient,
+        report.emails_sent += state == DeliveryState.SENT
+        report.emails_deferred += state == DeliveryState.DEFERRED
+        report.emails_failed += state == DeliveryState.FAILED
+        return {"event_id": work.ctx.event.id, "channel": Channel.EMAIL, "recipient": recipient,
                 "state": state, "attempts": attempts, "last_code": outcome.code,
-                "last_error": None if state == SENT else error, "next_attempt_at": retry_at,
-                "sent_at": now if state == SENT else None, "updated_at": now}
+                "last_error": None if state == DeliveryState.SENT else error,
+                "next_attempt_at": retry_at,
+                "sent_at": now if state == DeliveryState.SENT else None, "updated_at": now}
 
     def _finish(self, work: _EventWork, now: datetime) -> EventOutcome:
         states = work.states.values()
         event_id = work.ctx.event.id
-        if DEFERRED in states or PENDING in states:
+        waiting_states = (DeliveryState.DEFERRED, DeliveryState.PENDING)
+        if any(state in waiting_states for state in states):
             retry_at = min(work.retry_at, default=now + backoff(1, self.settings))
             waiting = [f"{r}: {e}" for r, e in work.errors.items()
-                       if work.states[r] in (DEFERRED, PENDING)]
-            return EventOutcome(event_id, PENDING, error="; ".join(waiting) or None,
+                       if work.states[r] in waiting_states]
+            return EventOutcome(event_id, EventState.PENDING, error="; ".join(waiting) or None,
                                 available_at=retry_at)
-        failed = [f"{r}: {e}" for r, e in work.errors.items() if work.states[r] == FAILED]
+        failed = [f"{r}: {e}" for r, e in work.errors.items()
+                  if work.states[r] == DeliveryState.FAILED]
         if failed:
-            return EventOutcome(event_id, FAILED,
+            return EventOutcome(event_id, EventState.FAILED,
                                 error=f"{len(failed)} of {len(work.states)} recipients "
                                       f"failed: " + "; ".join(failed))
-        return EventOutcome(event_id, DONE)
+        return EventOutcome(event_id, EventState.DONE)
 
 
 # -------------------------------------------------------------------- dry run
@@ -550,17 +588,18 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
         recipients = resolve(ctx, settings)
         subject = renderer.subject(ctx)
         for recipient in recipients.email:
-            record = existing.get((event.id, EMAIL, recipient.key))
+            record = existing.get((event.id, Channel.EMAIL, recipient.key))
             note = f"already {record.state}" if record and \
                 record.state in FINAL_DELIVERY_STATES else ""
             shown = recipient.address
             if settings.redirect_to:
                 shown = f"{settings.redirect_to} (for {recipient.address})"
             report.planned.append(PlannedEmail(event.id, event.event_type, ctx.ticket.number,
-                                               EMAIL, shown, subject, note))
+                                               Channel.EMAIL, shown, subject, note))
         for user_id in recipients.in_app:
             report.planned.append(PlannedEmail(event.id, event.event_type, ctx.ticket.number,
-                                               IN_APP, ctx.users[user_id].username, subject))
+                                               Channel.IN_APP, ctx.users[user_id].username,
+                                               subject))
     return report
 
 

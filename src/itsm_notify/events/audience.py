@@ -3,12 +3,12 @@ opt-outs), as pure functions of an event's context."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..config import Settings
-from .model import EventContext
-
-EMAIL, IN_APP = "email", "in_app"
+from ..states import Channel
+from .model import EventContext, User
 
 
 @dataclass(frozen=True)
@@ -47,31 +47,38 @@ class Audience:
         self.in_app: dict[int, None] = {}
 
     def user(self, user_id: int | None, *, email: bool = True, in_app: bool = True) -> None:
-        if user_id is None or user_id == self.actor_id:
+        """A user of the help desk, by id (an id not loaded, or None, is nobody)."""
+        user = self.ctx.users.get(user_id) if user_id is not None else None
+        if user is not None:
+            self.person(user, email=email, in_app=in_app)
+
+    def person(self, user: User, *, email: bool = True, in_app: bool = True) -> None:
+        if user.id == self.actor_id or not user.is_active:
             return
-        user = self.ctx.users.get(user_id)
-        if user is None or not user.is_active:
-            return
-        if in_app and (user.id, IN_APP) not in self.ctx.opted_out:
+        if in_app and (user.id, Channel.IN_APP) not in self.ctx.opted_out:
             self.in_app.setdefault(user.id, None)
-        if email and user.email and (user.id, EMAIL) not in self.ctx.opted_out:
+        if email and user.email and (user.id, Channel.EMAIL) not in self.ctx.opted_out:
             self._add_email(EmailRecipient(address=user.email.strip(), name=user.display_name,
                                            first_name=user.first_name, user_id=user.id))
 
-    def users(self, user_ids: tuple[int, ...] | list[int], **channels: bool) -> None:
+    def users(self, user_ids: Iterable[int | None], **channels: bool) -> None:
         for user_id in user_ids:
             self.user(user_id, **channels)
+
+    def address(self, address: str, name: str = "") -> None:
+        """An address with no account behind it (``ADMINS``, a submitter known only by
+        address, a CC): email only."""
+        self._add_email(EmailRecipient(address=address.strip(), name=name))
 
     def admins(self) -> None:
         """ADMINS by email; an admin address that belongs to an active user account is
         that user (email and in-app, their name, their preferences)."""
-        accounts = self.ctx.users.by_address
         for admin in self.settings.admins:
-            account = accounts.get(admin.email.lower())
+            account = self.ctx.admin_accounts.get(admin.email.lower())
             if account is not None:
-                self.user(account.id)
+                self.person(account)
             else:
-                self._add_email(EmailRecipient(address=admin.email, name=admin.name))
+                self.address(admin.email, admin.name)
 
     def _add_email(self, recipient: EmailRecipient) -> None:
         if recipient.key and recipient.key != self.actor_email:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 # Every text field of the app's data is bounded when it is loaded, so that one row
@@ -92,17 +92,6 @@ class Comment:
     created_at: datetime | None
 
 
-class UserDirectory(dict[int, User]):
-    """A batch's users by id, and by address: every event's ``ADMINS`` rule looks its
-    admins up by address, and indexing the batch's users once, not per event, matters
-    with hundreds of them."""
-
-    @cached_property
-    def by_address(self) -> dict[str, User]:
-        """Active users by their lower-cased email address."""
-        return {u.email.strip().lower(): u for u in self.values() if u.email and u.is_active}
-
-
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
     """One claimed row of ``notification_outbox``."""
@@ -113,35 +102,49 @@ class OutboxEvent:
     actor_id: int | None
     payload: str | None
     attempts: int = 0
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class EventContext:
     """Everything the recipient rules and the templates need to know about one event,
-    loaded for a whole batch at once."""
+    loaded for a whole batch at once (a fixed number of queries), as it was when the
+    event happened: facts the payload carries (the assignee or status at that moment)
+    are applied to ``ticket``."""
 
     event: OutboxEvent
     payload: dict[str, Any]
     ticket: Ticket
-    users: UserDirectory
-    """The batch's users, shared by its events (a plain dict is made one)."""
+    """The ticket the event is about (for a digest, the first one it lists)."""
+    users: Mapping[int, User]
+    """The batch's users by id, shared by its events."""
+    tickets: tuple[Ticket, ...] = ()
+    """Every ticket the event is about, in order (a digest lists several); ``(ticket,)``
+    when left empty."""
     project: Project | None = None
     team_ids: tuple[int, ...] = ()
-    manager_ids: tuple[int, ...] = ()
+    manager_ids: tuple[int, ...] | None = None
+    """Users who hold the manager permission; None when the event type did not ask for
+    them (``Need.MANAGERS``)."""
     comment: Comment | None = None
     public_commenter_ids: tuple[int, ...] = ()
+    admin_accounts: Mapping[str, User] = field(default_factory=dict)
+    """``ADMINS`` addresses (lower case) that belong to an active user account: loaded
+    for every batch, so an event's recipients never depend on what else is in it."""
     opted_out: frozenset[tuple[int, str]] = field(default_factory=frozenset)
     """(user id, channel) pairs whose owner turned this event type off."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.users, UserDirectory):
-            object.__setattr__(self, "users", UserDirectory(self.users))
+        if not self.tickets:
+            object.__setattr__(self, "tickets", (self.ticket,))
 
     @property
     def actor(self) -> User | None:
         return self.users.get(self.event.actor_id) if self.event.actor_id is not None else None
 
-
-class EventError(Exception):
-    """The event can never be delivered (unknown type, malformed payload, missing
-    ticket or comment). The message becomes the event's ``last_error``."""
+    @property
+    def managers(self) -> tuple[int, ...]:
+        if self.manager_ids is None:
+            raise RuntimeError(f"event type {self.event.event_type!r} uses managers but does "
+                               "not declare Need.MANAGERS")
+        return self.manager_ids

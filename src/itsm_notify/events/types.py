@@ -1,18 +1,143 @@
-"""The event types (contract §2): each one's payload check, recipient rule, subject and
-templates.
+"""The event types (contract §2): each one owns everything about itself.
 
-Adding an event type is one entry in ``EVENT_TYPES`` below."""
+An ``EventType`` says how to read its payload (and which facts of the moment it carries),
+what its context needs loaded, who is told (a pure rule), its subject, its templates
+and template variables, and its in-app text. The engine knows nothing about any one
+type: adding an event type is one entry in ``EVENT_TYPES`` below (and its templates).
+
+The tool's own events go through the same path: ``overdue`` digests are outbox events
+written by ``overdue-scan``, each for one recipient.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from types import SimpleNamespace
 from typing import Any
 
+from ..compose.present import cut, display_time, name_of, overdue_for, ticket_view
 from ..config import Settings
+from ..errors import EventError
 from .audience import Audience, Recipients
-from .model import MAX_ID, MAX_LABEL, EventContext, EventError, bounded_text
+from .model import MAX_ID, MAX_LABEL, EventContext, Ticket, bounded_text
+
+
+class Need(StrEnum):
+    """What an event type's context needs loaded beyond its ticket, the actor and the
+    ticket's people (requester, assignee) and ``ADMINS``' accounts, which every batch
+    has."""
+
+    COMMENT = "comment"
+    """The comment the payload's ``comment_id`` names."""
+    TEAM = "team"
+    """The ticket's project and its members."""
+    COMMENTERS = "commenters"
+    """Everyone who wrote a public comment on the ticket."""
+    MANAGERS = "managers"
+    """Users who hold the manager permission."""
+
+
+# ------------------------------------------------------------------ payload checks
+
+
+def _id(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EventError(f"payload field {key!r} must be a whole number, got "
+                         f"{bounded_text(repr(value), 80)}")
+    if not 0 < value <= MAX_ID:
+        raise EventError(f"payload field {key!r} is not an id (a whole number from 1 to "
+                         f"2**63-1), got {bounded_text(repr(value), 80)}")
+    return value
+
+
+def _optional_id(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    return None if value is None else _id(value, key)
+
+
+def _required_id(payload: dict[str, Any], key: str) -> int:
+    if payload.get(key) is None:
+        raise EventError(f"payload needs {key!r} (a whole number)")
+    return _id(payload[key], key)
+
+
+def _label(payload: dict[str, Any], key: str) -> str | None:
+    """A status or priority as the app stores it: text, or a number (django-helpdesk
+    stores integers), kept as text."""
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise EventError(f"payload field {key!r} must be text or a whole number (the value "
+                         f"as stored), got {bounded_text(repr(value), 80)}")
+    return bounded_text(value, MAX_LABEL)
+
+
+def no_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _creation(payload: dict[str, Any]) -> dict[str, Any]:
+    """``ticket_created`` may carry the ticket's status, priority and assignee at creation
+    (so that a ticket assigned a minute later is told as it was: unassigned)."""
+    facts: dict[str, Any] = {key: _label(payload, key) for key in ("status", "priority")
+                             if payload.get(key) is not None}
+    if "assignee_id" in payload:
+        facts["assignee_id"] = _optional_id(payload, "assignee_id")
+    return facts
+
+
+def _assignment(payload: dict[str, Any]) -> dict[str, Any]:
+    """``assignee_id``: the new assignee; null means unassigned; absent means the
+    ticket's assignee as loaded."""
+    return {key: _optional_id(payload, key) for key in ("assignee_id", "previous_assignee_id")
+            if key in payload}
+
+
+def _status_change(payload: dict[str, Any]) -> dict[str, Any]:
+    new_status = _label(payload, "new_status")
+    if new_status is None or not new_status.strip():
+        raise EventError("payload needs 'new_status' (the status as stored)")
+    return {"new_status": new_status, "old_status": _label(payload, "old_status")}
+
+
+def _comment(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"comment_id": _required_id(payload, "comment_id")}
+
+
+MAX_LISTED = 100
+"""Tickets listed in one digest; the rest are counted ("and 40 more")."""
+
+
+def _digest(payload: dict[str, Any]) -> dict[str, Any]:
+    """An ``overdue`` digest, written by overdue-scan: its one recipient (a user, or an
+    address with no account), the tickets it lists, how many there are in all."""
+    recipient = payload.get("recipient")
+    if not isinstance(recipient, dict):
+        raise EventError("payload needs 'recipient' ({'user_id': N} or {'address': ...})")
+    ticket_ids = payload.get("ticket_ids")
+    if not isinstance(ticket_ids, list) or not 0 < len(ticket_ids) <= MAX_LISTED:
+        raise EventError(f"payload needs 'ticket_ids' (1 to {MAX_LISTED} ids)")
+    target: dict[str, Any]
+    if recipient.get("user_id") is not None:
+        target = {"user_id": _id(recipient["user_id"], "recipient.user_id")}
+    elif isinstance(recipient.get("address"), str) and recipient["address"].strip():
+        target = {"address": bounded_text(recipient["address"], 320),
+                  "name": bounded_text(recipient.get("name") or "", 150)}
+    else:
+        raise EventError("payload's 'recipient' names neither a user_id nor an address")
+    ids = [_id(value, "ticket_ids") for value in ticket_ids]
+    total = payload.get("total", len(ids))
+    if isinstance(total, bool) or not isinstance(total, int) or total < len(ids):
+        raise EventError("payload's 'total' must count at least the listed tickets")
+    return {"recipient": target, "ticket_ids": ids, "total": total}
+
+
+# ------------------------------------------------------------------ rules
 
 
 def _team(ctx: EventContext) -> tuple[int, ...]:
@@ -25,13 +150,13 @@ def ticket_created(ctx: EventContext, settings: Settings) -> Recipients:
     audience.user(ctx.ticket.assignee_id)
     audience.users(_team(ctx))
     audience.admins()
-    audience.users(ctx.manager_ids, email=False)
+    audience.users(ctx.managers, email=False)
     return audience.result()
 
 
 def ticket_assigned(ctx: EventContext, settings: Settings) -> Recipients:
     audience = Audience(ctx, settings)
-    audience.user(assignee_id(ctx))
+    audience.user(ctx.ticket.assignee_id)
     return audience.result()
 
 
@@ -59,79 +184,199 @@ def comment_added(ctx: EventContext, settings: Settings) -> Recipients:
     return audience.result()
 
 
-# ------------------------------------------------------------------ payload checks
+def overdue_digest(ctx: EventContext, settings: Settings) -> Recipients:
+    audience = Audience(ctx, settings)
+    recipient = ctx.payload["recipient"]
+    if "user_id" in recipient:
+        audience.user(recipient["user_id"], in_app=False)
+    else:
+        audience.address(recipient["address"], recipient["name"])
+    return audience.result()
 
 
-def _optional_int(payload: dict[str, Any], key: str) -> int | None:
-    value = payload.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise EventError(f"payload field {key!r} must be a whole number, got "
-                         f"{bounded_text(repr(value), 80)}")
-    if not 0 < value <= MAX_ID:
-        raise EventError(f"payload field {key!r} is not an id (a whole number from 1 to "
-                         f"2**63-1), got {bounded_text(repr(value), 80)}")
-    return value
+# ------------------------------------------------------------------ facts of the moment
 
 
-def _required_int(payload: dict[str, Any], key: str) -> int:
-    value = _optional_int(payload, key)
-    if value is None:
-        raise EventError(f"payload needs {key!r} (a whole number)")
-    return value
+def _created_facts(ticket: Ticket, payload: dict[str, Any]) -> Ticket:
+    return replace(ticket, **payload)
 
 
-def no_payload(payload: dict[str, Any]) -> dict[str, Any]:
+def _assigned_facts(ticket: Ticket, payload: dict[str, Any]) -> Ticket:
+    if "assignee_id" in payload:
+        return replace(ticket, assignee_id=payload["assignee_id"])
+    return ticket
+
+
+def _status_facts(ticket: Ticket, payload: dict[str, Any]) -> Ticket:
+    return replace(ticket, status=payload["new_status"])
+
+
+def _as_loaded(ticket: Ticket, payload: dict[str, Any]) -> Ticket:
+    return ticket
+
+
+# ------------------------------------------------------------------ presentation
+
+
+def _someone(ctx: EventContext) -> str:
+    actor = ctx.actor
+    return actor.display_name if actor else "Someone"
+
+
+def _ticket_subject(template: str) -> Callable[[EventContext], str]:
+    def subject(ctx: EventContext) -> str:
+        return template.format(title=ctx.ticket.title, number=ctx.ticket.number,
+                               **{k: v for k, v in ctx.payload.items() if isinstance(v, str)})
+    return subject
+
+
+def _digest_subject(ctx: EventContext) -> str:
+    if len(ctx.tickets) == 1 and ctx.payload["total"] == 1:
+        return f"Overdue Ticket: {ctx.ticket.title} ({ctx.ticket.number})"
+    return f"Overdue Tickets: {ctx.payload['total']} tickets past due"
+
+
+def no_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
     return {}
 
 
-def _assignment(payload: dict[str, Any]) -> dict[str, Any]:
-    return {"assignee_id": _optional_int(payload, "assignee_id")}
+def ticket_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+    """The variables every ticket event's templates share: the ticket and the actor."""
+    return {"ticket": ticket_view(ctx.ticket, ctx.users,
+                                  ctx.project.name if ctx.project else None, settings),
+            "actor_name": ctx.actor.display_name if ctx.actor else None}
 
 
-def _status_change(payload: dict[str, Any]) -> dict[str, Any]:
-    new_status, old_status = payload.get("new_status"), payload.get("old_status")
-    if not isinstance(new_status, str) or not new_status.strip():
-        raise EventError("payload needs 'new_status' (the status as stored)")
-    if old_status is not None and not isinstance(old_status, str):
-        raise EventError("payload field 'old_status' must be text, got "
-                         f"{bounded_text(repr(old_status), 80)}")
-    return {"new_status": bounded_text(new_status, MAX_LABEL),
-            "old_status": None if old_status is None else bounded_text(old_status, MAX_LABEL)}
+def _assigned_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+    return {**ticket_variables(ctx, settings),
+            "assignee_name": name_of(ctx.users, ctx.ticket.assignee_id)}
 
 
-def _comment(payload: dict[str, Any]) -> dict[str, Any]:
-    return {"comment_id": _required_int(payload, "comment_id")}
+def _status_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+    return {**ticket_variables(ctx, settings), "old_status": ctx.payload.get("old_status"),
+            "new_status": ctx.payload["new_status"]}
+
+
+def _comment_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+    comment = ctx.comment
+    assert comment is not None
+    body, truncated = cut(comment.body, settings.max_text_length)
+    return {**ticket_variables(ctx, settings), "comment": SimpleNamespace(
+        body=body, body_truncated=truncated,
+        author_name=name_of(ctx.users, comment.author_id, "Someone"),
+        created_at_display=display_time(comment.created_at) or "",
+        is_internal=comment.is_internal)}
+
+
+def _digest_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+    as_of = ctx.event.created_at or datetime.now()
+    return {"count": ctx.payload["total"], "tickets": [SimpleNamespace(
+        number=t.number, title=t.title, priority=t.priority, status=t.status,
+        url=settings.ticket_url(t.id), due_at_display=display_time(t.due_at),
+        overdue_for=overdue_for(t.due_at, as_of) if t.due_at else "")
+        for t in ctx.tickets]}
+
+
+def _created_in_app(ctx: EventContext) -> str:
+    return f"{_someone(ctx)} opened {ctx.ticket.number}: {ctx.ticket.title}"
+
+
+def _assigned_in_app(ctx: EventContext) -> str:
+    return f"{ctx.ticket.number} was assigned by {_someone(ctx)}"
+
+
+def _status_in_app(ctx: EventContext) -> str:
+    return (f"{_someone(ctx)} changed the status of {ctx.ticket.number} to "
+            f"{ctx.payload['new_status']}")
+
+
+def _comment_in_app(ctx: EventContext) -> str:
+    assert ctx.comment is not None
+    label = "an internal note" if ctx.comment.is_internal else "a comment"
+    return f"{_someone(ctx)} added {label}: {cut(ctx.comment.body, 280)[0]}"
+
+
+def _about_one_ticket(ctx: EventContext) -> bool:
+    return True
+
+
+def _digest_about_one_ticket(ctx: EventContext) -> bool:
+    return ctx.payload["total"] == 1
+
+
+def _no_ids(payload: dict[str, Any]) -> tuple[int, ...]:
+    return ()
+
+
+def _assignee_ids(payload: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(i for i in (payload.get("assignee_id"), payload.get("previous_assignee_id"))
+                 if i is not None)
+
+
+def _digest_user_ids(payload: dict[str, Any]) -> tuple[int, ...]:
+    user_id = payload["recipient"].get("user_id")
+    return (user_id,) if user_id is not None else ()
+
+
+def _digest_ticket_ids(payload: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(payload["ticket_ids"])
+
+
+# ------------------------------------------------------------------ the registry
 
 
 @dataclass(frozen=True)
 class EventType:
-    """Everything that makes one kind of event: how to read its payload, who is told,
-    the email subject (formatted with ``title``, ``number`` and the payload's fields)
-    and the template pair ``templates/emails/<template>.html|.txt``."""
+    """Everything that makes one kind of event."""
 
     rule: Callable[[EventContext, Settings], Recipients]
-    subject: str
+    """Who is told, on which channel (pure)."""
+    subject: Callable[[EventContext], str]
     template: str
+    """The template pair ``templates/emails/<template>.html|.txt``."""
+    variables: Callable[[EventContext, Settings], dict[str, Any]] = ticket_variables
+    """The template variables of this type, shared by all its recipients."""
     parse_payload: Callable[[dict[str, Any]], dict[str, Any]] = no_payload
-    comment_field: str | None = None
-    """The payload field naming a comment the context must load."""
+    facts: Callable[[Ticket, dict[str, Any]], Ticket] = _as_loaded
+    """The ticket as it was at the event, from the facts its payload carries."""
+    needs: frozenset[Need] = frozenset()
+    in_app: Callable[[EventContext], str] | None = None
+    """The in-app notification's body (its title is the subject); None: no in-app rows."""
+    about_one_ticket: Callable[[EventContext], bool] = _about_one_ticket
+    """Whether the email threads with its ticket and names it in ``X-ITSM-Ticket``."""
+    starts_thread: bool = False
+    user_ids: Callable[[dict[str, Any]], tuple[int, ...]] = _no_ids
+    """Users the payload names, to load besides the actor and the ticket's people."""
+    ticket_ids: Callable[[dict[str, Any]], tuple[int, ...]] = _no_ids
+    """Tickets the payload names (a digest's), to load besides the event's ticket."""
 
 
 EVENT_TYPES: dict[str, EventType] = {
     "ticket_created": EventType(
-        rule=ticket_created, subject="New Ticket: {title} ({number})",
-        template="ticket_created"),
+        rule=ticket_created, subject=_ticket_subject("New Ticket: {title} ({number})"),
+        template="ticket_created", parse_payload=_creation, facts=_created_facts,
+        needs=frozenset({Need.TEAM, Need.MANAGERS}), in_app=_created_in_app,
+        starts_thread=True, user_ids=_assignee_ids),
     "ticket_assigned": EventType(
-        rule=ticket_assigned, subject="Ticket Assigned: {title} ({number})",
-        template="ticket_assigned", parse_payload=_assignment),
+        rule=ticket_assigned, subject=_ticket_subject("Ticket Assigned: {title} ({number})"),
+        template="ticket_assigned", variables=_assigned_variables,
+        parse_payload=_assignment, facts=_assigned_facts, in_app=_assigned_in_app,
+        user_ids=_assignee_ids),
     "status_changed": EventType(
-        rule=status_changed, subject="Ticket Status Changed: {title} → {new_status}",
-        template="status_changed", parse_payload=_status_change),
+        rule=status_changed,
+        subject=_ticket_subject("Ticket Status Changed: {title} → {new_status}"),
+        template="status_changed", variables=_status_variables,
+        parse_payload=_status_change, facts=_status_facts, needs=frozenset({Need.TEAM}),
+        in_app=_status_in_app),
     "comment_added": EventType(
-        rule=comment_added, subject="New Comment on Ticket: {title} ({number})",
-        template="comment_added", parse_payload=_comment, comment_field="comment_id"),
+        rule=comment_added, subject=_ticket_subject("New Comment on Ticket: {title} ({number})"),
+        template="comment_added", variables=_comment_variables, parse_payload=_comment,
+        needs=frozenset({Need.COMMENT, Need.TEAM, Need.COMMENTERS}), in_app=_comment_in_app),
+    "overdue": EventType(
+        rule=overdue_digest, subject=_digest_subject, template="overdue_alert",
+        variables=_digest_variables, parse_payload=_digest,
+        about_one_ticket=_digest_about_one_ticket, user_ids=_digest_user_ids,
+        ticket_ids=_digest_ticket_ids),
 }
 
 
@@ -172,9 +417,3 @@ def parse_payload(name: str, raw: object) -> dict[str, Any]:
 def resolve(ctx: EventContext, settings: Settings) -> Recipients:
     """Who must hear of this event, on which channel."""
     return event_type(ctx.event.event_type).rule(ctx, settings)
-
-
-def assignee_id(ctx: EventContext) -> int | None:
-    """The new assignee of a ticket_assigned event: the payload's, else the ticket's."""
-    from_payload = ctx.payload.get("assignee_id")
-    return from_payload if from_payload is not None else ctx.ticket.assignee_id

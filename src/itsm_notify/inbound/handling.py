@@ -28,7 +28,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import BinaryIO, Protocol
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 logger = logging.getLogger("itsm_notify.inbound")
 

@@ -34,7 +34,7 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..storage.database import utcnow
 from .handling import (
     FailureStreak,

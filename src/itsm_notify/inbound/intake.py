@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from ..config import ConfigError, Settings
+from ..config import Settings
+from ..errors import ConfigError
 from .handling import (
     DEFAULT_MAX_BYTES,
     FetchReport,

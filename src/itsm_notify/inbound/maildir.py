@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .handling import FailureStreak, FetchReport, Handler, call_handler, read_message
 from .store import MAILDIR
 

@@ -24,17 +24,18 @@ from email.utils import make_msgid
 from typing import Any, TypeVar
 
 from ..channels import make_transport
-from ..channels.base import SENT, Outgoing, deliver_all
+from ..channels.base import Outgoing, deliver_all
 from ..compose.headers import needs_smtputf8
+from ..compose.present import display_time
 from ..compose.render import (
     RenderedEmail,
     Renderer,
-    display_time,
     recipient_variables,
     sender_address,
 )
 from ..config import ENV_NAMES, Settings
 from ..events.audience import EmailRecipient
+from ..states import DeliveryState
 from ..storage.database import utcnow
 
 T = TypeVar("T")
@@ -219,7 +220,7 @@ class EmailProbe:
             [outcome] = deliver_all(transport, [out])
         finally:
             transport.close()
-        if outcome.status != SENT:
+        if outcome.status != DeliveryState.SENT:
             raise StepFailed(outcome.detail, "check the backend's settings")
         return None, outcome.detail
 

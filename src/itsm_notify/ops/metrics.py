@@ -33,19 +33,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Engine, column, func, inspect, select, table
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import ConfigError
+from ..errors import ConfigError, DatabaseUnavailable
+from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
 from ..storage import schema
-from ..storage.database import DatabaseUnavailable
 
 logger = logging.getLogger("itsm_notify.metrics")
 
 OTHER = "other"
-#: delivery channels with a label of their own (issue 17 adds the chat channels)
-CHANNELS = (schema.EMAIL, schema.IN_APP, "slack", "teams", "mattermost", "rocketchat", "webhook")
+#: delivery channels with a label of their own
+CHANNELS = tuple(Channel)
 #: channels whose series are always present, zero until used, so ratios have a divisor
-ALWAYS_SHOWN_CHANNELS = (schema.EMAIL, schema.IN_APP)
-DELIVERY_OUTCOMES = schema.FINAL_DELIVERY_STATES  # sent, failed, suppressed, skipped
-WAITING_DELIVERY_STATES = (schema.PENDING, schema.DEFERRED)
+ALWAYS_SHOWN_CHANNELS = (Channel.EMAIL, Channel.IN_APP)
+DELIVERY_OUTCOMES = tuple(sorted(FINAL_DELIVERY_STATES))  # failed, sent, skipped, suppressed
+WAITING_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.DEFERRED)
 #: the outcomes an inbound message is recorded with (inbound_messages.outcome)
 INBOUND_OUTCOMES = ("handled", "rejected", "ignored")
 #: the commands whose last run duration is shown
@@ -81,10 +81,11 @@ def load_snapshot(engine: Engine, now: datetime, *,
         events = {state: count for state, count in conn.execute(
             select(outbox.c.state, func.count()).group_by(outbox.c.state))}
         oldest_written = conn.execute(
-            select(func.min(outbox.c.created_at)).where(outbox.c.state == schema.PENDING)).scalar()
+            select(func.min(outbox.c.created_at))
+            .where(outbox.c.state == EventState.PENDING)).scalar()
         oldest_due = conn.execute(
             select(func.min(outbox.c.available_at))
-            .where(outbox.c.state == schema.PENDING, outbox.c.available_at <= now)).scalar()
+            .where(outbox.c.state == EventState.PENDING, outbox.c.available_at <= now)).scalar()
         by_channel = {(channel, state): count for channel, state, count in conn.execute(
             select(deliveries.c.channel, deliveries.c.state, func.count())
             .group_by(deliveries.c.channel, deliveries.c.state))}
@@ -148,7 +149,7 @@ class _Collector:
 def _families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     events = GaugeMetricFamily("itsm_notify_outbox_events",
                                "Outbox events by state.", labels=["state"])
-    for state, count in _folded(snapshot.outbox_events, schema.EVENT_STATES):
+    for state, count in _folded(snapshot.outbox_events, tuple(EventState)):
         events.add_metric([state], count)
     yield events
 

@@ -34,10 +34,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from ..config import ConfigError, Settings
+from ..config import Settings
 from ..engine.overdue import overdue_scan
 from ..engine.sender import send_pending
-from ..storage.database import DatabaseUnavailable, describe_exception
+from ..errors import ConfigError, DatabaseUnavailable
+from ..storage.database import describe_exception
 
 log = logging.getLogger("itsm_notify")
 

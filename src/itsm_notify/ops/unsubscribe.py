@@ -26,15 +26,15 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import Engine, and_, insert, select, update
 
+from ..errors import InvalidToken
+from ..states import Channel
 from ..storage.database import utcnow
-from ..storage.schema import EMAIL, preferences
+from ..storage.schema import preferences
 
 SALT = "itsm-notify.unsubscribe"
 UNSUBSCRIBE_PATH = "/notifications/unsubscribe/{token}/"
 
 
-class InvalidToken(Exception):
-    """The token is forged, altered, or belongs to someone else."""
 
 
 def _serializer(secret_key: str) -> URLSafeSerializer:
@@ -95,5 +95,5 @@ def apply_token(engine: Engine, secret_key: str, token: str, *,
     user_id, event_type = read_token(secret_key, token)
     if expected_user_id is not None and expected_user_id != user_id:
         raise InvalidToken("This unsubscribe token belongs to another user.")
-    set_preference(engine, user_id, event_type, EMAIL, False, now or utcnow())
+    set_preference(engine, user_id, event_type, Channel.EMAIL, False, now or utcnow())
     return user_id, event_type

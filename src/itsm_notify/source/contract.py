@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
 
+from ..errors import EventError
 from ..events.model import (
     MAX_ADDRESS,
     MAX_BODY,
@@ -21,16 +22,14 @@ from ..events.model import (
     MAX_TITLE,
     Comment,
     EventContext,
-    EventError,
     OutboxEvent,
     Project,
     Ticket,
     User,
-    UserDirectory,
     bounded_text,
     optional_id,
 )
-from ..events.types import EVENT_TYPES
+from ..events.types import EVENT_TYPES, Need
 from ..storage.database import among
 from ..storage.schema import comments, preferences, project_members, projects, tickets, users
 
@@ -67,15 +66,26 @@ def load_contexts(
     engine: Engine, batch: Sequence[tuple[OutboxEvent, dict[str, Any]]],
     admin_emails: Sequence[str] = (),
 ) -> dict[int, EventContext | EventError]:
-    """Build each event's context; an event whose ticket or comment is missing gets an
-    EventError instead, so the rest of the batch goes on. Users whose address is one of
-    ``admin_emails`` are loaded too, so ADMINS with an account get in-app rows."""
+    """Build each event's context, as its type needs it (``EventType.needs``); an event
+    whose ticket or comment is missing gets an EventError instead, so the rest of the
+    batch goes on. ``ADMINS``' accounts (active users with an admin address) are loaded
+    for every batch, so that no event's recipients depend on its neighbours."""
     if not batch:
         return {}
-    ticket_ids = {event.ticket_id for event, _ in batch if event.ticket_id is not None}
-    comment_ids = {payload[spec.comment_field] for event, payload in batch
-                   if (spec := EVENT_TYPES[event.event_type]).comment_field}
-    wants_managers = any(event.event_type == "ticket_created" for event, _ in batch)
+    kinds = {event.id: EVENT_TYPES[event.event_type] for event, _ in batch}
+    needs = {need for spec in kinds.values() for need in spec.needs}
+    ticket_ids: set[int] = set()
+    comment_ids: set[int] = set()
+    user_ids: set[int] = set()
+    for event, payload in batch:
+        spec = kinds[event.id]
+        if event.ticket_id is not None:
+            ticket_ids.add(event.ticket_id)
+        ticket_ids.update(spec.ticket_ids(payload))
+        if Need.COMMENT in spec.needs:
+            comment_ids.add(payload["comment_id"])
+        user_ids.update(i for i in (event.actor_id, *spec.user_ids(payload)) if i is not None)
+    admins = sorted({a.lower() for a in admin_emails})
 
     with engine.connect() as conn:
         ticket_by_id = {row.id: _ticket(row) for row in conn.execute(
@@ -85,11 +95,11 @@ def load_contexts(
             select(comments).where(among(conn, comments.c.id, sorted(comment_ids))))
         } if comment_ids else {}
 
-        project_ids = sorted({t.project_id for t in ticket_by_id.values()
-                              if t.project_id is not None})
         project_by_id: dict[int, Project] = {}
         team: dict[int, list[int]] = defaultdict(list)
-        if project_ids:
+        project_ids = sorted({t.project_id for t in ticket_by_id.values()
+                              if t.project_id is not None})
+        if project_ids and Need.TEAM in needs:
             for row in conn.execute(select(projects)
                                     .where(among(conn, projects.c.id, project_ids))):
                 project_by_id[row.id] = Project(id=row.id, name=bounded_text(row.name, MAX_NAME),
@@ -100,38 +110,37 @@ def load_contexts(
                                     .order_by(project_members.c.user_id)):
                 team[row.project_id].append(row.user_id)
 
-        commented_tickets = sorted({c.ticket_id for c in comment_by_id.values()})
         commenters: dict[int, list[int]] = defaultdict(list)
+        commented_tickets = sorted({ticket_by_id[e.ticket_id].id for e, _ in batch
+                                    if Need.COMMENTERS in kinds[e.id].needs
+                                    and e.ticket_id in ticket_by_id})
         if commented_tickets:
             for row in conn.execute(
                 select(comments.c.ticket_id, comments.c.author_id)
                 .where(among(conn, comments.c.ticket_id, commented_tickets),
-                       comments.c.is_internal == false())
+                       comments.c.is_internal == false(), comments.c.author_id.is_not(None))
                 .group_by(comments.c.ticket_id, comments.c.author_id)
                 .order_by(comments.c.ticket_id, func.min(comments.c.id))
             ):
-                commenters[row.ticket_id].append(row.author_id)
+                if (author := optional_id(row.author_id)) is not None:
+                    commenters[row.ticket_id].append(author)
 
-        user_ids: set[int] = set()
-        for event, payload in batch:
-            user_ids.update(i for i in (event.actor_id, payload.get("assignee_id")) if i)
         for t in ticket_by_id.values():
-            user_ids.update(i for i in (t.requester_id, t.assignee_id) if i)
-        for c in comment_by_id.values():
-            if c.author_id:
-                user_ids.add(c.author_id)
+            user_ids.update(i for i in (t.requester_id, t.assignee_id) if i is not None)
+        user_ids.update(c.author_id for c in comment_by_id.values() if c.author_id is not None)
         for members in (*team.values(), *commenters.values()):
             user_ids.update(members)
         user_filter: ColumnElement[bool] = among(conn, users.c.id, sorted(user_ids))
-        if wants_managers:
+        if Need.MANAGERS in needs:
             user_filter = or_(user_filter, users.c.is_manager == true())
-            if admin_emails:
-                user_filter = or_(user_filter, func.lower(users.c.email).in_(
-                    sorted({a.lower() for a in admin_emails})))
-        user_by_id = UserDirectory((row.id, _user(row)) for row in conn.execute(
-            select(users).where(user_filter)))
+        if admins:
+            user_filter = or_(user_filter, func.lower(users.c.email).in_(admins))
+        user_by_id = {row.id: _user(row) for row in conn.execute(select(users)
+                                                                 .where(user_filter))}
         manager_ids = tuple(sorted(u.id for u in user_by_id.values()
                                    if u.is_manager and u.is_active))
+        admin_accounts = {email: u for u in user_by_id.values() if u.is_active and u.email
+                          and (email := u.email.lower()) in admins}
 
         event_types = sorted({event.event_type for event, _ in batch})
         by_type: dict[str, set[tuple[int, str]]] = defaultdict(set)
@@ -146,26 +155,29 @@ def load_contexts(
 
     contexts: dict[int, EventContext | EventError] = {}
     for event, payload in batch:
-        ticket = ticket_by_id.get(event.ticket_id) if event.ticket_id is not None else None
-        if ticket is None:
+        spec = kinds[event.id]
+        listed = [ticket_by_id[i] for i in (event.ticket_id, *spec.ticket_ids(payload))
+                  if i is not None and i in ticket_by_id]
+        if not listed:
             contexts[event.id] = EventError(
                 f"ticket {event.ticket_id} does not exist (deleted, or a wrong ticket_id)")
             continue
+        ticket = spec.facts(listed[0], payload)
         comment = None
-        spec = EVENT_TYPES[event.event_type]
-        if spec.comment_field:
-            comment = comment_by_id.get(payload[spec.comment_field])
+        if Need.COMMENT in spec.needs:
+            comment = comment_by_id.get(payload["comment_id"])
             if comment is None or comment.ticket_id != ticket.id:
                 contexts[event.id] = EventError(
-                    f"comment {payload[spec.comment_field]} does not exist on ticket "
+                    f"comment {payload['comment_id']} does not exist on ticket "
                     f"{ticket.number}")
                 continue
+        project = project_by_id.get(ticket.project_id) if ticket.project_id else None
         contexts[event.id] = EventContext(
             event=event, payload=payload, ticket=ticket, users=user_by_id,
-            project=project_by_id.get(ticket.project_id) if ticket.project_id else None,
-            team_ids=tuple(team.get(ticket.project_id, ())) if ticket.project_id else (),
-            manager_ids=manager_ids, comment=comment,
-            public_commenter_ids=tuple(commenters.get(ticket.id, ())),
-            opted_out=frozenset(by_type.get(event.event_type, ())),
-        )
+            tickets=tuple(dict.fromkeys([ticket, *listed[1:]])), project=project,
+            team_ids=tuple(team.get(project.id, ())) if project else (),
+            manager_ids=manager_ids if Need.MANAGERS in spec.needs else None,
+            comment=comment, public_commenter_ids=tuple(commenters.get(ticket.id, ())),
+            admin_accounts=admin_accounts,
+            opted_out=frozenset(by_type.get(event.event_type, ())))
     return contexts

@@ -15,6 +15,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    insert,
     literal,
     select,
     union_all,
@@ -22,8 +23,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.sql.expression import ColumnElement
+
+from ..errors import DatabaseUnavailable
 
 # ----------------------------------------------------------------------- engines
 
@@ -33,8 +42,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached or used; the message says what to fix."""
 
 
 def make_engine(url: str) -> Engine:
@@ -189,3 +196,19 @@ class RowUpdate:
         return (update(self.table)
                 .where(*[self.table.c[k] == value(k) for k in self.keys], *self.where)
                 .values({**{c: value(c) for c in self.columns}, **self.fixed}))
+
+
+def hold_lock(conn: Connection, name: str, now: datetime) -> None:
+    """Hold the lock row ``name`` until ``conn``'s transaction ends: another transaction
+    asking for it waits (``SELECT ... FOR UPDATE``; SQLite's transactions already take
+    turns). The database coordinates: no lock file, nothing left behind by a crash."""
+    from .schema import locks
+
+    claimed = conn.execute(update(locks).where(locks.c.name == name).values(held_at=now))
+    if claimed.rowcount:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(locks).values(name=name, held_at=now))
+    except IntegrityError:  # made meanwhile by another transaction, which held it
+        conn.execute(update(locks).where(locks.c.name == name).values(held_at=now))

@@ -25,20 +25,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from ..states import Channel, DeliveryState, EventState
 from .database import RowUpdate, among
-from .schema import (
-    DEFERRED,
-    DONE,
-    EMAIL,
-    FAILED,
-    PENDING,
-    SENT,
-    app_notifications,
-    deliveries,
-    outbox,
-    overdue_alerts,
-    suppressions,
-)
+from .schema import app_notifications, deliveries, outbox, suppressions
 
 DeliveryKey = tuple[int, str, str]  # (event id, channel, recipient)
 
@@ -121,7 +110,8 @@ _ANSWERS = RowUpdate(
              "updated_at"],
     # A late answer (this worker's lease ran out and another worker finished the
     # delivery meanwhile) never overwrites a final state.
-    where=[or_(deliveries.c.state == PENDING, deliveries.c.state == DEFERRED)])
+    where=[or_(deliveries.c.state == DeliveryState.PENDING,
+               deliveries.c.state == DeliveryState.DEFERRED)])
 
 
 def record_outcomes(engine: Engine, outcomes: Sequence[dict[str, Any]],
@@ -174,16 +164,13 @@ def list_suppressions(engine: Engine) -> list[dict[str, Any]]:
 
 
 def emails_sent_since(engine: Engine, since: datetime) -> int:
-    """Emails accepted since ``since``, overdue digests included (one per recipient and
-    scan in ``overdue_alerts``): seeds the hourly rate ceiling across runs and commands."""
-    digests = select(overdue_alerts.c.recipient, overdue_alerts.c.alerted_at).where(
-        overdue_alerts.c.alerted_at >= since).distinct().subquery()
+    """Emails accepted since ``since`` (digests included: they are events too): seeds the
+    hourly rate ceiling across runs and commands."""
     with engine.connect() as conn:
-        emails = conn.execute(select(func.count()).select_from(deliveries).where(
-            and_(deliveries.c.channel == EMAIL, deliveries.c.state == SENT,
-                 deliveries.c.sent_at >= since))).scalar_one()
-        return int(emails) + int(conn.execute(
-            select(func.count()).select_from(digests)).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(deliveries).where(
+            and_(deliveries.c.channel == Channel.EMAIL,
+                 deliveries.c.state == DeliveryState.SENT,
+                 deliveries.c.sent_at >= since))).scalar_one())
 
 
 def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tuple[int, int]:
@@ -191,8 +178,9 @@ def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tupl
     delivery records; return (events, delivery records) deleted. In-app notifications
     stay: they belong to the web application's users."""
     cutoff = now - older_than
-    finished = select(outbox.c.id).where(outbox.c.state.in_((DONE, FAILED)),
-                                         outbox.c.processed_at < cutoff)
+    finished = select(outbox.c.id).where(
+        outbox.c.state.in_((EventState.DONE, EventState.FAILED)),
+        outbox.c.processed_at < cutoff)
     with engine.begin() as conn:
         ids = list(conn.execute(finished).scalars())
         removed = 0

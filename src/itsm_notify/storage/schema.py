@@ -25,6 +25,8 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
+from ..states import EventState
+
 # --------------------------------------------------------------------------- types
 
 
@@ -138,7 +140,7 @@ comments = Table(
     "comments", contract_metadata,
     Column("id", Integer, primary_key=True),
     Column("ticket_id", ForeignKey("tickets.id"), nullable=False, index=True),
-    Column("author_id", ForeignKey("users.id"), nullable=False),
+    Column("author_id", ForeignKey("users.id")),  # none: written by email intake
     Column("body", Text, nullable=False),
     Column("is_internal", Boolean, nullable=False, server_default="0"),
     Column("created_at", Timestamp, nullable=False, server_default=utc_now()),
@@ -146,8 +148,6 @@ comments = Table(
 
 # ------------------------------------------------------------------------ the outbox
 
-PENDING, PROCESSING, DONE, FAILED = "pending", "processing", "done", "failed"
-EVENT_STATES = (PENDING, PROCESSING, DONE, FAILED)
 
 outbox = Table(
     "notification_outbox", metadata,
@@ -157,7 +157,7 @@ outbox = Table(
     Column("actor_id", Integer),
     Column("payload", Text),
     Column("created_at", Timestamp, nullable=False, server_default=utc_now()),
-    Column("state", String(16), nullable=False, server_default=PENDING),
+    Column("state", String(16), nullable=False, server_default=EventState.PENDING.value),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("available_at", Timestamp, nullable=False, server_default=utc_now()),
     Column("locked_by", String(128)),
@@ -184,12 +184,6 @@ app_notifications = Table(
     Index("ix_app_notifications_user_read", "user_id", "read_at"),
 )
 
-EMAIL, IN_APP = "email", "in_app"
-# Delivery states: pending (planned, not yet answered), deferred (4xx or connection
-# lost; retried), sent (accepted by the server / written), failed (5xx or retries
-# exhausted), suppressed (address on the suppression list), skipped (no valid address).
-SENT, DEFERRED, SUPPRESSED, SKIPPED = "sent", "deferred", "suppressed", "skipped"
-FINAL_DELIVERY_STATES = (SENT, FAILED, SUPPRESSED, SKIPPED)
 
 deliveries = Table(
     "notification_deliveries", metadata,
@@ -235,3 +229,11 @@ overdue_alerts = Table(
     Column("due_at", Timestamp, nullable=False),
     Column("alerted_at", Timestamp, nullable=False),
 )
+
+locks = Table(
+    "itsm_notify_locks", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("held_at", Timestamp),
+)
+"""One row per job that must run alone (an overdue scan): a scan holds its row locked for
+the length of its planning transaction, so scans on several hosts take turns."""

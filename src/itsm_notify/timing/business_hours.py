@@ -32,7 +32,7 @@ from itertools import pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .wall_clock import as_utc, first_showing, last_reaching, like
 
 MINUTES_PER_DAY = 24 * 60

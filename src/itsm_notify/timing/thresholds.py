@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .business_hours import BusinessCalendar
 from .wall_clock import as_utc
 

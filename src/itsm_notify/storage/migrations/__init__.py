@@ -21,11 +21,11 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.schema import CreateTable
 
-from ..database import DatabaseUnavailable
+from ...errors import SchemaOutOfDate
 from ..schema import contract_metadata
 
 VERSION_TABLE = "itsm_notify_alembic_version"
-REVISIONS = ("0001",)
+REVISIONS = ("0001", "0002")
 """Every revision, oldest first (a test holds this to the scripts in versions/)."""
 HEAD = REVISIONS[-1]
 TOOL_TABLES = ("notification_outbox", "app_notifications", "notification_deliveries",
@@ -33,9 +33,6 @@ TOOL_TABLES = ("notification_outbox", "app_notifications", "notification_deliver
 """The tables of release 0.1: one of them without a version table is a database to adopt."""
 
 
-class SchemaOutOfDate(DatabaseUnavailable):
-    """The database's schema is not the one this release works with; the message says
-    what to do (exit 2)."""
 
 
 @dataclass(frozen=True)
