@@ -5,12 +5,16 @@
     uv run python bench/run.py --memory             # peak RSS with 100,000 pending events
     uv run python bench/run.py --overdue            # overdue-scan over 1,000,000 tickets (PG)
     uv run python bench/run.py --http --skip-throughput   # SendGrid's API vs SMTP at 20 ms
+    uv run python bench/run.py --workload one-recipient   # one email per event, nothing shared
+    uv run python bench/run.py --idle --skip-throughput   # what cron pays when nothing is due
 
 What one run does, per database (SQLite in a temporary folder, PostgreSQL at
 ``--postgres-url``, whose tables it DROPS and recreates):
 
-1. creates the same help desk and N outbox events (70% ticket_created: requester,
-   assignee and ADMINS, 3 emails; 30% status_changed: requester and assignee, 2 emails);
+1. creates the same help desk and N outbox events: ``--workload shared`` (the default)
+   70% ticket_created (requester, assignee and ADMINS, 3 emails) and 30% status_changed
+   (requester and assignee, 2 emails) among 500 users; ``--workload one-recipient`` one
+   ticket_assigned per ticket, each ticket with users of its own, one email per event;
 2. starts an aiosmtpd sink in its own process (bench/sink.py);
 3. baseline: the same messages, rendered beforehand by the project's own pipeline and
    serialized (untimed), sent by a bare smtplib loop over K connections (K threads, one
@@ -25,7 +29,10 @@ What one run does, per database (SQLite in a temporary folder, PostgreSQL at
 7. with ``--http``: send-pending through the SendGrid backend (``EMAIL_BACKEND=sendgrid``)
    to an HTTP sink answering 202 after 20 ms (bench/http_sink.py), and through SMTP to
    the SMTP sink at 20 ms, one after the other, with K=1 and K=4 connections: the ratio
-   of their throughputs per connection, measured in the same run.
+   of their throughputs per connection, measured in the same run;
+8. with ``--idle``: the installed ``itsm-notify send-pending`` run as cron runs it
+   against an initialised, empty database, its median CPU and its import profile
+   (bench/idle_bench.py).
 """
 
 from __future__ import annotations
@@ -104,29 +111,48 @@ def drop_all(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {VERSION_TABLE}")
 
-def make_dataset(n_events: int, *, seed: int = 5, n_users: int = 500) -> Dataset:
-    """A help desk: users (two of them managers: in-app only), ten projects, one ticket
-    per ticket_created event, and status changes on some of those tickets."""
-    rng = random.Random(seed)
-    users = [{"id": i, "username": f"user{i}", "email": f"user{i}@example.com",
-              "first_name": rng.choice(FIRST), "last_name": rng.choice(LAST),
-              "is_active": True, "is_manager": i <= 2}
-             for i in range(1, n_users + 1)]
-    projects = [{"id": i, "name": f"Project {i}", "notify_team": False} for i in range(1, 11)]
-    n_created = max(1, round(n_events * 0.7))
-    created_at = datetime(2026, 1, 5, 9, 0)
-    tickets = []
-    for i in range(1, n_created + 1):
-        requester, assignee = rng.sample(range(3, n_users + 1), 2)
-        words = rng.choices(WORDS, k=rng.randint(30, 120))
-        tickets.append({
-            "id": i, "number": f"TKT-{i:06d}",
+WORKLOADS = ("shared", "one-recipient")
+
+
+def make_dataset(n_events: int, workload: str = "shared", *, seed: int = 5) -> Dataset:
+    """The generated help desk and its N pending events, for ``workload``."""
+    if workload == "one-recipient":
+        return make_one_recipient_dataset(n_events, seed=seed)
+    return make_shared_dataset(n_events, seed=seed)
+
+
+def _users(rng: random.Random, n_users: int) -> list[dict[str, Any]]:
+    """Users 1 and 2 are managers (in-app only); the rest plain staff and customers."""
+    return [{"id": i, "username": f"user{i}", "email": f"user{i}@example.com",
+             "first_name": rng.choice(FIRST), "last_name": rng.choice(LAST),
+             "is_active": True, "is_manager": i <= 2}
+            for i in range(1, n_users + 1)]
+
+
+def _ticket(rng: random.Random, i: int, requester: int, assignee: int) -> dict[str, Any]:
+    words = rng.choices(WORDS, k=rng.randint(30, 120))
+    return {"id": i, "number": f"TKT-{i:06d}",
             "title": rng.choice(SUBJECTS).format(n=rng.randint(1, 9)),
             "description": " ".join(words).capitalize() + ".",
             "status": "open", "priority": rng.choice(["low", "medium", "high", "critical"]),
             "requester_id": requester, "assignee_id": assignee,
             "project_id": rng.randint(1, 10), "due_at": None,
-            "created_at": created_at + timedelta(minutes=i)})
+            "created_at": datetime(2026, 1, 5, 9, 0) + timedelta(minutes=i)}
+
+
+def _projects() -> list[dict[str, Any]]:
+    return [{"id": i, "name": f"Project {i}", "notify_team": False} for i in range(1, 11)]
+
+
+def make_shared_dataset(n_events: int, *, seed: int = 5, n_users: int = 500) -> Dataset:
+    """A help desk: users (two of them managers: in-app only), ten projects, one ticket
+    per ticket_created event, and status changes on some of those tickets. Recipients
+    share a lot: 500 users, each event's page rendered for 2 or 3 of them."""
+    rng = random.Random(seed)
+    users = _users(rng, n_users)
+    n_created = max(1, round(n_events * 0.7))
+    tickets = [_ticket(rng, i, *rng.sample(range(3, n_users + 1), 2))
+               for i in range(1, n_created + 1)]
     events = [{"event_type": "ticket_created", "ticket_id": t["id"], "actor_id": None,
                "payload": "{}"} for t in tickets]
     for _ in range(n_events - n_created):
@@ -135,19 +161,39 @@ def make_dataset(n_events: int, *, seed: int = 5, n_users: int = 500) -> Dataset
                        "actor_id": None, "payload": json.dumps(
                            {"old_status": "open", "new_status": rng.choice(STATUSES)})})
     rng.shuffle(events)
-    return Dataset(users, projects, tickets, events)
+    return Dataset(users, _projects(), tickets, events)
+
+
+def make_one_recipient_dataset(n_events: int, *, seed: int = 5) -> Dataset:
+    """Each event mails one person and shares nothing with any other: one
+    ``ticket_assigned`` event per ticket, each ticket with a requester and an assignee
+    of its own (2 N users, plus the two managers), actor None. ticket_assigned tells the
+    new assignee alone (the payload names them, as django-helpdesk's receiver writes
+    it), so there is one email per event and the per-event cost is all."""
+    rng = random.Random(seed)
+    users = _users(rng, 2 + 2 * n_events)
+    tickets = [_ticket(rng, i, requester=2 + 2 * i, assignee=1 + 2 * i)
+               for i in range(1, n_events + 1)]
+    events = [{"event_type": "ticket_assigned", "ticket_id": t["id"], "actor_id": None,
+               "payload": json.dumps({"assignee_id": t["assignee_id"]})} for t in tickets]
+    rng.shuffle(events)
+    return Dataset(users, _projects(), tickets, events)
 
 
 def expected_message_ids(data: Dataset, outbox_rows: Sequence[Any]) -> set[str]:
     """Worked out from the data alone (not by the tool's rules): ticket_created goes to
     requester, assignee and the admin; status_changed (a public status) to requester
-    and assignee; the actor is None; managers are in-app only."""
+    and assignee; ticket_assigned to the payload's assignee alone; the actor is None;
+    managers are in-app only."""
     email = {u["id"]: u["email"] for u in data.users}
     ticket = {t["id"]: t for t in data.tickets}
     ids: set[str] = set()
     for row in outbox_rows:
         t = ticket[row.ticket_id]
-        addresses = [email[t["requester_id"]], email[t["assignee_id"]]]
+        if row.event_type == "ticket_assigned":
+            addresses = [email[json.loads(row.payload)["assignee_id"]]]
+        else:
+            addresses = [email[t["requester_id"]], email[t["assignee_id"]]]
         if row.event_type == "ticket_created":
             addresses.append(ADMIN)
         ids.update(message_id(row.id, a.lower(), FROM_DOMAIN) for a in addresses)
@@ -181,7 +227,8 @@ def populate(engine: Engine, data: Dataset) -> list[Any]:
             conn.commit()
     with engine.connect() as conn:
         return list(conn.execute(select(schema.outbox.c.id, schema.outbox.c.event_type,
-                                        schema.outbox.c.ticket_id).order_by(schema.outbox.c.id)))
+                                        schema.outbox.c.ticket_id, schema.outbox.c.payload)
+                                 .order_by(schema.outbox.c.id)))
 
 
 # ----------------------------------------------------------------------- settings
@@ -410,6 +457,7 @@ def check_delivery(check: Check, label: str, sink: SinkProcess, expected: set[st
 @dataclass
 class Row:
     label: str
+    workload: str
     db: str
     connections: int
     latency_ms: int
@@ -453,8 +501,8 @@ def database_urls(args: argparse.Namespace, workdir: Path) -> list[tuple[str, st
 def throughput(args: argparse.Namespace, sink: SinkProcess, workdir: Path, check: Check,
                *, n_events: int, connections: int, latency: float, label: str,
                dbs: list[tuple[str, str]]) -> list[Row]:
-    data = make_dataset(n_events)
-    print(f"\n== {label}: {n_events} events, K={connections}, sink latency "
+    data = make_dataset(n_events, args.workload)
+    print(f"\n== {label}: {n_events} events ({args.workload}), K={connections}, sink latency "
           f"{latency * 1000:.0f} ms", flush=True)
     messages, render_cpu_ms = prerender(data, workdir)
     print(f"  send-pending without SMTP (SQLite, a transport that keeps the bytes): "
@@ -483,8 +531,9 @@ def throughput(args: argparse.Namespace, sink: SinkProcess, workdir: Path, check
             after, base_cpu_after = baseline(check, label, sink, messages, connections)
             base_seconds = (before + after) / 2
             batches = max(1, -(-n_events // args.batch_size))
-            row = Row(label, name, connections, round(latency * 1000), len(expected),
-                      result["emails_sent"] / result["elapsed"], len(messages) / base_seconds,
+            row = Row(label, args.workload, name, connections, round(latency * 1000),
+                      len(expected), result["emails_sent"] / result["elapsed"],
+                      len(messages) / base_seconds,
                       result["maxrss_mb"], result["statements"] / n_events,
                       result["statements"] / batches, 1000 * result["cpu"] / len(expected),
                       1000 * sink_cpu / len(expected),
@@ -550,7 +599,7 @@ def print_collapsed(path: str, top: int = 25) -> None:
 def memory(args: argparse.Namespace, sink: SinkProcess, workdir: Path,
            check: Check) -> list[dict[str, Any]]:
     """Peak RSS of send-pending draining ``--memory-events`` pending events."""
-    data = make_dataset(args.memory_events)
+    data = make_dataset(args.memory_events, args.workload)
     results = []
     for name, url in database_urls(args, workdir):
         print(f"\n== memory: {args.memory_events} pending events on {name}", flush=True)
@@ -598,7 +647,7 @@ def http_versus_smtp(args: argparse.Namespace, sink: SinkProcess, http_sink: Htt
     """send-pending through SendGrid's API and through SMTP, both answering after 20 ms,
     with K connections each: the same events, one run after the other, ``--rounds``
     times; the median ratio of their throughputs (per connection: the same K)."""
-    data = make_dataset(args.latency_events)
+    data = make_dataset(args.latency_events, args.workload)
     sink.set_latency(0.02)
     http_sink.set_latency(0.02)
     rows = []
@@ -698,6 +747,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000,
                         help="events in the throughput run (default 10000)")
+    parser.add_argument("--workload", choices=WORKLOADS, default="shared",
+                        help="shared (default): 70%% ticket_created to 3 of 500 users, 30%% "
+                             "status_changed to 2; one-recipient: one ticket_assigned per "
+                             "ticket, each to a user of its own, one email per event")
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--postgres-url",
                         default=os.environ.get("ITSM_BENCH_POSTGRES_URL", DEFAULT_PG_URL),
@@ -720,6 +773,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also time overdue-scan over --overdue-tickets tickets (PostgreSQL)")
     parser.add_argument("--overdue-tickets", type=int, default=1_000_000)
     parser.add_argument("--overdue-count", type=int, default=10_000)
+    parser.add_argument("--idle", action="store_true",
+                        help="also measure an idle send-pending (nothing due), the installed "
+                             "command run as cron runs it: median CPU of --idle-runs runs and "
+                             "its -X importtime profile (bench/idle_bench.py)")
+    parser.add_argument("--idle-runs", type=_at_least_one, default=7)
     parser.add_argument("--http", action="store_true",
                         help="also compare send-pending through the SendGrid API with SMTP, "
                              "both at 20 ms, on --latency-events events (SQLite, or the "
@@ -791,6 +849,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["memory"] = memory(args, sink, workdir, check)
         if args.overdue:
             results["overdue"] = overdue(args, check, sink, workdir)
+        if args.idle:
+            import idle_bench
+
+            results["idle"] = idle_bench.run(database_urls(args, workdir), args.idle_runs,
+                                             workdir, check, reset_schema)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     if check.failures:
@@ -801,11 +864,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def print_summary(rows: list[Row]) -> None:
-    print("\n| run | db | K | latency | emails | send-pending /s | bare smtplib /s | ratio "
-          "| send-pending CPU/email | sink CPU/email | peak RSS | statements/event |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| run | workload | db | K | latency | emails | send-pending /s | bare smtplib /s "
+          "| ratio | send-pending CPU/email | sink CPU/email | peak RSS | statements/event |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.label} | {r.db} | {r.connections} | {r.latency_ms} ms | {r.emails} "
+        print(f"| {r.label} | {r.workload} | {r.db} | {r.connections} | {r.latency_ms} ms "
+              f"| {r.emails} "
               f"| {r.tool_rate:.0f} | {r.base_rate:.0f} | {r.ratio:.2f}{_spread(r)} "
               f"| {r.tool_cpu_ms:.2f} ms | {r.sink_cpu_ms:.2f} ms | {r.maxrss_mb:.0f} MB "
               f"| {r.statements_per_event:.2f} |")
