@@ -325,3 +325,29 @@ def test_a_bare_cr_or_lf_is_found(data: bytes) -> None:
 
     assert bare_line_break(data) == (b"\r" in data.replace(b"\r\n", b"")
                                      or b"\n" in data.replace(b"\r\n", b""))
+
+
+@settings(max_examples=500, deadline=None)
+@given(display=st.one_of(st.text(max_size=40),
+                         st.from_regex(r"[A-Za-z0-9]{1,12}( [A-Za-z0-9]{1,12}){0,4}",
+                                       fullmatch=True), st.just("")),
+       local=st.one_of(st.from_regex(r"[A-Za-z0-9_+-]{1,20}(\.[A-Za-z0-9_+-]{1,10}){0,2}",
+                                     fullmatch=True), st.sampled_from(["o'brien", "a.b", "zoë"])),
+       domain=st.sampled_from(["example.com", "mail.corp.local", "x" * 60 + ".org", "localhost"]))
+def test_an_address_written_unparsed_is_what_the_policy_writes(display: str, local: str,
+                                                                 domain: str) -> None:
+    """The To field of a plain name and address is written without the email package;
+    it must be exactly the policy's folding, or both must refuse."""
+    from email.headerregistry import Address
+
+    try:
+        expected: bytes | type[Exception] = header_module._fold(
+            "To", (header_module.one_line(display), local, domain))
+    except Exception as exc:
+        expected = type(exc)
+    try:
+        written: bytes | type[Exception] = header_module.fold_header(
+            "To", Address(header_module.one_line(display), local, domain))
+    except Exception as exc:
+        written = type(exc)
+    assert written == expected

@@ -129,6 +129,10 @@ def _refuse_line_breaks(name: str, parsed: Any) -> None:
         raise UnsafeHeader(f"the {name} header would hold a line break")
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+"""A display name the policy writes as it is: words of letters and digits."""
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*")
+_PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _PLAIN_HEADER = re.compile(r"[A-Za-z0-9@<>._+-]+(?: [A-Za-z0-9@<>._+-]+)*")
 _PLAIN_TEXT = re.compile(r"[!-<>-~]+(?: [!-<>-~]+)*")
 """Printable ASCII words but ``=`` (no encoded word can start), single spaces between."""
@@ -152,7 +156,16 @@ def fold_header(name: str, value: str | Address) -> bytes:
     in an unstructured field (a Subject, an X- field) printable ASCII words but ``=``:
     no encoded word can start in either, and no character in them is unsafe."""
     if isinstance(value, Address):  # unhashable: remembered by its parts
-        return _fold(name, (value.display_name, value.username, value.domain))
+        display, local, domain = value.display_name, value.username, value.domain
+        if _PLAIN_LOCAL.fullmatch(local) and _PLAIN_DOMAIN.fullmatch(domain):
+            # A name of plain words (or none) and a plain address: the policy writes it
+            # as it is, on one line (held to it by a property test).
+            if not display and len(name) + len(local) + len(domain) + 3 <= 78:
+                return f"{name}: {local}@{domain}\r\n".encode("ascii")
+            if _PLAIN_NAME.fullmatch(display) and \
+                    len(name) + len(display) + len(local) + len(domain) + 6 <= 78:
+                return f"{name}: {display} <{local}@{domain}>\r\n".encode("ascii")
+        return _fold(name, (display, local, domain))
     if type(value) is str and len(name) + 2 + len(value) <= 78 and (
             _PLAIN_HEADER.fullmatch(value) or (_unstructured(name)
                                                and _PLAIN_TEXT.fullmatch(value))):
