@@ -351,3 +351,20 @@ def test_an_address_written_unparsed_is_what_the_policy_writes(display: str, loc
     except Exception as exc:
         written = type(exc)
     assert written == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
+                   max_size=400) | st.from_regex(r"https://[a-z.]{3,20}/u/[A-Za-z0-9._=?-]{5,80}/",
+                                                 fullmatch=True))
+def test_a_list_unsubscribe_link_written_unparsed_is_what_the_policy_writes(url: str) -> None:
+    value = f"<{url}>"
+    try:
+        expected: bytes | type[Exception] = header_module._fold("List-Unsubscribe", value)
+    except Exception as exc:
+        expected = type(exc)
+    try:
+        written: bytes | type[Exception] = header_module.fold_header("List-Unsubscribe", value)
+    except Exception as exc:
+        written = type(exc)
+    assert written == expected
