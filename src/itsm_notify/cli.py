@@ -90,18 +90,16 @@ def open_database(config: Path | None, database_url: str | None) -> tuple[Settin
 def engine_for(settings: Settings, *, require_tables: bool = True) -> Engine:
     """An engine on the configured database; with ``require_tables``, checked first: the
     tool's tables at this release's revision (else exit 2: run ``db upgrade`` or use
-    the newer release), and the application's tables present."""
+    the newer release), and the help desk's tables or views as the source maps them."""
     engine = make_engine(settings.database_url)
     if require_tables:
-        from .storage.migrations import check_schema, missing_contract_tables
+        from .source import load_source
+        from .storage.migrations import check_schema
 
+        source = load_source(settings)
         with database_errors(settings.database_url):
             check_schema(engine)
-            missing = missing_contract_tables(engine)
-        if missing:
-            raise DatabaseUnavailable(
-                f"The database has no {missing[0]} table or view: run 'itsm-notify db init' "
-                "first.")
+            source.check(engine)
     return engine
 
 
@@ -118,7 +116,7 @@ def db_init(config: ConfigOption = None, database_url: DatabaseOption = None) ->
         settings = settings_from(config, database_url=database_url)
         engine = engine_for(settings, require_tables=False)
         with database_errors(settings.database_url):
-            created = init_database(engine, contract_tables=True)
+            created = init_database(engine, contract_tables=settings.source == "contract")
     if created:
         err.print(f"Created {len(created)} tables: {', '.join(created)}.")
     else:

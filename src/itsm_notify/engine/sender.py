@@ -40,9 +40,9 @@ from ..errors import EventError, TransportError
 from ..events.addresses import address_problem
 from ..events.audience import EmailRecipient, Recipients
 from ..events.model import EventContext, OutboxEvent
-from ..events.types import event_type, parse_payload, resolve
+from ..events.types import event_type, parse_payload
 from ..ops.unsubscribe import unsubscribe_url
-from ..source.contract import load_contexts
+from ..source import Source, load_source
 from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
 from ..storage.database import (
     database_errors,
@@ -124,11 +124,7 @@ class RunReport:
                 f"{self.emails_skipped} skipped; {self.in_app_written} in-app")
 
 
-def admin_emails(settings: Settings) -> list[str]:
-    return [admin.email for admin in settings.admins]
-
-
-def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
+def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
                ) -> list[tuple[OutboxEvent, EventContext | EventError]]:
     """Each event, in order, with its context, or the reason it can never be delivered
     (unknown type, malformed payload, missing ticket or comment, data the database
@@ -141,15 +137,14 @@ def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
             parsed.append((event, parse_payload(event.event_type, event.payload)))
         except EventError as exc:
             bad[event.id] = exc
-    admins = admin_emails(settings)
     try:
-        loaded = load_contexts(engine, parsed, admins)
+        loaded = source.load_contexts(engine, parsed)
     except Exception:
         raise_if_database_down(engine)
         loaded = {}
         for item in parsed:
             try:
-                loaded.update(load_contexts(engine, [item], admins))
+                loaded.update(source.load_contexts(engine, [item]))
             except Exception as exc:
                 raise_if_database_down(engine)
                 loaded[item[0].id] = EventError(
@@ -211,6 +206,7 @@ class Sender:
         self.settings = settings
         self.engine = engine
         self.renderer = Renderer(settings)
+        self.source = load_source(settings)
         self.transport = transport or make_transport(settings)
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
@@ -286,7 +282,7 @@ class Sender:
                   finished: list[EventOutcome]) -> list[EventContext]:
         """Each event's context; bad events go straight to ``finished`` as failed."""
         contexts = []
-        for event, ctx in load_batch(self.engine, events, self.settings):
+        for event, ctx in load_batch(self.source, self.engine, events):
             if isinstance(ctx, EventError):
                 finished.append(EventOutcome(event.id, EventState.FAILED, error=str(ctx)))
             else:
@@ -305,7 +301,7 @@ class Sender:
         resolved: dict[int, tuple[EventContext, Recipients]] = {}
         for ctx in contexts:
             try:
-                resolved[ctx.event.id] = (ctx, resolve(ctx, self.settings))
+                resolved[ctx.event.id] = (ctx, self.source.resolve(ctx))
             except Exception as exc:
                 settled.append(_failed(ctx.event.id, "its recipients could not be decided",
                                        exc))
@@ -393,7 +389,8 @@ class Sender:
         value it cannot store), each event is written alone, and those it refuses fail."""
         try:
             write_plan(self.engine, [r for p in plans.values() for r in p.rows],
-                       [n for p in plans.values() for n in p.notifications])
+                       [n for p in plans.values() for n in p.notifications],
+                       self.source.write_in_app)
             return list(plans)
         except IntegrityError:
             raise
@@ -402,7 +399,7 @@ class Sender:
         written = []
         for event_id, plan in plans.items():
             try:
-                write_plan(self.engine, plan.rows, plan.notifications)
+                write_plan(self.engine, plan.rows, plan.notifications, self.source.write_in_app)
             except IntegrityError:
                 raise
             except Exception as exc:
@@ -438,8 +435,9 @@ class Sender:
                     current = (event.id, renderer.event_variables(ctx), renderer.subject(ctx))
                 unsubscribe = _unsubscribe_url(settings.site_url, settings.secret_key,
                                                recipient.user_id, event.event_type)
-                rendered = renderer.render_event(ctx, recipient, current[1],
-                                                 unsubscribe_url=unsubscribe, subject=current[2])
+                rendered = renderer.render_event(
+                    ctx, recipient, current[1], unsubscribe_url=unsubscribe,
+                    subject=current[2], ticket_url=self.source.link(ctx, recipient))
                 spec = event_type(event.event_type)
                 one_ticket = spec.about_one_ticket(ctx)
                 data = renderer.compose(
@@ -447,7 +445,8 @@ class Sender:
                     ticket_number=ctx.ticket.number if one_ticket else None,
                     msg_id=self._message_id(ctx, recipient),
                     thread=thread_id(ctx.ticket.id, self.domain) if one_ticket else None,
-                    is_thread_start=spec.starts_thread, unsubscribe_url=unsubscribe)
+                    is_thread_start=spec.starts_thread, unsubscribe_url=unsubscribe,
+                    reply_to=ctx.project.reply_to if ctx.project else None)
             except Exception as exc:  # any template error must fail one email, not the queue
                 pipeline.settle(Outcome(key, DeliveryState.FAILED, detail=(
                     f"could not render the email ({describe_exception(exc)})")))
@@ -578,14 +577,15 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
     report = RunReport()
     renderer = Renderer(settings)
     events = peek_events(engine, limit=limit or 1000, now=clock())
-    loaded = load_batch(engine, events, settings)
+    source = load_source(settings)
+    loaded = load_batch(source, engine, events)
     existing = load_deliveries(engine, [event.id for event in events])
     for event, ctx in loaded:
         if isinstance(ctx, EventError):
             report.planned.append(PlannedEmail(event.id, event.event_type, "", "-", "-", "",
                                                note=f"would fail: {ctx}"))
             continue
-        recipients = resolve(ctx, settings)
+        recipients = source.resolve(ctx)
         subject = renderer.subject(ctx)
         for recipient in recipients.email:
             record = existing.get((event.id, Channel.EMAIL, recipient.key))
