@@ -8,6 +8,9 @@ the first use with uv and kept (default ``<repo>/.venv-spire``, or
 downloading, then the Pythons of a pyenv installation. None of them: the tests skip,
 saying so.
 
+The virtualenv also holds this checkout of itsm-notify, installed editable (so its
+Django app is the code under test), as a spire site would ``pip install`` it.
+
 Each :func:`run_spire` call is one ``python spire_harness.py …`` process; it prints one
 JSON object, returned as a dict.
 """
@@ -85,13 +88,18 @@ def spire_venv() -> Path:
 
 
 def _has_requirements(python: Path) -> bool:
-    """Whether ``python`` has exactly the pinned SPIRE_REQUIREMENTS installed."""
+    """Whether ``python`` has exactly the pinned SPIRE_REQUIREMENTS installed, and
+    itsm-notify from this checkout."""
     wanted = dict(requirement.split("==") for requirement in SPIRE_REQUIREMENTS)
-    code = ("import importlib.metadata as m, json, sys; "
-            "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))")
+    code = ("import importlib.metadata as m, json, sys, itsm_notify; "
+            "print(json.dumps([{n: m.version(n) for n in sys.argv[1:]}, "
+            "itsm_notify.__file__]))")
     done = subprocess.run([str(python), "-c", code, *wanted], capture_output=True,
                           text=True, timeout=60, check=False)
-    return done.returncode == 0 and json.loads(done.stdout) == wanted
+    if done.returncode != 0:
+        return False
+    versions, itsm_notify_file = json.loads(done.stdout)
+    return versions == wanted and Path(itsm_notify_file).is_relative_to(REPO_ROOT)
 
 
 def spire_python() -> Path:
@@ -111,7 +119,7 @@ def spire_python() -> Path:
             [uv, "venv", "--quiet", "--relocatable", "--no-python-downloads",
              "--python", base, str(staging)],
             [uv, "pip", "install", "--quiet", "--python", str(staging / "bin" / "python"),
-             *SPIRE_REQUIREMENTS],
+             *SPIRE_REQUIREMENTS, "--editable", str(REPO_ROOT)],
         ):
             done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                                   check=False)

@@ -5,7 +5,7 @@ virtualenv (``tests/django_apps/spire.py`` makes it and runs this file), never i
 test process. Usage::
 
     python spire_harness.py DATABASE_URL scenario [--spire-notifications on|off]
-                                                  [--admins pairs|strings]
+                                                  [--admins pairs|strings] [--itsm-notify]
     python spire_harness.py DATABASE_URL bell USER_ID
 
 ``DATABASE_URL`` is a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``,
@@ -21,6 +21,9 @@ builds, and every ``Notification`` spire's ``HelpDeskTicketNotificationService``
 unless ``--spire-notifications off`` (spire's service replaced by a no-op, as a site
 that lets itsm-notify do the notifying would). ``--admins strings`` writes ``ADMINS``
 the way Django 6 asks (addresses, not the deprecated ``(name, address)`` pairs).
+``--itsm-notify`` installs itsm-notify's Django app (``itsm_notify.django``), as a site
+that lets itsm-notify notify would: its outbox is made by ``migrate``, its receiver
+writes the events, spire's own notifications are off; the outbox rows are printed.
 
 ``bell`` prints what spire's notification bell shows ``USER_ID``: the querysets of
 ``django_spire.notification.app.views`` (``active().is_sent()``, not yet viewed).
@@ -47,7 +50,7 @@ ADMINS: dict[str, list[Any]] = {
 DELETE_PERMISSION = "delete_helpdeskticket"
 
 
-def setup_django(url: str, admins: list[Any]) -> None:
+def setup_django(url: str, admins: list[Any], *, itsm_notify: bool = False) -> None:
     import django
     from django.conf import settings
 
@@ -66,6 +69,7 @@ def setup_django(url: str, admins: list[Any]) -> None:
             "django_spire.notification.app",
             "django_spire.notification.email",
             "django_spire.help_desk",
+            *(["itsm_notify.django"] if itsm_notify else []),
         ],
         ADMINS=admins,
         DEBUG=False,
@@ -165,6 +169,19 @@ def notification_rows(ticket_id: int) -> list[dict[str, Any]]:
     return rows
 
 
+def outbox_rows() -> list[dict[str, Any]]:
+    """itsm-notify's outbox, when its app is installed."""
+    from django.apps import apps
+
+    if not apps.is_installed("itsm_notify.django"):
+        return []
+    from itsm_notify.django.models import OutboxEvent
+
+    return [{key: str(value) if value is not None else None for key, value in row.items()}
+            for row in OutboxEvent.objects.order_by("id").values(
+                "id", "event_type", "ticket_id", "actor_id", "payload", "state")]
+
+
 def scenario(spire_notifications: bool) -> dict[str, Any]:
     from django.contrib.contenttypes.models import ContentType
     from django.urls import reverse
@@ -200,6 +217,7 @@ def scenario(spire_notifications: bool) -> dict[str, Any]:
         "notifications_after_create": after_create,
         "notifications_after_edit": after_edit,
         "has_create_service": hasattr(HelpDeskTicket.services, "create"),
+        "outbox": outbox_rows(),
     }
 
 
@@ -226,11 +244,13 @@ def main(argv: list[str]) -> int:
     run = commands.add_parser("scenario")
     run.add_argument("--spire-notifications", choices=("on", "off"), default="on")
     run.add_argument("--admins", choices=sorted(ADMINS), default="pairs")
+    run.add_argument("--itsm-notify", action="store_true")
     show = commands.add_parser("bell")
     show.add_argument("user_id", type=int)
     args = parser.parse_args(argv)
 
-    setup_django(args.database_url, ADMINS[getattr(args, "admins", "pairs")])
+    setup_django(args.database_url, ADMINS[getattr(args, "admins", "pairs")],
+                 itsm_notify=getattr(args, "itsm_notify", False))
     from importlib.metadata import version
 
     facts: dict[str, Any] = {

@@ -75,6 +75,37 @@ class Audience:
         else:
             self._add_email(EmailRecipient(address=address.strip(), name=name))
 
+    def requester(self) -> None:
+        """The ticket's requester: the user, or the address an app stores instead
+        (django-helpdesk's ``submitter_email``)."""
+        ticket = self.ctx.ticket
+        if ticket.requester_id is not None:
+            self.user(ticket.requester_id)
+        elif ticket.requester_email:
+            self.address(ticket.requester_email)
+
+    def team_ccs(self, *, on_create: bool = False) -> None:
+        """The addresses the ticket's team copies on every change, and, for a new
+        ticket, on every new one."""
+        project = self.ctx.project
+        if project is not None:
+            for address in (*project.cc_on_create, *project.cc_on_update) if on_create \
+                    else project.cc_on_update:
+                self.address(address)
+
+    def ticket_ccs(self, *, staff_only: bool = False) -> None:
+        """The ticket's own CCs, when its team says they are told; ``staff_only``: only
+        CCs whose account is staff (``is_staff`` in the user's fields)."""
+        if self.ctx.project is None or not self.ctx.project.notify_ticket_ccs:
+            return
+        for cc in self.ctx.ccs:
+            user = self.ctx.users.get(cc.user_id) if cc.user_id is not None else None
+            if user is not None:
+                if not staff_only or user.extra.get("is_staff"):
+                    self.person(user)
+            elif cc.email and not staff_only:
+                self.address(cc.email)
+
     def admins(self) -> None:
         """ADMINS by email; an admin address that belongs to an active user account is
         that user (email and in-app, their name, their preferences)."""

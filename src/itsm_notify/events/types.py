@@ -34,7 +34,7 @@ class Need(StrEnum):
     COMMENT = "comment"
     """The comment the payload's ``comment_id`` names."""
     TEAM = "team"
-    """The ticket's project and its members."""
+    """The ticket's project, its members and its CCs."""
     COMMENTERS = "commenters"
     """Everyone who wrote a public comment on the ticket."""
     MANAGERS = "managers"
@@ -146,9 +146,11 @@ def _team(ctx: EventContext) -> tuple[int, ...]:
 
 def ticket_created(ctx: EventContext, settings: Settings) -> Recipients:
     audience = Audience(ctx, settings)
-    audience.user(ctx.ticket.requester_id)
+    audience.requester()
     audience.user(ctx.ticket.assignee_id)
     audience.users(_team(ctx))
+    audience.team_ccs(on_create=True)
+    audience.ticket_ccs()
     audience.admins()
     audience.users(ctx.managers, email=False)
     return audience.result()
@@ -163,9 +165,11 @@ def ticket_assigned(ctx: EventContext, settings: Settings) -> Recipients:
 def status_changed(ctx: EventContext, settings: Settings) -> Recipients:
     audience = Audience(ctx, settings)
     if ctx.payload["new_status"] not in settings.internal_statuses:
-        audience.user(ctx.ticket.requester_id)
+        audience.requester()
+        audience.ticket_ccs()
     audience.user(ctx.ticket.assignee_id)
     audience.users(_team(ctx))
+    audience.team_ccs()
     return audience.result()
 
 
@@ -178,9 +182,11 @@ def comment_added(ctx: EventContext, settings: Settings) -> Recipients:
         audience.user(ctx.ticket.assignee_id, email=False)
         audience.users(ctx.team_ids, email=False)
         return audience.result()
-    audience.user(ctx.ticket.requester_id)
+    audience.requester()
     audience.user(ctx.ticket.assignee_id)
     audience.users(ctx.public_commenter_ids)
+    audience.team_ccs()
+    audience.ticket_ccs()
     return audience.result()
 
 
@@ -365,8 +371,8 @@ EVENT_TYPES: dict[str, EventType] = {
     "ticket_assigned": EventType(
         rule=ticket_assigned, subject=_ticket_subject("Ticket Assigned: {title} ({number})"),
         template="ticket_assigned", variables=_assigned_variables,
-        parse_payload=_assignment, facts=_assigned_facts, in_app=_assigned_in_app,
-        user_ids=_assignee_ids),
+        parse_payload=_assignment, facts=_assigned_facts, needs=frozenset({Need.TEAM}),
+        in_app=_assigned_in_app, user_ids=_assignee_ids),
     "status_changed": EventType(
         rule=status_changed,
         subject=_ticket_subject("Ticket Status Changed: {title} → {new_status}"),

@@ -61,6 +61,17 @@ def addresses(value: Any) -> tuple[str, ...]:
     return tuple(a.strip() for a in bounded_text(value, 2000).split(",") if a.strip())
 
 
+def accounts_by_address(users: Mapping[int, User]) -> dict[str, User]:
+    """Active accounts by lower-case address; where several share one (apps rarely make
+    addresses unique), the oldest account (lowest id) is the address's person."""
+    found: dict[str, User] = {}
+    for user_id in sorted(users):
+        user = users[user_id]
+        if user.is_active and user.email:
+            found.setdefault(user.email.lower(), user)
+    return found
+
+
 def write_app_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """In-app notifications into the tool's ``app_notifications`` table."""
     from ..storage.deliveries import insert_many
@@ -218,9 +229,9 @@ class Source:
             conn, entity, " OR ".join(conditions), **params))}
 
     def admin_accounts(self, users: Mapping[int, User]) -> dict[str, User]:
+        """The active accounts behind ADMINS addresses, by lower-case address."""
         admins = {a.email.lower() for a in self.settings.admins}
-        return {email: u for u in users.values() if u.is_active and u.email
-                and (email := u.email.lower()) in admins}
+        return {email: u for email, u in accounts_by_address(users).items() if email in admins}
 
     def load_contexts(self, engine: Engine, batch: Sequence[tuple[OutboxEvent, dict[str, Any]]]
                       ) -> dict[int, EventContext | EventError]:
@@ -269,7 +280,7 @@ class Source:
             by_type = self._opted_out(conn, {e.event_type for e, _ in batch}, user_by_id)
         manager_ids = tuple(sorted(u.id for u in user_by_id.values()
                                    if u.is_manager and u.is_active))
-        accounts = {u.email.lower(): u for u in user_by_id.values() if u.is_active and u.email}
+        accounts = accounts_by_address(user_by_id)
         admin_accounts = self.admin_accounts(user_by_id)
 
         contexts: dict[int, EventContext | EventError] = {}

@@ -47,19 +47,20 @@ from urllib.parse import quote
 from ..errors import ConfigError
 
 #: per entity: its fields and the expression each reads when the mapping does not say
-#: (None: the mapping must give it)
+#: (None: the mapping must give it). A flag (``is_*``, ``notify_*``) is a condition, as
+#: a WHERE clause takes it on every database: ``u.level >= 3``, not an integer column.
 ENTITY_FIELDS: dict[str, dict[str, str | None]] = {
     "user": {"id": None, "email": None, "username": "NULL", "first_name": "NULL",
-             "last_name": "NULL", "is_active": "1", "is_manager": "0", "locale": "NULL",
+             "last_name": "NULL", "is_active": "1 = 1", "is_manager": "1 = 0", "locale": "NULL",
              "time_zone": "NULL"},
     "ticket": {"id": None, "title": None, "number": "NULL", "description": "NULL",
                "status": "NULL", "priority": "NULL", "requester_id": "NULL",
                "requester_email": "NULL", "assignee_id": "NULL", "team_id": "NULL",
                "due_at": "NULL", "created_at": "NULL", "access_key": "NULL"},
     "comment": {"id": None, "ticket_id": None, "body": None, "author_id": "NULL",
-                "is_internal": "0", "created_at": "NULL"},
-    "team": {"id": None, "name": "NULL", "notify_team": "0", "cc_on_create": "NULL",
-             "cc_on_update": "NULL", "notify_ticket_ccs": "0", "reply_to": "NULL"},
+                "is_internal": "1 = 0", "created_at": "NULL"},
+    "team": {"id": None, "name": "NULL", "notify_team": "1 = 0", "cc_on_create": "NULL",
+             "cc_on_update": "NULL", "notify_ticket_ccs": "1 = 0", "reply_to": "NULL"},
     "membership": {"team_id": None, "user_id": None},
     "ticket_cc": {"ticket_id": None, "user_id": "NULL", "email": "NULL"},
 }

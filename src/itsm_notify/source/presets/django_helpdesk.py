@@ -80,63 +80,37 @@ TOLD_SUBMITTER = frozenset({"3", "4"})
 """Statuses the submitter is told of without a comment: Resolved, Closed."""
 
 
-def _submitter(ctx: EventContext, audience: Audience) -> None:
-    if ctx.ticket.requester_id is not None:
-        audience.user(ctx.ticket.requester_id)
-    elif ctx.ticket.requester_email:
-        audience.address(ctx.ticket.requester_email)
-
-
 def _owner(ctx: EventContext, audience: Audience, *switches: str) -> None:
+    """The owner, when one of their own ``switches`` is on."""
     owner = ctx.users.get(ctx.ticket.assignee_id) if ctx.ticket.assignee_id else None
     if owner is not None and any(owner.extra.get(s, True) for s in switches):
         audience.person(owner)
 
 
-def _queue_ccs(ctx: EventContext, audience: Audience, *, on_create: bool = False) -> None:
-    if ctx.project is None:
-        return
-    for address in (*ctx.project.cc_on_create, *ctx.project.cc_on_update) if on_create \
-            else ctx.project.cc_on_update:
-        audience.address(address)
-
-
-def _ticket_ccs(ctx: EventContext, audience: Audience, *, staff_only: bool = False) -> None:
-    if ctx.project is None or not ctx.project.notify_ticket_ccs:
-        return
-    for cc in ctx.ccs:
-        user = ctx.users.get(cc.user_id) if cc.user_id else None
-        if user is not None:
-            if not staff_only or user.extra.get("is_staff"):
-                audience.person(user)
-        elif cc.email and not staff_only:
-            audience.address(cc.email)
-
-
 def ticket_created(ctx: EventContext, settings: Settings) -> Recipients:
     audience = Audience(ctx, settings)
-    _submitter(ctx, audience)
+    audience.requester()
     _owner(ctx, audience, "email_on_ticket_assign")
-    _queue_ccs(ctx, audience, on_create=True)
-    _ticket_ccs(ctx, audience)
+    audience.team_ccs(on_create=True)
+    audience.ticket_ccs()
     return audience.result()
 
 
 def ticket_assigned(ctx: EventContext, settings: Settings) -> Recipients:
     audience = Audience(ctx, settings)
     _owner(ctx, audience, "email_on_ticket_assign", "email_on_ticket_change")
-    _queue_ccs(ctx, audience)
-    _ticket_ccs(ctx, audience)
+    audience.team_ccs()
+    audience.ticket_ccs()
     return audience.result()
 
 
 def status_changed(ctx: EventContext, settings: Settings) -> Recipients:
     audience = Audience(ctx, settings)
     if ctx.payload["new_status"] in TOLD_SUBMITTER:
-        _submitter(ctx, audience)
+        audience.requester()
     _owner(ctx, audience, "email_on_ticket_change")
-    _queue_ccs(ctx, audience)
-    _ticket_ccs(ctx, audience)
+    audience.team_ccs()
+    audience.ticket_ccs()
     return audience.result()
 
 
@@ -145,12 +119,12 @@ def comment_added(ctx: EventContext, settings: Settings) -> Recipients:
     assert ctx.comment is not None
     if ctx.comment.is_internal:  # nobody outside staff
         _owner(ctx, audience, "email_on_ticket_change")
-        _ticket_ccs(ctx, audience, staff_only=True)
+        audience.ticket_ccs(staff_only=True)
         return audience.result()
-    _submitter(ctx, audience)
+    audience.requester()
     _owner(ctx, audience, "email_on_ticket_change")
-    _queue_ccs(ctx, audience)
-    _ticket_ccs(ctx, audience)
+    audience.team_ccs()
+    audience.ticket_ccs()
     return audience.result()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -84,13 +85,15 @@ def write_in_app(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if not rows:
         return
     content_type = conn.execute(_CONTENT_TYPE).scalar()
+    aware = conn.dialect.name == "postgresql"  # timestamptz there; naive UTC elsewhere
     for row in rows:
-        values = {"yes": True, "no": False, "now": row["created_at"], "user_id": row["user_id"],
+        now = row["created_at"].replace(tzinfo=UTC) if aware else row["created_at"]
+        values = {"yes": True, "no": False, "now": now, "user_id": row["user_id"],
                   "title": row["title"][:124], "body": row["body"], "url": row["url"][:255],
                   "content_type_id": content_type, "ticket_id": row["ticket_id"]}
         result = conn.execute(_NOTIFICATION, values)
         notification = result.lastrowid if conn.dialect.name != "postgresql" else \
             conn.execute(text("SELECT lastval()")).scalar()
-        conn.execute(_APP_NOTIFICATION, {"yes": True, "no": False, "now": row["created_at"],
+        conn.execute(_APP_NOTIFICATION, {"yes": True, "no": False, "now": now,
                                          "notification_id": notification,
                                          "context_data": json.dumps({})})
