@@ -41,8 +41,9 @@ from itsm_notify.config import load_settings
 from itsm_notify.errors import ConfigError
 from itsm_notify.inbound.handling import HandleResult, ReceivedMail, header_section
 from itsm_notify.inbound.intake import fetch_mail_with_settings, receive_stdin
-from itsm_notify.inbound.store import REJECTED, inbound_messages, inbound_metadata, record_message
+from itsm_notify.inbound.store import REJECTED, record_message
 from itsm_notify.storage.database import make_engine
+from itsm_notify.storage.schema import inbound_messages
 
 test_metadata = sa.MetaData()
 test_effects = sa.Table(
@@ -54,7 +55,7 @@ test_effects = sa.Table(
 
 
 def create_tables(engine: sa.Engine) -> None:
-    inbound_metadata.create_all(engine)
+    inbound_messages.create(engine, checkfirst=True)
     test_metadata.create_all(engine)
 
 
