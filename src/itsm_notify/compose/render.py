@@ -73,11 +73,13 @@ def packaged_template_dir() -> Path:
 
 def message_id(event_id: int | str, recipient_key: str, domain: str) -> str:
     """The same email (event, recipient) keeps the same Message-ID when retried."""
-    return f"<itsm-notify.{event_id}.{_address_digest(recipient_key)}@{domain}>"
+    return f"<itsm-notify.{event_id}.{address_digest(recipient_key)}@{domain}>"
 
 
 @functools.lru_cache(maxsize=4096)
-def _address_digest(recipient_key: str) -> str:
+def address_digest(recipient_key: str) -> str:
+    """The 16-hex digest of a recipient's address that names it in a Message-ID and in a
+    VERP return path (never the address itself)."""
     return hashlib.sha256(recipient_key.encode()).hexdigest()[:16]
 
 
