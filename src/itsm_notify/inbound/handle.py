@@ -157,14 +157,14 @@ class InboundHandler:
         """Handle one message given as bytes."""
         return self(ReceivedMail.from_bytes(raw, source=source))
 
-    def __call__(self, mail: ReceivedMail) -> HandleResult:
-        if mail.too_large:
-            return self._record_rejected(mail, mail.too_large_reason)
-        msg = parse_message(mail.raw)
+    def __call__(self, message: ReceivedMail) -> HandleResult:
+        if message.too_large:
+            return self._record_rejected(message, message.too_large_reason)
+        msg = parse_message(message.raw)
         try:
             with self.engine.connect() as conn:
                 recorded = record_message(
-                    conn, message_key=mail.key, source=mail.source, size=mail.size,
+                    conn, message_key=message.key, source=message.source, size=message.size,
                     outcome=REJECTED, reason="being handled", message_id=msg.message_id,
                     from_address=_sender(msg), subject=msg.subject, received_at=self.clock())
                 if not recorded.new:
@@ -174,7 +174,7 @@ class InboundHandler:
                         recorded_at=recorded.previous_received_at)
                 assert recorded.id is not None
                 done = self._act(conn, msg)
-                _store(conn, recorded.id, done, mail.raw)
+                _store(conn, recorded.id, done, message.raw)
                 conn.commit()
         except ConfigError:
             raise
@@ -182,7 +182,7 @@ class InboundHandler:
             if (failure := self._temporary_failure(exc)) is not None:
                 return failure
             logger.debug("the handler's traceback", exc_info=True)
-            return self._record_rejected(mail, _failure_reason(exc))
+            return self._record_rejected(message, _failure_reason(exc))
         return HandleResult.handled(f"{done.outcome}: {done.reason}")
 
     def reprocess(self, record_id: int) -> Reprocessed:

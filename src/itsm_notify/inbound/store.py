@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..states import InboundOutcome
@@ -148,3 +148,54 @@ def _clean(text: str | None, limit: int | None = MAX_HEADER_TEXT) -> str | None:
 def storable_raw(raw: bytes | None) -> bytes | None:
     """The raw bytes as kept: at most MAX_STORED_RAW."""
     return None if raw is None else raw[:MAX_STORED_RAW]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One row of ``inbound list``."""
+
+    id: int
+    received_at: datetime
+    source: str
+    outcome: str
+    from_address: str | None
+    subject: str | None
+    reason: str | None
+    ticket_id: int | None
+    comment_id: int | None
+    size: int
+    raw_kept: bool
+    updated_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        for name in ("received_at", "updated_at"):
+            data[name] = data[name].isoformat() if data[name] is not None else None
+        return data
+
+
+def list_messages(engine: Engine, *, outcome: str | None = None,
+                  limit: int = 50) -> list[StoredMessage]:
+    """The latest inbound messages, newest first; only those of ``outcome`` if given."""
+    table = inbound_messages
+    query = select(table.c.id, table.c.received_at, table.c.source, table.c.outcome,
+                   table.c.from_address, table.c.subject, table.c.reason, table.c.ticket_id,
+                   table.c.comment_id, table.c.size, table.c.raw.is_not(None).label("raw_kept"),
+                   table.c.updated_at)
+    if outcome is not None:
+        query = query.where(table.c.outcome == outcome)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(table.c.received_at.desc(), table.c.id.desc())
+                            .limit(limit))
+        return [StoredMessage(**{**row._mapping, "raw_kept": bool(row.raw_kept)})
+                for row in rows]
+
+
+def count_by_outcome(engine: Engine) -> dict[str, int]:
+    """Inbound messages by outcome, every known outcome present (0 when none)."""
+    counts = dict.fromkeys(InboundOutcome, 0)
+    with engine.connect() as conn:
+        for outcome, count in conn.execute(select(inbound_messages.c.outcome, func.count())
+                                           .group_by(inbound_messages.c.outcome)):
+            counts[outcome] = count
+    return {str(outcome): count for outcome, count in counts.items()}
