@@ -72,7 +72,7 @@ from .classify import (
     sender_trust,
 )
 from .handling import HandleResult, Outcome, ReceivedMail
-from .message import InboundMessage, one_line, parse_message
+from .message import InboundMessage, Limits, one_line, parse_message
 from .quotes import extract_reply
 from .reports import DeliveryReport, RecipientStatus
 from .store import REJECTED, STDIN, record_message, update_record
@@ -150,6 +150,11 @@ class InboundHandler:
         self.engine = engine
         self.clock = clock
         self.policy = policy or InboundPolicy.from_settings(settings)
+        # the parser reads whole whatever intake accepted whole (ITSM_INBOUND_MAX_BYTES)
+        self.limits = Limits(max_size=settings.inbound_max_bytes)
+
+    def parse(self, raw: bytes) -> InboundMessage:
+        return parse_message(raw, limits=self.limits)
 
     # ------------------------------------------------------------ entry points
 
@@ -160,7 +165,7 @@ class InboundHandler:
     def __call__(self, message: ReceivedMail) -> HandleResult:
         if message.too_large:
             return self._record_rejected(message, message.too_large_reason)
-        msg = parse_message(message.raw)
+        msg = self.parse(message.raw)
         try:
             with self.engine.connect() as conn:
                 recorded = record_message(
@@ -200,7 +205,7 @@ class InboundHandler:
                 if refusal is not None:
                     return Reprocessed(record_id, None, refusal)
                 assert row is not None
-                done = self._act(conn, parse_message(row.raw))
+                done = self._act(conn, self.parse(row.raw))
                 _store(conn, record_id, done, row.raw, updated_at=self.clock())
                 conn.commit()
         except ConfigError:
@@ -237,7 +242,7 @@ class InboundHandler:
     def _record_rejected(self, mail: ReceivedMail, reason: str) -> HandleResult:
         """Store a message that could not be handled, with its reason and raw bytes, in
         a transaction of its own."""
-        msg = parse_message(mail.raw)
+        msg = self.parse(mail.raw)
         try:
             with self.engine.connect() as conn:
                 recorded = record_message(
