@@ -98,6 +98,13 @@ def test_reply_tokens_round_trip(ticket_id: int, user_id: int) -> None:
     assert target is not None and (target.ticket_id, target.user_id) == (ticket_id, user_id)
 
 
+@given(st.integers(0, 10**12 - 1), st.text("0123456789abcdef", min_size=16, max_size=16))
+def test_verp_tokens_round_trip(event_id: int, digest: str) -> None:
+    address = make_verp_address(SECRET, "bounces@d.example", event_id, digest)
+    assert read_verp_address(SECRET, "bounces@d.example", address) == VerpTarget(event_id, digest)
+    assert read_reply_address(SECRET, "bounces@d.example", address) is None
+
+
 @given(st.text(max_size=120))
 def test_reading_any_text_as_an_address_never_raises(text: str) -> None:
     assert read_verp_address(SECRET, "bounces@desk.example", text) is None

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
 import trustme
+from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 import inbound_mail as mail
@@ -336,6 +338,43 @@ def test_hostile_messages_are_recorded_never_a_traceback(desk: Desk) -> None:
                       .scalars())
     assert titles == ["Printer Bcc: all@desk.example"]  # one harmless line
     assert records[3]["raw"] is not None  # the garbage is kept, to be looked at
+
+
+_HEADER_TEXT = st.text(st.characters(codec="utf-8"), max_size=80)
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(from_=_HEADER_TEXT, subject=_HEADER_TEXT, extra=_HEADER_TEXT,
+                  body=st.binary(max_size=400))
+def test_any_message_is_recorded_with_an_outcome_and_never_raises(
+        sqlite_url: str, from_: str, subject: str, extra: str, body: bytes) -> None:
+    engine = _fuzz_engine(sqlite_url)
+    handler = InboundHandler(load_settings(environ=cli_env(sqlite_url, **SETTINGS),
+                                           dotenv_path=None), engine)
+    raw = (f"From: {from_}\r\nTo: support@desk.example\r\nSubject: {subject}\r\n"
+           f"In-Reply-To: {extra}\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    result = handler.handle(raw)
+    assert result.final, result.reason
+    with engine.connect() as conn:
+        outcome, title = conn.execute(
+            sa.select(schema.inbound_messages.c.outcome, schema.tickets.c.title)
+            .outerjoin(schema.tickets,
+                       schema.tickets.c.id == schema.inbound_messages.c.ticket_id)
+            .order_by(schema.inbound_messages.c.id.desc()).limit(1)).one()
+    assert outcome in set(InboundOutcome)
+    assert title is None or (title.isprintable() and "\n" not in title)
+
+
+_FUZZ_ENGINES: dict[str, sa.Engine] = {}
+
+
+def _fuzz_engine(url: str) -> sa.Engine:
+    """One seeded SQLite database for all of a property test's examples."""
+    if url not in _FUZZ_ENGINES:
+        _FUZZ_ENGINES[url] = create_schema(url)
+        seed_helpdesk(_FUZZ_ENGINES[url])
+    return _FUZZ_ENGINES[url]
 
 
 # ------------------------------------------------------------------ operations
