@@ -74,11 +74,12 @@ def outlook_reply(sent: ReceivedMessage, author: str, answer: str) -> bytes:
 
 
 def plain_mail(author: str, to: str, subject: str, body: str, *,
-               extra_headers: tuple[str, ...] = ()) -> bytes:
+               extra_headers: tuple[str, ...] = (), content_type: str = "text/plain") -> bytes:
     return "\r\n".join([f"From: {author}", f"To: {to}", f"Subject: {subject}",
                         f"Date: {DATE}", f"Message-ID: {_new_id('example.com')}",
                         *extra_headers, "MIME-Version: 1.0",
-                        'Content-Type: text/plain; charset="utf-8"', "", body, ""]).encode()
+                        f'Content-Type: {content_type}; charset="utf-8"', "", body,
+                        ""]).encode()
 
 
 def postfix_dsn(to: str, recipient: str, status: str, original_message_id: str,

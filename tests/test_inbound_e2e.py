@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from itsm_notify.compose.render import address_digest
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.inbound import handle as handle_module
 from itsm_notify.inbound.handle import InboundHandler
+from itsm_notify.inbound.handling import Outcome
 from itsm_notify.inbound.tokens import read_reply_address, read_verp_address
 from itsm_notify.ops.scheduler import FETCH_JOB, NotifyScheduler
 from itsm_notify.states import InboundOutcome
@@ -189,6 +191,27 @@ def test_replies_are_matched_by_signed_reply_address_and_by_subject_tag(desk: De
     assert desk.comments()[-1]["body"] == "Mine too, since the update."
     assert desk.comments()[-1]["author_id"] == desk.ids["erin"]
     assert "Erin, 3rd floor" in by_subject["cut_text"]
+
+    # HTML only, from a team member: read as text, the quoted block cut
+    html_only = mail.plain_mail(
+        "Carol Nguyen <carol@example.com>", "support@desk.example", f"AW: {VPN_SUBJECT}",
+        "<html><body><p>Raised the <b>idle timeout</b> to 1 h.</p>"
+        "<blockquote>Could you send the VPN client log?</blockquote></body></html>",
+        content_type="text/html")
+    by_html = desk.handle(html_only)
+    assert by_html["outcome"] == InboundOutcome.COMMENT, by_html["reason"]
+    assert desk.comments()[-1]["body"] == "Raised the idle timeout to 1 h."
+    assert "VPN client log" in by_html["cut_text"]
+
+
+def test_the_same_reply_handled_by_two_processes_at_once_is_one_comment(desk: Desk) -> None:
+    reply = mail.gmail_reply(desk.sent_to("alice@example.com"), ALICE, "Both at once?")
+    comments = len(desk.comments())
+    handlers = [desk.handler(), desk.handler()]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda h: h.handle(reply), handlers))
+    assert sorted(r.outcome for r in results) == [Outcome.ALREADY_SEEN, Outcome.HANDLED]
+    assert len(desk.comments()) == comments + 1 and len(desk.records()) == 1
 
 
 def test_only_people_on_the_ticket_may_comment_and_machines_never_do(desk: Desk) -> None:
