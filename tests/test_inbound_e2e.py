@@ -44,6 +44,7 @@ from itsm_notify.inbound.tokens import read_reply_address, read_verp_address
 from itsm_notify.ops.scheduler import FETCH_JOB, NotifyScheduler
 from itsm_notify.states import InboundOutcome
 from itsm_notify.storage import schema
+from itsm_notify.storage.database import make_engine
 from smtp_server import ReceivedMessage, SmtpSink
 
 pytestmark = pytest.mark.timeout(120)
@@ -517,6 +518,12 @@ def test_receive_exits_75_when_the_database_is_down_and_2_when_misconfigured(
     down = runner.invoke(app, ["receive"], input=message,
                          env=cli_env("sqlite:////nonexistent-folder/itsm.db"))
     assert down.exit_code == 75 and "the MTA will retry" in down.stderr
+    # down while handling (after the command's own check): left for the next run
+    gone = "sqlite:////nonexistent-folder/itsm.db"
+    handler = InboundHandler(load_settings(environ=cli_env(gone), dotenv_path=None),
+                             make_engine(gone))
+    result = handler.handle(message)
+    assert result.outcome is Outcome.TEMPORARY_FAILURE and result.outage and not result.final
     create_schema(sqlite_url)
     wrong = runner.invoke(app, ["receive"], input=message,
                           env=cli_env(sqlite_url, ITSM_INBOUND_UNKNOWN_REPLY="ignore"))
