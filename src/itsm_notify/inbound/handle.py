@@ -219,7 +219,10 @@ class InboundHandler:
                 update_record(conn, record_id, outcome=InboundOutcome.REJECTED, reason=reason,
                               raw=row.raw if row is not None else None,
                               updated_at=self.clock())
+            logger.warning("inbound record %s re-processed: rejected: %s", record_id, reason)
             return Reprocessed(record_id, InboundOutcome.REJECTED, reason)
+        logger.info("inbound record %s re-processed: %s: %s", record_id, done.outcome,
+                    done.reason)
         return Reprocessed(record_id, done.outcome, done.reason)
 
     # ------------------------------------------------------------ failures
@@ -437,7 +440,6 @@ def _store(conn: Connection, record_id: int, done: Disposition, raw: bytes, *,
                   raw=done.raw_to_keep(raw), ticket_id=done.ticket_id,
                   comment_id=done.comment_id, event_id=done.event_id,
                   cut_text=done.cut_text, updated_at=updated_at)
-    logger.info("inbound record %s: %s: %s", record_id, done.outcome, done.reason)
 
 
 def _not_reprocessable(row: object | None) -> str | None:
