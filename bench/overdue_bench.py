@@ -103,7 +103,8 @@ def _timed(fn: Any, repeat: int = 3) -> tuple[float, float, Any]:
 def run(postgres_url: str, n_tickets: int, n_overdue: int, check: Any,
         sink: Any = None, workdir: Path | None = None) -> dict[str, Any]:
     from itsm_notify.config import load_settings
-    from itsm_notify.engine.overdue import find_overdue, overdue_query, overdue_scan
+    from itsm_notify.engine.overdue import find_overdue, overdue_scan
+    from itsm_notify.source import load_source
 
     expected = n_tickets // 100
     if n_overdue != expected:
@@ -122,12 +123,17 @@ def run(postgres_url: str, n_tickets: int, n_overdue: int, check: Any,
                       "delivery_log": str((workdir or Path(".")) / "overdue-email.log")}
     settings = load_settings(overrides, environ={}, dotenv_path=None)
     now = utcnow() + timedelta(seconds=1)
-    closed = settings.closed_statuses
+    source = load_source(settings)
+    closed = source.mapping.closed_statuses
 
-    query_best, query_median, found = _timed(lambda: find_overdue(engine, now, closed))
+    def find() -> Any:
+        with engine.connect() as conn:
+            return find_overdue(source, conn, now)
+
+    query_best, query_median, found = _timed(find)
     check.expect(len(found) == expected,
                  f"overdue: the query found {len(found)} tickets, expected {expected}")
-    plan = explain(engine, overdue_query(now, closed))
+    plan = explain(engine, source.overdue_query(now, closed))
     print(f"  find_overdue (the query, {len(found)} rows): best {query_best:.3f} s, "
           f"median {query_median:.3f} s")
     print("  plan:\n    " + plan.replace("\n", "\n    "))

@@ -64,6 +64,7 @@ from sqlalchemy import Engine, event, insert, select, text
 from itsm_notify.channels.base import Outcome, Outgoing, RateLimiter
 from itsm_notify.compose.render import message_id
 from itsm_notify.config import Settings, load_settings
+from itsm_notify.states import DeliveryState
 from itsm_notify.storage import database, schema
 from itsm_notify.storage import deliveries as delivery_store
 from itsm_notify.storage.migrations import VERSION_TABLE, init_database
@@ -360,7 +361,7 @@ class _Capture:
                 answered: Callable[[Outcome], None]) -> None:
         for out in messages:
             self.messages.append((out.sender, out.rcpt, out.data))
-            answered(Outcome(out.key, "sent", 250, "captured"))
+            answered(Outcome(out.key, DeliveryState.SENT, 250, "captured"))
 
     def close(self) -> None:
         pass

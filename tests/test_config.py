@@ -49,7 +49,7 @@ def test_defaults_without_any_source(tmp_path: Path) -> None:
     assert s.email_backend == "console"
     assert (s.email_host, s.email_port, s.email_timeout) == ("localhost", 25, 30.0)
     assert s.debug is False and s.admins == ()
-    assert s.closed_statuses == ("resolved", "closed")
+    assert s.closed_statuses == ()  # the source's own: contract's resolved, closed
 
 
 def test_precedence_flag_env_dotenv_toml_default(tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ def test_composed_bytes_equal_the_email_packages(subject: str, text: str, html: 
     rendered = RenderedEmail(subject or "s", text, html)
     recipient = EmailRecipient(address, name, "", 1)
     fields = headers(link, msg_id, thread_start=thread_start, ticket=ticket)
-    fields["reply_to"] = renderer.reply_to_for(42, recipient.user_id)
+    fields["personal_reply_to"] = renderer.reply_to_for(42, recipient.user_id)
     expected = wanted(renderer, rendered, recipient, fields)
     for _ in range(2):  # the second time from the caches
         assert renderer.compose(rendered, recipient, **fields) == expected
@@ -328,3 +328,46 @@ def test_a_bare_cr_or_lf_is_found(data: bytes) -> None:
 
     assert bare_line_break(data) == (b"\r" in data.replace(b"\r\n", b"")
                                      or b"\n" in data.replace(b"\r\n", b""))
+
+
+@settings(max_examples=500, deadline=None)
+@given(display=st.one_of(st.text(max_size=40),
+                         st.from_regex(r"[A-Za-z0-9]{1,12}( [A-Za-z0-9]{1,12}){0,4}",
+                                       fullmatch=True), st.just("")),
+       local=st.one_of(st.from_regex(r"[A-Za-z0-9_+-]{1,20}(\.[A-Za-z0-9_+-]{1,10}){0,2}",
+                                     fullmatch=True), st.sampled_from(["o'brien", "a.b", "zoë"])),
+       domain=st.sampled_from(["example.com", "mail.corp.local", "x" * 60 + ".org", "localhost"]))
+def test_an_address_written_unparsed_is_what_the_policy_writes(display: str, local: str,
+                                                                 domain: str) -> None:
+    """The To field of a plain name and address is written without the email package;
+    it must be exactly the policy's folding, or both must refuse."""
+    from email.headerregistry import Address
+
+    try:
+        expected: bytes | type[Exception] = header_module._fold(
+            "To", (header_module.one_line(display), local, domain))
+    except Exception as exc:
+        expected = type(exc)
+    try:
+        written: bytes | type[Exception] = header_module.fold_header(
+            "To", Address(header_module.one_line(display), local, domain))
+    except Exception as exc:
+        written = type(exc)
+    assert written == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
+                   max_size=400) | st.from_regex(r"https://[a-z.]{3,20}/u/[A-Za-z0-9._=?-]{5,80}/",
+                                                 fullmatch=True))
+def test_a_list_unsubscribe_link_written_unparsed_is_what_the_policy_writes(url: str) -> None:
+    value = f"<{url}>"
+    try:
+        expected: bytes | type[Exception] = header_module._fold("List-Unsubscribe", value)
+    except Exception as exc:
+        expected = type(exc)
+    try:
+        written: bytes | type[Exception] = header_module.fold_header("List-Unsubscribe", value)
+    except Exception as exc:
+        written = type(exc)
+    assert written == expected

@@ -39,7 +39,8 @@ from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine import sender as sender_module
 from itsm_notify.engine.sender import load_batch, send_pending
 from itsm_notify.events.model import EventContext
-from itsm_notify.events.types import EVENT_TYPES, resolve
+from itsm_notify.events.types import EVENT_TYPES
+from itsm_notify.source import load_source
 from itsm_notify.storage import deliveries as delivery_store
 from itsm_notify.storage import schema
 from itsm_notify.storage.outbox import claim_events
@@ -77,11 +78,11 @@ def _recipients(engine: Engine, settings: Settings, event_ids: list[int]) -> dic
     events = claim_events(engine, worker_id="t", limit=100, now=utcnow() + timedelta(seconds=1),
                           lease=timedelta(seconds=0))  # a lease of 0: free again at once
     chosen = [e for e in events if e.id in event_ids]
-    loaded = load_batch(engine, chosen, settings)
+    loaded = load_batch(load_source(settings), engine, chosen)
     result = {}
     for event, ctx in loaded:
         assert isinstance(ctx, EventContext), ctx
-        recipients = resolve(ctx, settings)
+        recipients = load_source(settings).resolve(ctx)
         result[event.id] = (sorted(r.address for r in recipients.email),
                             sorted(recipients.in_app))
     return result
@@ -176,21 +177,23 @@ def test_a_fault_at_any_stage_fails_that_event_alone(
     boom = ValueError("injected fault")
 
     if stage == "load":
-        real_load = sender_module.load_contexts
+        from itsm_notify.source import Source
+        real_load = Source.load_contexts
 
-        def load(engine: Engine, batch: Any, admins: Any) -> Any:
+        def load(self: Source, engine: Engine, batch: Any) -> Any:
             if any(e.id == poison for e, _ in batch):
                 raise boom
-            return real_load(engine, batch, admins)
-        monkeypatch.setattr(sender_module, "load_contexts", load)
+            return real_load(self, engine, batch)
+        monkeypatch.setattr(Source, "load_contexts", load)
     elif stage == "plan":
-        real_resolve = sender_module.resolve
+        from itsm_notify.source import Source
+        real_resolve = Source.resolve
 
-        def plan(ctx: EventContext, settings: Settings) -> Any:
+        def plan(self: Source, ctx: EventContext) -> Any:
             if ctx.event.id == poison:
                 raise boom
-            return real_resolve(ctx, settings)
-        monkeypatch.setattr(sender_module, "resolve", plan)
+            return real_resolve(self, ctx)
+        monkeypatch.setattr(Source, "resolve", plan)
     elif stage == "render":
         real_render = sender_module.Renderer.render_event
 

@@ -37,6 +37,7 @@ from imap_server import Dovecot, dovecot_missing
 from itsm_notify.cli import app
 from itsm_notify.compose.render import address_digest
 from itsm_notify.config import Settings, load_settings
+from itsm_notify.errors import ConfigError
 from itsm_notify.inbound import handle as handle_module
 from itsm_notify.inbound.handle import InboundHandler
 from itsm_notify.inbound.handling import Outcome
@@ -517,7 +518,7 @@ def test_receive_exits_75_when_the_database_is_down_and_2_when_misconfigured(
     runner = CliRunner()
     down = runner.invoke(app, ["receive"], input=message,
                          env=cli_env("sqlite:////nonexistent-folder/itsm.db"))
-    assert down.exit_code == 75 and "the MTA will retry" in down.stderr
+    assert down.exit_code == 75 and "The MTA will retry" in down.stderr
     # down while handling (after the command's own check): left for the next run
     gone = "sqlite:////nonexistent-folder/itsm.db"
     handler = InboundHandler(load_settings(environ=cli_env(gone), dotenv_path=None),
@@ -528,6 +529,9 @@ def test_receive_exits_75_when_the_database_is_down_and_2_when_misconfigured(
     wrong = runner.invoke(app, ["receive"], input=message,
                           env=cli_env(sqlite_url, ITSM_INBOUND_UNKNOWN_REPLY="ignore"))
     assert wrong.exit_code == 2 and "ITSM_INBOUND_UNKNOWN_REPLY" in wrong.stderr
+    with pytest.raises(ConfigError, match="only into the contract source"):
+        InboundHandler(load_settings(environ=cli_env(sqlite_url, ITSM_SOURCE="django-helpdesk"),
+                                     dotenv_path=None), make_engine(sqlite_url))
     no_mailbox = run_cli(["fetch-mail"], cli_env(sqlite_url))
     assert no_mailbox.exit_code == 2 and re.search(r"ITSM_INBOUND_URL is not set.*set it",
                                                    no_mailbox.stderr.replace("\n", " "))

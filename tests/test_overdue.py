@@ -25,8 +25,9 @@ from contract_app import utcnow as helpdesk_now
 from itsm_notify.compose.present import overdue_for
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine import overdue
-from itsm_notify.engine.overdue import overdue_query, overdue_scan
+from itsm_notify.engine.overdue import overdue_scan
 from itsm_notify.engine.sender import send_pending
+from itsm_notify.source import load_source
 from itsm_notify.storage import schema
 from itsm_notify.storage.deliveries import add_suppression
 from smtp_server import ReceivedMessage, SmtpSink
@@ -469,7 +470,9 @@ def test_overdue_for(age: timedelta, expected: str) -> None:
 
 def test_query_walks_the_due_date_index(sqlite_url: str) -> None:
     engine = create_schema(sqlite_url)
-    query = overdue_query(NOW, ("resolved", "closed"))
+    source = load_source(load_settings({"database_url": sqlite_url}, environ={},
+                                       dotenv_path=None))
+    query = source.overdue_query(NOW, ("resolved", "closed"))
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(

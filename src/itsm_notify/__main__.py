@@ -1,5 +1,5 @@
 """``python -m itsm_notify``: the same command line as ``itsm-notify``."""
 
-from itsm_notify.cli import main
+from itsm_notify.entry import main
 
 main()

@@ -93,18 +93,16 @@ def open_database(config: Path | None, database_url: str | None) -> tuple[Settin
 def engine_for(settings: Settings, *, require_tables: bool = True) -> Engine:
     """An engine on the configured database; with ``require_tables``, checked first: the
     tool's tables at this release's revision (else exit 2: run ``db upgrade`` or use
-    the newer release), and the application's tables present."""
+    the newer release), and the help desk's tables or views as the source maps them."""
     engine = make_engine(settings.database_url)
     if require_tables:
-        from .storage.migrations import check_schema, missing_contract_tables
+        from .source import load_source
+        from .storage.migrations import check_schema
 
+        source = load_source(settings)
         with database_errors(settings.database_url):
             check_schema(engine)
-            missing = missing_contract_tables(engine)
-        if missing:
-            raise DatabaseUnavailable(
-                f"The database has no {missing[0]} table or view: run 'itsm-notify db init' "
-                "first.")
+            source.check(engine)
     return engine
 
 
@@ -121,7 +119,7 @@ def db_init(config: ConfigOption = None, database_url: DatabaseOption = None) ->
         settings = settings_from(config, database_url=database_url)
         engine = engine_for(settings, require_tables=False)
         with database_errors(settings.database_url):
-            created = init_database(engine, contract_tables=True)
+            created = init_database(engine, contract_tables=settings.source == "contract")
     if created:
         err.print(f"Created {len(created)} tables: {', '.join(created)}.")
     else:
@@ -364,30 +362,42 @@ def suppression_remove(address: str, config: ConfigOption = None,
 def receive_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
     """Handle one inbound message on standard input (an MTA pipe): exit 0 handled or
     ignored, 75 when it could not be recorded (the MTA retries), 2 configuration error."""
-    from sqlalchemy.exc import DBAPIError
-
     from .errors import SchemaOutOfDate
     from .inbound.handle import InboundHandler
     from .inbound.intake import EX_CONFIG, EX_TEMPFAIL, receive_stdin
-    from .storage.migrations import check_schema, missing_contract_tables
 
     setup_logging()
     try:
         settings = settings_from(config, database_url=database_url)
-        engine = make_engine(settings.database_url)
-        check_schema(engine)
-        if missing := missing_contract_tables(engine):
-            raise DatabaseUnavailable(f"The database has no {missing[0]} table or view: run "
-                                      "'itsm-notify db init' first.")
-    except (ConfigError, SchemaOutOfDate, DatabaseUnavailable) as exc:
+        handler = InboundHandler(settings, engine_for(settings))
+    except (ConfigError, DatabaseUnavailable) as exc:
+        if isinstance(exc, DatabaseUnavailable) and not isinstance(exc, SchemaOutOfDate) \
+                and _database_down(settings.database_url):
+            # the MTA keeps the message and tries again later
+            err.print(f"{plain(exc)} The MTA will retry.", soft_wrap=True)
+            raise typer.Exit(EX_TEMPFAIL) from None
         err.print(f"Error: {plain(exc)}", soft_wrap=True)
         raise typer.Exit(EX_CONFIG) from None
-    except DBAPIError as exc:  # the database is down: the MTA keeps the message
-        err.print(f"The database cannot be reached ({plain(describe_exception(exc))}): "
-                  "the MTA will retry.", soft_wrap=True)
-        raise typer.Exit(EX_TEMPFAIL) from None
-    raise typer.Exit(receive_stdin(sys.stdin.buffer, InboundHandler(settings, engine),
+    raise typer.Exit(receive_stdin(sys.stdin.buffer, handler,
                                    max_bytes=settings.inbound_max_bytes))
+
+
+def _database_down(url: str) -> bool:
+    """The database at a valid URL does not answer (as opposed to a wrong URL, or
+    missing tables, which no retry fixes)."""
+    from .storage.database import raise_if_database_down
+
+    try:
+        engine = make_engine(url)
+    except DatabaseUnavailable:
+        return False
+    try:
+        raise_if_database_down(engine)
+    except DatabaseUnavailable:
+        return True
+    finally:
+        engine.dispose()
+    return False
 
 
 @app.command("fetch-mail")

@@ -106,6 +106,32 @@ def _parse_list(raw: Any) -> tuple[str, ...]:
     return tuple(str(item).strip() for item in items if str(item).strip())
 
 
+def _parse_optional_path(raw: Any) -> str | None:
+    """A URL path prefix (``/helpdesk``; ``/``: the site's root); empty: not set."""
+    text = str(raw).strip()
+    if not text:
+        return None
+    if not text.startswith("/"):
+        raise ValueError("must be a path starting with / (e.g. /helpdesk), or empty")
+    return text.rstrip("/")
+
+
+def _parse_labels(raw: Any) -> tuple[tuple[str, str], ...]:
+    """``1=Open, 2=Reopened`` (or a TOML table): (stored value, label) pairs."""
+    if isinstance(raw, dict):
+        return tuple((str(k), str(v)) for k, v in raw.items())
+    labels: dict[str, str] = {}
+    for item in str(raw).split(","):
+        if not item.strip():
+            continue
+        value, sep, label = item.partition("=")
+        if not sep or not value.strip() or not label.strip():
+            raise ValueError("must be value=Label pairs separated by commas, e.g. "
+                             "'1=Open, 2=Reopened'")
+        labels[value.strip()] = label.strip()
+    return tuple(labels.items())
+
+
 def _parse_backend(raw: Any) -> str:
     text = str(raw).strip()
     if text not in BACKEND_ALIASES:
@@ -178,8 +204,12 @@ class Settings:
     development_email: str | None = _setting(None, "DEVELOPMENT_EMAIL", _parse_optional_str)
     template_dir: str | None = _setting(None, "ITSM_TEMPLATE_DIR", _parse_optional_str)
     internal_statuses: tuple[str, ...] = _setting((), "ITSM_INTERNAL_STATUSES", _parse_list)
-    closed_statuses: tuple[str, ...] = _setting(
-        ("resolved", "closed"), "ITSM_CLOSED_STATUSES", _parse_list)
+    closed_statuses: tuple[str, ...] = _setting((), "ITSM_CLOSED_STATUSES", _parse_list)
+    source: str = _setting("contract", "ITSM_SOURCE", _parse_str)
+    source_path: str | None = _setting(None, "ITSM_SOURCE_PATH", _parse_optional_path)
+    status_labels: tuple[tuple[str, str], ...] = _setting((), "ITSM_STATUS_LABELS", _parse_labels)
+    priority_labels: tuple[tuple[str, str], ...] = _setting(
+        (), "ITSM_PRIORITY_LABELS", _parse_labels)
     notify_actor: bool = _setting(False, "ITSM_NOTIFY_ACTOR", _parse_bool)
     batch_size: int = _setting(100, "ITSM_BATCH_SIZE", _parse_int)
     lease_seconds: int = _setting(300, "ITSM_LEASE_SECONDS", _parse_int)

@@ -129,6 +129,12 @@ def _refuse_line_breaks(name: str, parsed: Any) -> None:
         raise UnsafeHeader(f"the {name} header would hold a line break")
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+"""A display name the policy writes as it is: words of letters and digits."""
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*")
+_PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_PLAIN_URL = re.compile(r"<(?:[!-<>-~]|=(?!\?))+>")
+"""``<URL>`` of printable ASCII, no ``=?``: List-Unsubscribe's value as ListUrlHeader writes it."""
 _PLAIN_HEADER = re.compile(r"[A-Za-z0-9@<>._+-]+(?: [A-Za-z0-9@<>._+-]+)*")
 _PLAIN_TEXT = re.compile(r"[!-<>-~]+(?: [!-<>-~]+)*")
 """Printable ASCII words but ``=`` (no encoded word can start), single spaces between."""
@@ -152,12 +158,47 @@ def fold_header(name: str, value: str | Address) -> bytes:
     in an unstructured field (a Subject, an X- field) printable ASCII words but ``=``:
     no encoded word can start in either, and no character in them is unsafe."""
     if isinstance(value, Address):  # unhashable: remembered by its parts
-        return _fold(name, (value.display_name, value.username, value.domain))
+        display, local, domain = value.display_name, value.username, value.domain
+        if _PLAIN_LOCAL.fullmatch(local) and _PLAIN_DOMAIN.fullmatch(domain):
+            # A plain address: the policy writes the field on one line when it fits, the
+            # name as it writes it beside any address (a plain name as it is, another
+            # one encoded and quoted by the policy once and remembered, then checked as
+            # a reader parses it). Held to the policy by a property test.
+            addr = f"{local}@{domain}"
+            if not display:
+                if len(name) + len(addr) + 2 <= 78:
+                    return f"{name}: {addr}\r\n".encode("ascii")
+            else:
+                phrase = display if _PLAIN_NAME.fullmatch(display) else _phrase(name, display)
+                if phrase is not None and len(name) + len(phrase) + len(addr) + 5 <= 78:
+                    return f"{name}: {phrase} <{addr}>\r\n".encode("ascii")
+        return _fold(name, (display, local, domain))
+    if type(value) is str and name == "List-Unsubscribe" and _PLAIN_URL.fullmatch(value) \
+            and len(name) + 2 + len(value) <= 998:
+        return f"{name}: {value}\r\n".encode("ascii")  # ListUrlHeader's one line
     if type(value) is str and len(name) + 2 + len(value) <= 78 and (
             _PLAIN_HEADER.fullmatch(value) or (_unstructured(name)
                                                and _PLAIN_TEXT.fullmatch(value))):
         return f"{name}: {value}\r\n".encode("ascii")
     return _fold(name, value)
+
+
+_PROBE_ADDRESS = "a@b.invalid"
+
+
+@functools.lru_cache(maxsize=4096)
+def _phrase(name: str, display: str) -> str | None:
+    """The display name as the policy writes it before an address on one line (encoded
+    words, quotes), checked with a probe address as a reader parses it; None when it
+    does not fit one line."""
+    try:
+        folded = _fold(name, (display, *_PROBE_ADDRESS.split("@"))).decode("ascii")
+    except UnsafeHeader:
+        return None
+    head, tail = f"{name}: ", f" <{_PROBE_ADDRESS}>\r\n"
+    if not (folded.startswith(head) and folded.endswith(tail)) or "\r\n" in folded[:-2]:
+        return None
+    return folded[len(head):-len(tail)]
 
 
 @functools.lru_cache(maxsize=64)

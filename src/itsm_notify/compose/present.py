@@ -47,7 +47,9 @@ def ticket_view(ticket: Ticket, users: Mapping[int, User], project_name: str | N
     return SimpleNamespace(
         id=ticket.id, number=ticket.number, title=ticket.title,
         description=description, description_truncated=truncated,
-        status=ticket.status, priority=ticket.priority, url=settings.ticket_url(ticket.id),
+        status=ticket.status_label or ticket.status,
+        priority=ticket.priority_label or ticket.priority,
+        url=ticket.links.get("staff") or settings.ticket_url(ticket.id),
         requester_name=name_of(users, ticket.requester_id),
         assignee_name=name_of(users, ticket.assignee_id) or None,
         project_name=project_name, due_at_display=display_time(ticket.due_at))

@@ -143,20 +143,27 @@ class Renderer:
                 **event_type(ctx.event.event_type).variables(ctx, self.settings)}
 
     def subject(self, ctx: EventContext) -> str:
-        """The event's subject, on one line (made header-safe when composed)."""
-        return one_line(event_type(ctx.event.event_type).subject(ctx), limit=300)
+        """The event's subject, on one line (made header-safe when composed), after its
+        ticket's tracking tag when the source has one (a reply then joins the ticket)."""
+        spec = event_type(ctx.event.event_type)
+        tag = ctx.ticket.tag if spec.about_one_ticket(ctx) else ""
+        return one_line(tag + spec.subject(ctx), limit=300)
 
     def render_event(self, ctx: EventContext, recipient: EmailRecipient,
                      shared: Mapping[str, Any] | None = None,
                      unsubscribe_url: str | None = None,
-                     subject: str | None = None) -> RenderedEmail:
+                     subject: str | None = None, ticket_url: str | None = None
+                     ) -> RenderedEmail:
         """One event's email for one recipient. Pass ``shared`` (from
         ``event_variables``) and ``subject`` when rendering several recipients of one
-        event."""
+        event; ``ticket_url``: the ticket's link for this recipient (the source's: the
+        requester's own page, or the staff's), else the staff's."""
         if ctx.comment is not None and ctx.comment.is_internal:
             # Belt and braces: the rules never email internal comments.
             raise ValueError("internal comments are never emailed")
-        personal = {**recipient_variables(recipient), "unsubscribe_url": unsubscribe_url}
+        personal = {**recipient_variables(recipient), "unsubscribe_url": unsubscribe_url,
+                    "ticket_url": ticket_url or ctx.ticket.links.get("staff")
+                    or self.settings.ticket_url(ctx.ticket.id)}
         template = event_type(ctx.event.event_type).template
         if shared:  # the event's CSS is inlined once, not per recipient (see slots.py)
             text, html = self.slots.render(template, shared, personal)
@@ -169,24 +176,27 @@ class Renderer:
     def header_fields(self, subject: str, recipient: EmailRecipient, *, event_type_name: str,
                       ticket_number: str | None, msg_id: str, thread: str | None,
                       is_thread_start: bool = False, unsubscribe_url: str | None = None,
-                      now: datetime | None = None, reply_to: Address | None = None
+                      now: datetime | None = None, reply_to: str | None = None,
+                      personal_reply_to: Address | None = None
                       ) -> list[tuple[str, str | Address]]:
         """The contract's headers of one email, in order; the MIME ones follow them.
-        ``reply_to``: this recipient's own Reply-To (``reply_to_for``), instead of the
-        one every recipient shares."""
+        ``reply_to``: the team's own address, shared by an event's recipients;
+        ``personal_reply_to``: this recipient's own Reply-To (``reply_to_for``), instead
+        of either."""
         return [*self._shared_fields(subject, event_type_name=event_type_name,
                                      ticket_number=ticket_number, thread=thread,
                                      is_thread_start=is_thread_start, now=now,
-                                     shared_reply_to=reply_to is None),
-                *self._personal_fields(recipient, msg_id, unsubscribe_url, reply_to)]
+                                     reply_to=reply_to,
+                                     shared_reply_to=personal_reply_to is None),
+                *self._personal_fields(recipient, msg_id, unsubscribe_url, personal_reply_to)]
 
     def reply_to_for(self, ticket_id: int | None, user_id: int | None) -> Address | None:
         """The Reply-To of one ticket's email to one user when REPLY_TO_EMAIL and
         SECRET_KEY are both set: REPLY_TO_EMAIL with a signed plus-tag naming the
         ticket and the user (``support+42.7.<mac>@...``), so a reply finds its ticket
-        even when the client drops In-Reply-To. None (the shared REPLY_TO_EMAIL, or
-        none) for mail about no one ticket, to an address without an account, or
-        when the tagged address would pass the 64 characters a local part may have."""
+        even when the client drops In-Reply-To. None (the shared Reply-To, or none) for
+        mail about no one ticket, to an address without an account, or when the tagged
+        address would pass the 64 characters a local part may have."""
         settings = self.settings
         if not (settings.reply_to_email and settings.secret_key) or ticket_id is None \
                 or user_id is None:
@@ -201,14 +211,15 @@ class Renderer:
 
     def _shared_fields(self, subject: str, *, event_type_name: str, ticket_number: str | None,
                        thread: str | None, is_thread_start: bool, now: datetime | None,
-                       shared_reply_to: bool = True) -> tuple[tuple[str, str], ...]:
+                       reply_to: str | None = None, shared_reply_to: bool = True
+                       ) -> tuple[tuple[str, str], ...]:
         """The headers every recipient of an email gets alike: they come first, so that
         compose writes them once for all of an event's recipients."""
         settings = self.settings
         fields = [("Subject", safe_text("Subject", subject)),
                   ("From", settings.default_from_email)]
-        if settings.reply_to_email and shared_reply_to:
-            fields.append(("Reply-To", settings.reply_to_email))
+        if shared_reply_to and (reply_to or settings.reply_to_email):  # the team's own first
+            fields.append(("Reply-To", reply_to or settings.reply_to_email or ""))
         fields.append(("Date", _date(int(now.timestamp() if now else time.time()))))
         if thread and not is_thread_start:
             fields.append(("In-Reply-To", thread))
@@ -242,8 +253,8 @@ class Renderer:
                       event_type_name: str, ticket_number: str | None, msg_id: str,
                       thread: str | None, is_thread_start: bool = False,
                       unsubscribe_url: str | None = None,
-                      now: datetime | None = None,
-                      reply_to: Address | None = None) -> EmailMessage:
+                      now: datetime | None = None, reply_to: str | None = None,
+                      personal_reply_to: Address | None = None) -> EmailMessage:
         """A multipart/alternative message with the contract's headers, built the email
         package's own way. ``compose`` gives its bytes faster."""
         msg = EmailMessage(policy=SMTP_POLICY)
@@ -251,7 +262,7 @@ class Renderer:
                 rendered.subject, recipient, event_type_name=event_type_name,
                 ticket_number=ticket_number, msg_id=msg_id, thread=thread,
                 is_thread_start=is_thread_start, unsubscribe_url=unsubscribe_url, now=now,
-                reply_to=reply_to):
+                reply_to=reply_to, personal_reply_to=personal_reply_to):
             if isinstance(value, RawField):
                 msg.set_raw(name, value)  # in wire form already: never re-parsed
             else:
@@ -267,7 +278,8 @@ class Renderer:
                 event_type_name: str, ticket_number: str | None, msg_id: str,
                 thread: str | None, is_thread_start: bool = False,
                 unsubscribe_url: str | None = None, now: datetime | None = None,
-                reply_to: Address | None = None) -> bytes:
+                reply_to: str | None = None,
+                personal_reply_to: Address | None = None) -> bytes:
         """The message ``build_message`` makes, as the SMTP transport sends it: its
         ``as_bytes`` under policy.SMTP, or under SMTPUTF8 when the envelope needs it
         (a non-ASCII address: then it is built that way, a rare case).
@@ -284,15 +296,17 @@ class Renderer:
                 rendered, recipient, event_type_name=event_type_name,
                 ticket_number=ticket_number, msg_id=msg_id, thread=thread,
                 is_thread_start=is_thread_start, unsubscribe_url=unsubscribe_url, now=now,
-                reply_to=reply_to).as_bytes(policy=SMTPUTF8_POLICY)
+                reply_to=reply_to, personal_reply_to=personal_reply_to,
+            ).as_bytes(policy=SMTPUTF8_POLICY)
         boundary = _boundary(thread or msg_id).encode("ascii")
         return b"".join([
             _fold_all(self._shared_fields(rendered.subject, event_type_name=event_type_name,
                                           ticket_number=ticket_number, thread=thread,
                                           is_thread_start=is_thread_start, now=now,
-                                          shared_reply_to=reply_to is None)),
+                                          reply_to=reply_to,
+                                          shared_reply_to=personal_reply_to is None)),
             *(fold_header(name, value) for name, value in
-              self._personal_fields(recipient, msg_id, unsubscribe_url, reply_to)),
+              self._personal_fields(recipient, msg_id, unsubscribe_url, personal_reply_to)),
             _MULTIPART_HEAD.replace(_BOUNDARY_PLACEHOLDER, boundary), b"\r\n",
             b"--", boundary, b"\r\n", _TEXT_PART_HEAD, _qp_part(rendered.text),
             b"\r\n--", boundary, b"\r\n", _HTML_PART_HEAD, _qp_part(rendered.html),
@@ -318,4 +332,5 @@ def in_app_text(ctx: EventContext, subject: str) -> tuple[str, str, str]:
     type's body (``EventType.in_app``), the ticket's path."""
     make_body = event_type(ctx.event.event_type).in_app
     body = make_body(ctx) if make_body is not None else subject
-    return one_line(subject, limit=500), cut(body, 400)[0], ticket_path(ctx.ticket.id)
+    return one_line(subject, limit=500), cut(body, 400)[0], \
+        ctx.ticket.links.get("in_app") or ticket_path(ctx.ticket.id)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, delete, false, func, insert, select, true
+from sqlalchemy import Engine, delete, false, insert, select
 from sqlalchemy.engine import Connection
 
 from ..channels.base import Transport
@@ -53,10 +53,11 @@ from ..events.addresses import address_problem
 from ..events.audience import EmailRecipient
 from ..events.model import User
 from ..events.types import MAX_LISTED
+from ..source import Source, load_source
 from ..states import Channel, EventState
 from ..storage.database import among, database_errors, hold_lock, make_engine, utcnow
 from ..storage.deliveries import insert_many, suppressed_among
-from ..storage.schema import outbox, overdue_alerts, preferences, tickets, users
+from ..storage.schema import outbox, overdue_alerts, preferences
 from .sender import RunReport, Sender
 
 EVENT_TYPE = "overdue"
@@ -162,70 +163,39 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _overdue_filter(now: datetime, closed: Sequence[str]) -> Any:
-    """Past due and not closed: a range on ``due_at`` first, so the index does the work."""
-    condition = tickets.c.due_at < now
-    return and_(condition, tickets.c.status.not_in(list(closed))) if closed else condition
-
-
-def overdue_query(now: datetime, closed: Sequence[str]) -> Select[Any]:
-    """Overdue tickets with their assignees, most overdue first: a walk of the
-    ``(due_at, status)`` index over ``due_at < now``."""
-    return (
-        select(tickets.c.id, tickets.c.number, tickets.c.title, tickets.c.priority,
-               tickets.c.status, tickets.c.due_at,
-               users.c.id.label("u_id"), users.c.username, users.c.email, users.c.first_name,
-               users.c.last_name, users.c.is_active, users.c.is_manager, users.c.locale)
-        .select_from(tickets.outerjoin(users, users.c.id == tickets.c.assignee_id))
-        .where(_overdue_filter(now, closed))
-        .order_by(tickets.c.due_at, tickets.c.id)
-    )
-
-
-def find_overdue(conn: Connection, now: datetime,
-                 closed: Sequence[str]) -> list[OverdueTicket]:
-    """Every overdue ticket with its assignee, most overdue first (one query)."""
-    rows = conn.execute(overdue_query(now, closed)).all()
-    found = []
-    for row in rows:
-        assignee = None if row.u_id is None else _to_user(row, row.u_id)
-        found.append(OverdueTicket(id=row.id, number=row.number, title=row.title,
-                                   priority=row.priority, status=row.status,
-                                   due_at=_naive_utc(row.due_at), assignee=assignee))
-    return found
-
-
-def _to_user(row: Any, user_id: int) -> User:
-    return User(id=user_id, username=row.username, email=row.email,
-                first_name=row.first_name or "", last_name=row.last_name or "",
-                is_active=bool(row.is_active), is_manager=bool(row.is_manager),
-                locale=row.locale)
+def find_overdue(source: Source, conn: Connection, now: datetime) -> list[OverdueTicket]:
+    """Every overdue ticket with its assignee, most overdue first (two queries: the
+    tickets past due and not closed, by the due-date index; their assignees)."""
+    found = source.overdue(conn, now, source.mapping.closed_statuses)
+    assignees = source.users(conn, {t.assignee_id for t in found if t.assignee_id})
+    return [OverdueTicket(id=t.id, number=t.number, title=t.title,
+                          priority=t.priority_label or t.priority,
+                          status=t.status_label or t.status, due_at=t.due_at,
+                          assignee=assignees.get(t.assignee_id) if t.assignee_id else None)
+            for t in found if t.due_at is not None]
 
 
 AlertHistory = dict[tuple[int, str], tuple[datetime, datetime]]
 """(ticket id, recipient) → (due date alerted, when)."""
 
 
-def load_history(conn: Connection, now: datetime, closed: Sequence[str]) -> AlertHistory:
-    """The alert history of the tickets overdue now (joined to the same range)."""
-    query = (select(overdue_alerts.c.ticket_id, overdue_alerts.c.recipient,
-                    overdue_alerts.c.due_at, overdue_alerts.c.alerted_at)
-             .select_from(overdue_alerts.join(tickets,
-                                              tickets.c.id == overdue_alerts.c.ticket_id))
-             .where(_overdue_filter(now, closed)))
-    return {(r.ticket_id, r.recipient): (_naive_utc(r.due_at), _naive_utc(r.alerted_at))
-            for r in conn.execute(query)}
+def load_history(conn: Connection, ticket_ids: Sequence[int]) -> AlertHistory:
+    """The alert history of the tickets overdue now."""
+    history: AlertHistory = {}
+    ids = sorted(set(ticket_ids))
+    for start in range(0, len(ids), _CHUNK):
+        for r in conn.execute(select(overdue_alerts).where(
+                among(conn, overdue_alerts.c.ticket_id, ids[start:start + _CHUNK]))):
+            history[(r.ticket_id, r.recipient)] = (_naive_utc(r.due_at),
+                                                   _naive_utc(r.alerted_at))
+    return history
 
 
-def load_admin_accounts(conn: Connection, settings: Settings) -> dict[str, User]:
+def load_admin_accounts(source: Source, conn: Connection) -> dict[str, User]:
     """Active user accounts behind ADMINS addresses, by lower-case address: such an admin
     is greeted by name, gets an unsubscribe link and has their preferences honoured."""
-    wanted = sorted({admin.email.lower() for admin in settings.admins})
-    if not wanted:
-        return {}
-    rows = conn.execute(select(users).where(func.lower(users.c.email).in_(wanted),
-                                            users.c.is_active == true()))
-    return {row.email.strip().lower(): _to_user(row, row.id) for row in rows}
+    admins = [admin.email for admin in source.settings.admins]
+    return source.admin_accounts(source.users(conn, (), emails=admins)) if admins else {}
 
 
 def load_opted_out(conn: Connection, user_ids: Iterable[int]) -> set[int]:
@@ -323,15 +293,15 @@ class OverdueScan:
         self.engine = engine
         self.now = _naive_utc(now)
         self.transport = transport
+        self.source = load_source(settings)
 
     def plan(self, conn: Connection, report: OverdueReport) -> list[Digest]:
         """The digests due now (pure planning over a few queries)."""
-        closed = self.settings.closed_statuses
-        overdue = find_overdue(conn, self.now, closed)
+        overdue = find_overdue(self.source, conn, self.now)
         if not overdue:
             return []
-        history = load_history(conn, self.now, closed)
-        accounts = load_admin_accounts(conn, self.settings)
+        history = load_history(conn, [t.id for t in overdue])
+        accounts = load_admin_accounts(self.source, conn)
         opted_out = load_opted_out(conn, [t.assignee.id for t in overdue if t.assignee]
                                    + [user.id for user in accounts.values()])
         return plan_digests(overdue, self.settings, history, opted_out, self.now, report,

@@ -40,10 +40,10 @@ from ..errors import EventError, TransportError
 from ..events.addresses import address_problem
 from ..events.audience import EmailRecipient, Recipients
 from ..events.model import EventContext, OutboxEvent
-from ..events.types import event_type, parse_payload, resolve
+from ..events.types import event_type, parse_payload
 from ..inbound.tokens import make_verp_address
 from ..ops.unsubscribe import unsubscribe_url
-from ..source.contract import load_contexts
+from ..source import Source, load_source
 from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
 from ..storage.database import (
     database_errors,
@@ -125,11 +125,7 @@ class RunReport:
                 f"{self.emails_skipped} skipped; {self.in_app_written} in-app")
 
 
-def admin_emails(settings: Settings) -> list[str]:
-    return [admin.email for admin in settings.admins]
-
-
-def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
+def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
                ) -> list[tuple[OutboxEvent, EventContext | EventError]]:
     """Each event, in order, with its context, or the reason it can never be delivered
     (unknown type, malformed payload, missing ticket or comment, data the database
@@ -142,15 +138,14 @@ def load_batch(engine: Engine, events: list[OutboxEvent], settings: Settings
             parsed.append((event, parse_payload(event.event_type, event.payload)))
         except EventError as exc:
             bad[event.id] = exc
-    admins = admin_emails(settings)
     try:
-        loaded = load_contexts(engine, parsed, admins)
+        loaded = source.load_contexts(engine, parsed)
     except Exception:
         raise_if_database_down(engine)
         loaded = {}
         for item in parsed:
             try:
-                loaded.update(load_contexts(engine, [item], admins))
+                loaded.update(source.load_contexts(engine, [item]))
             except Exception as exc:
                 raise_if_database_down(engine)
                 loaded[item[0].id] = EventError(
@@ -212,6 +207,10 @@ class Sender:
         self.settings = settings
         self.engine = engine
         self.renderer = Renderer(settings)
+        self.source = load_source(settings)
+        # a signed Reply-To per ticket and user, for inbound mail to match replies by;
+        # only where inbound mail can write comments (the contract source, for now)
+        self.tags_replies = settings.source == "contract"
         self.transport = transport or make_transport(settings)
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
@@ -287,7 +286,7 @@ class Sender:
                   finished: list[EventOutcome]) -> list[EventContext]:
         """Each event's context; bad events go straight to ``finished`` as failed."""
         contexts = []
-        for event, ctx in load_batch(self.engine, events, self.settings):
+        for event, ctx in load_batch(self.source, self.engine, events):
             if isinstance(ctx, EventError):
                 finished.append(EventOutcome(event.id, EventState.FAILED, error=str(ctx)))
             else:
@@ -306,7 +305,7 @@ class Sender:
         resolved: dict[int, tuple[EventContext, Recipients]] = {}
         for ctx in contexts:
             try:
-                resolved[ctx.event.id] = (ctx, resolve(ctx, self.settings))
+                resolved[ctx.event.id] = (ctx, self.source.resolve(ctx))
             except Exception as exc:
                 settled.append(_failed(ctx.event.id, "its recipients could not be decided",
                                        exc))
@@ -394,7 +393,8 @@ class Sender:
         value it cannot store), each event is written alone, and those it refuses fail."""
         try:
             write_plan(self.engine, [r for p in plans.values() for r in p.rows],
-                       [n for p in plans.values() for n in p.notifications])
+                       [n for p in plans.values() for n in p.notifications],
+                       self.source.write_in_app)
             return list(plans)
         except IntegrityError:
             raise
@@ -403,7 +403,7 @@ class Sender:
         written = []
         for event_id, plan in plans.items():
             try:
-                write_plan(self.engine, plan.rows, plan.notifications)
+                write_plan(self.engine, plan.rows, plan.notifications, self.source.write_in_app)
             except IntegrityError:
                 raise
             except Exception as exc:
@@ -439,18 +439,22 @@ class Sender:
                     current = (event.id, renderer.event_variables(ctx), renderer.subject(ctx))
                 unsubscribe = _unsubscribe_url(settings.site_url, settings.secret_key,
                                                recipient.user_id, event.event_type)
-                rendered = renderer.render_event(ctx, recipient, current[1],
-                                                 unsubscribe_url=unsubscribe, subject=current[2])
+                rendered = renderer.render_event(
+                    ctx, recipient, current[1], unsubscribe_url=unsubscribe,
+                    subject=current[2], ticket_url=self.source.link(ctx, recipient))
                 spec = event_type(event.event_type)
                 one_ticket = spec.about_one_ticket(ctx)
+                team_reply_to = ctx.project.reply_to if ctx.project else None
                 data = renderer.compose(
                     rendered, recipient, event_type_name=event.event_type,
                     ticket_number=ctx.ticket.number if one_ticket else None,
                     msg_id=self._message_id(ctx, recipient),
                     thread=thread_id(ctx.ticket.id, self.domain) if one_ticket else None,
                     is_thread_start=spec.starts_thread, unsubscribe_url=unsubscribe,
-                    reply_to=renderer.reply_to_for(ctx.ticket.id if one_ticket else None,
-                                                   recipient.user_id))
+                    reply_to=team_reply_to,
+                    personal_reply_to=None if team_reply_to else renderer.reply_to_for(
+                        ctx.ticket.id if one_ticket and self.tags_replies else None,
+                        recipient.user_id))
             except Exception as exc:  # any template error must fail one email, not the queue
                 pipeline.settle(Outcome(key, DeliveryState.FAILED, detail=(
                     f"could not render the email ({describe_exception(exc)})")))
@@ -596,14 +600,15 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
     report = RunReport()
     renderer = Renderer(settings)
     events = peek_events(engine, limit=limit or 1000, now=clock())
-    loaded = load_batch(engine, events, settings)
+    source = load_source(settings)
+    loaded = load_batch(source, engine, events)
     existing = load_deliveries(engine, [event.id for event in events])
     for event, ctx in loaded:
         if isinstance(ctx, EventError):
             report.planned.append(PlannedEmail(event.id, event.event_type, "", "-", "-", "",
                                                note=f"would fail: {ctx}"))
             continue
-        recipients = resolve(ctx, settings)
+        recipients = source.resolve(ctx)
         subject = renderer.subject(ctx)
         for recipient in recipients.email:
             record = existing.get((event.id, Channel.EMAIL, recipient.key))

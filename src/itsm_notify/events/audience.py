@@ -66,9 +66,14 @@ class Audience:
             self.user(user_id, **channels)
 
     def address(self, address: str, name: str = "") -> None:
-        """An address with no account behind it (``ADMINS``, a submitter known only by
-        address, a CC): email only."""
-        self._add_email(EmailRecipient(address=address.strip(), name=name))
+        """Someone known by address (a submitter, a CC): the active account with that
+        address when there is one (its name, its preferences, in-app too), else the
+        address alone, email only."""
+        account = self.ctx.accounts.get(address.strip().lower())
+        if account is not None:
+            self.person(account)
+        else:
+            self._add_email(EmailRecipient(address=address.strip(), name=name))
 
     def admins(self) -> None:
         """ADMINS by email; an admin address that belongs to an active user account is
@@ -78,7 +83,7 @@ class Audience:
             if account is not None:
                 self.person(account)
             else:
-                self.address(admin.email, admin.name)
+                self._add_email(EmailRecipient(address=admin.email, name=admin.name))
 
     def _add_email(self, recipient: EmailRecipient) -> None:
         if recipient.key and recipient.key != self.actor_email:

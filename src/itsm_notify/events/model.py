@@ -53,6 +53,9 @@ class User:
     is_active: bool = True
     is_manager: bool = False
     locale: str | None = None
+    time_zone: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    """Fields the source maps beyond these (django-helpdesk's email switches)."""
 
     @property
     def display_name(self) -> str:
@@ -62,9 +65,19 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Project:
+    """A team: the contract's project, django-helpdesk's queue."""
+
     id: int
     name: str
     notify_team: bool = False
+    cc_on_create: tuple[str, ...] = ()
+    """Addresses told of every new ticket (django-helpdesk's ``new_ticket_cc``)."""
+    cc_on_update: tuple[str, ...] = ()
+    """Addresses told of every change (``updated_ticket_cc``)."""
+    notify_ticket_ccs: bool = False
+    """Whether a ticket's own CCs are told (django-helpdesk's queue switch)."""
+    reply_to: str | None = None
+    """The team's own address, where replies go (a django-helpdesk queue's mailbox)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +93,27 @@ class Ticket:
     project_id: int | None
     due_at: datetime | None
     created_at: datetime | None
+    requester_email: str | None = None
+    """The requester's address when they have no account (django-helpdesk's submitter)."""
+    status_label: str = ""
+    """The status as the app shows it (its label for the stored value); "" when the
+    source has no label for it (then the stored value is shown)."""
+    priority_label: str = ""
+    tag: str = ""
+    """The tracking tag a subject starts with, so the app files a reply on this ticket
+    (django-helpdesk: ``[it-7] ``)."""
+    links: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
+    """``staff``, ``requester`` and ``in_app`` links, as the source makes them."""
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TicketCC:
+    """Someone a ticket copies: a user, or an address with no account."""
+
+    ticket_id: int
+    user_id: int | None
+    email: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +162,21 @@ class EventContext:
     them (``Need.MANAGERS``)."""
     comment: Comment | None = None
     public_commenter_ids: tuple[int, ...] = ()
+    ccs: tuple[TicketCC, ...] = ()
+    accounts: Mapping[str, User] = field(default_factory=dict)
+    """Active users by lower-case address, for the addresses the event names without an
+    account id (a submitter, a CC): such an address is that user."""
     admin_accounts: Mapping[str, User] = field(default_factory=dict)
     """``ADMINS`` addresses (lower case) that belong to an active user account: loaded
     for every batch, so an event's recipients never depend on what else is in it."""
     opted_out: frozenset[tuple[int, str]] = field(default_factory=frozenset)
     """(user id, channel) pairs whose owner turned this event type off."""
+    status_labels: Mapping[str, str] = field(default_factory=dict)
+    """The source's labels of stored statuses (django-helpdesk's 3 is "Resolved")."""
+
+    def status_label(self, status: str | None) -> str | None:
+        """A stored status as the app shows it."""
+        return self.status_labels.get(status, status) if status is not None else None
 
     def __post_init__(self) -> None:
         if not self.tickets:

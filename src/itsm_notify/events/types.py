@@ -225,8 +225,10 @@ def _someone(ctx: EventContext) -> str:
 
 def _ticket_subject(template: str) -> Callable[[EventContext], str]:
     def subject(ctx: EventContext) -> str:
-        return template.format(title=ctx.ticket.title, number=ctx.ticket.number,
-                               **{k: v for k, v in ctx.payload.items() if isinstance(v, str)})
+        fields = {k: v for k, v in ctx.payload.items() if isinstance(v, str)}
+        if "new_status" in fields:  # as the app shows it (the stored value in the contract)
+            fields["new_status"] = ctx.status_label(fields["new_status"]) or ""
+        return template.format(title=ctx.ticket.title, number=ctx.ticket.number, **fields)
     return subject
 
 
@@ -253,8 +255,9 @@ def _assigned_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]
 
 
 def _status_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
-    return {**ticket_variables(ctx, settings), "old_status": ctx.payload.get("old_status"),
-            "new_status": ctx.payload["new_status"]}
+    return {**ticket_variables(ctx, settings),
+            "old_status": ctx.status_label(ctx.payload.get("old_status")),
+            "new_status": ctx.status_label(ctx.payload["new_status"])}
 
 
 def _comment_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
@@ -271,8 +274,10 @@ def _comment_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
 def _digest_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
     as_of = ctx.event.created_at or datetime.now()
     return {"count": ctx.payload["total"], "tickets": [SimpleNamespace(
-        number=t.number, title=t.title, priority=t.priority, status=t.status,
-        url=settings.ticket_url(t.id), due_at_display=display_time(t.due_at),
+        number=t.number, title=t.title, priority=t.priority_label or t.priority,
+        status=t.status_label or t.status,
+        url=t.links.get("staff") or settings.ticket_url(t.id),
+        due_at_display=display_time(t.due_at),
         overdue_for=overdue_for(t.due_at, as_of) if t.due_at else "")
         for t in ctx.tickets]}
 
@@ -287,7 +292,7 @@ def _assigned_in_app(ctx: EventContext) -> str:
 
 def _status_in_app(ctx: EventContext) -> str:
     return (f"{_someone(ctx)} changed the status of {ctx.ticket.number} to "
-            f"{ctx.payload['new_status']}")
+            f"{ctx.status_label(ctx.payload['new_status'])}")
 
 
 def _comment_in_app(ctx: EventContext) -> str:

@@ -147,6 +147,11 @@ class InboundHandler:
     def __init__(self, settings: Settings, engine: Engine, *,
                  clock: Callable[[], datetime] = utcnow,
                  policy: InboundPolicy | None = None) -> None:
+        if settings.source != "contract":
+            raise ConfigError(f"Inbound mail writes comments and tickets only into the "
+                              f"contract source for now, and ITSM_SOURCE is "
+                              f"{settings.source!r}: leave ITSM_INBOUND_URL unset and do not "
+                              f"pipe mail to 'itsm-notify receive'.")
         self.engine = engine
         self.clock = clock
         self.policy = policy or InboundPolicy.from_settings(settings)

@@ -66,15 +66,21 @@ def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
 
 
 def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
-               notifications: Sequence[dict[str, Any]]) -> None:
-    """Insert the batch's new delivery rows and in-app notifications in one transaction.
-    Raises IntegrityError when another worker already planned one of these deliveries
-    (its lease on the event ran out while this worker held it)."""
+               notifications: Sequence[dict[str, Any]],
+               write_in_app: Callable[[Connection, Sequence[dict[str, Any]]], None] | None = None
+               ) -> None:
+    """Insert the batch's new delivery rows and in-app notifications in one transaction
+    (the notifications with ``write_in_app``, the source's, into ``app_notifications``
+    without one). Raises IntegrityError when another worker already planned one of these
+    deliveries (its lease on the event ran out while this worker held it)."""
     with engine.begin() as conn:
         if new_deliveries:
             insert_many(conn, deliveries, new_deliveries)
         if notifications:
-            insert_many(conn, app_notifications, notifications)
+            if write_in_app is None:
+                insert_many(conn, app_notifications, notifications)
+            else:
+                write_in_app(conn, notifications)
 
 
 def uses_copy(conn: Connection) -> bool:

@@ -8,7 +8,8 @@ migrations existed (release 0.1: the tool's tables, no version table) is adopted
 baseline revision, which creates only what is missing.
 
 Every command checks the revision before it touches anything (``check_schema``): one
-query, and no Alembic import, so that an idle cron run stays cheap. Behind: run
+query, and no Alembic import (nor SQLAlchemy's, until a function runs: ops/idle.py reads
+``HEAD`` alone), so that an idle cron run stays cheap. Behind: run
 ``itsm-notify db upgrade``. Ahead (an older binary against a newer schema): stop, write
 nothing.
 """
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import Connection, Engine, inspect, text
-from sqlalchemy.schema import CreateTable
+from typing import TYPE_CHECKING
 
 from ...errors import SchemaOutOfDate
-from ..schema import contract_metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 VERSION_TABLE = "itsm_notify_alembic_version"
 REVISIONS = ("0001", "0002", "0003")
@@ -53,6 +54,8 @@ class SchemaState:
 
 def schema_state(engine: Engine) -> SchemaState:
     """Where the database stands (one or two queries)."""
+    from sqlalchemy import inspect, text
+
     with engine.connect() as conn:
         try:
             revision = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
@@ -86,6 +89,7 @@ def upgrade(engine: Engine) -> list[str]:
     again: a no-op when current. Refuses a schema newer than this release."""
     from alembic import command
     from alembic.config import Config
+    from sqlalchemy import inspect
 
     state = schema_state(engine)
     if state.ahead:
@@ -107,6 +111,11 @@ def init_database(engine: Engine, *, contract_tables: bool) -> list[str]:
     """``db init``: the contract's application tables that exist neither as a table nor
     as a view (only with ``contract_tables``: under the ``contract`` source), then the
     tool's own tables at the head revision. The names of the tables created."""
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateTable
+
+    from ..schema import contract_metadata
+
     created: list[str] = []
     if contract_tables:
         with engine.begin() as conn:
@@ -132,6 +141,10 @@ def missing_contract_tables(engine: Engine) -> list[str]:
 
 
 def _missing_contract_tables(conn: Connection) -> list[str]:
+    from sqlalchemy import inspect
+
+    from ..schema import contract_metadata
+
     inspector = inspect(conn)
     present = set(inspector.get_table_names()) | set(inspector.get_view_names())
     return [t.name for t in contract_metadata.sorted_tables if t.name not in present]
