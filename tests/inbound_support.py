@@ -39,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from itsm_notify.config import load_settings
 from itsm_notify.errors import ConfigError
-from itsm_notify.inbound.handling import HandleResult, InboundMessage, header_section
+from itsm_notify.inbound.handling import HandleResult, ReceivedMail, header_section
 from itsm_notify.inbound.intake import fetch_mail_with_settings, receive_stdin
-from itsm_notify.inbound.store import REJECTED, inbound_messages, inbound_metadata, record_message
+from itsm_notify.inbound.store import REJECTED, record_message
 from itsm_notify.storage.database import make_engine
+from itsm_notify.storage.schema import inbound_messages
 
 test_metadata = sa.MetaData()
 test_effects = sa.Table(
@@ -54,7 +55,7 @@ test_effects = sa.Table(
 
 
 def create_tables(engine: sa.Engine) -> None:
-    inbound_metadata.create_all(engine)
+    inbound_messages.create(engine, checkfirst=True)
     test_metadata.create_all(engine)
 
 
@@ -66,13 +67,13 @@ class RecordingHandler:
     """
 
     def __init__(self, engine: sa.Engine, *,
-                 reject: Callable[[InboundMessage], str | None] = lambda m: None,
-                 after_commit: Callable[[InboundMessage], None] = lambda m: None) -> None:
+                 reject: Callable[[ReceivedMail], str | None] = lambda m: None,
+                 after_commit: Callable[[ReceivedMail], None] = lambda m: None) -> None:
         self.engine = engine
         self.reject = reject
         self.after_commit = after_commit
 
-    def __call__(self, message: InboundMessage) -> HandleResult:
+    def __call__(self, message: ReceivedMail) -> HandleResult:
         headers = BytesHeaderParser(policy=compat32).parsebytes(header_section(message.raw))
         reason = message.too_large_reason if message.too_large else self.reject(message)
         try:
@@ -117,10 +118,10 @@ def effect_keys(engine: sa.Engine) -> list[str]:
         return [key for (key,) in conn.execute(sa.select(test_effects.c.message_key))]
 
 
-def _kill_after_commits(count: int) -> Callable[[InboundMessage], None]:
+def _kill_after_commits(count: int) -> Callable[[ReceivedMail], None]:
     commits = 0
 
-    def after_commit(message: InboundMessage) -> None:
+    def after_commit(message: ReceivedMail) -> None:
         nonlocal commits
         commits += 1
         if commits >= count:
@@ -142,7 +143,7 @@ def main(argv: list[str]) -> int:
     kill_after = int(os.environ.get("ITSM_TEST_KILL_AFTER", "0"))
     pause = float(os.environ.get("ITSM_TEST_HANDLE_SECONDS", "0"))
 
-    def after_commit(message: InboundMessage) -> None:
+    def after_commit(message: ReceivedMail) -> None:
         time.sleep(pause)
 
     handler = RecordingHandler(engine, after_commit=_kill_after_commits(kill_after)

@@ -174,6 +174,15 @@ def test_debug_with_development_email_redirects(tmp_path: Path) -> None:
     ({"ITSM_MAX_ATTEMPTS": "-1"}, "ITSM_MAX_ATTEMPTS"),
     ({"ITSM_RATE_PER_SECOND": "-2"}, "ITSM_RATE_PER_SECOND"),
     ({"EMAIL_USE_TLS": "true", "EMAIL_USE_SSL": "true"}, "EMAIL_USE_SSL"),
+    ({"ITSM_BOUNCE_ADDRESS": "bounces@desk.example"}, "SECRET_KEY"),
+    ({"ITSM_BOUNCE_ADDRESS": "Bounces <bounces@desk.example>", "SECRET_KEY": "k"},
+     "ITSM_BOUNCE_ADDRESS"),
+    ({"ITSM_BOUNCE_ADDRESS": "notification-bounces@desk.example", "SECRET_KEY": "k"},
+     "at most 17 characters"),
+    ({"ITSM_INBOUND_ADDRESSES": "help@desk.example, nope"}, "ITSM_INBOUND_ADDRESSES"),
+    ({"ITSM_INBOUND_UNKNOWN_REPLY": "ignore"}, "ITSM_INBOUND_UNKNOWN_REPLY"),
+    ({"ITSM_INBOUND_UNKNOWN_SENDER": "fallback:"}, "ITSM_INBOUND_UNKNOWN_SENDER"),
+    ({"ITSM_FETCH_INTERVAL_SECONDS": "0"}, "ITSM_FETCH_INTERVAL_SECONDS"),
 ])
 def test_a_bad_value_names_its_environment_key(tmp_path: Path, env: dict[str, str],
                                                key: str) -> None:

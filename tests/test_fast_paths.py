@@ -174,12 +174,14 @@ def wanted(renderer: Renderer, rendered: RenderedEmail, recipient: EmailRecipien
 
 REPLYING = Renderer(make_settings(reply_to_email="Support <support@example.com>"))
 REDIRECTING = Renderer(make_settings(debug=True, development_email="dev@example.com"))
+TAGGING = Renderer(make_settings(reply_to_email="IT Support <support@example.com>",
+                                 secret_key="fast-paths"))  # a signed Reply-To per user
 
 
 @settings(max_examples=300, deadline=None)
 @given(subject=st.text(max_size=120), text=st.text(max_size=600), html=st.text(max_size=600),
        name=names, address=addresses, link=links, msg_id=msg_ids,
-       renderer=st.sampled_from([RENDERER, REPLYING, REDIRECTING]),
+       renderer=st.sampled_from([RENDERER, REPLYING, REDIRECTING, TAGGING]),
        thread_start=st.booleans(), ticket=st.sampled_from([None, "TKT-042", "T" * 90]))
 def test_composed_bytes_equal_the_email_packages(subject: str, text: str, html: str, name: str,
                                                  address: str, link: str | None, msg_id: str,
@@ -188,6 +190,7 @@ def test_composed_bytes_equal_the_email_packages(subject: str, text: str, html: 
     rendered = RenderedEmail(subject or "s", text, html)
     recipient = EmailRecipient(address, name, "", 1)
     fields = headers(link, msg_id, thread_start=thread_start, ticket=ticket)
+    fields["personal_reply_to"] = renderer.reply_to_for(42, recipient.user_id)
     expected = wanted(renderer, rendered, recipient, fields)
     for _ in range(2):  # the second time from the caches
         assert renderer.compose(rendered, recipient, **fields) == expected

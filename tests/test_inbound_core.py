@@ -20,6 +20,7 @@ from itsm_notify.inbound.classify import (
 from itsm_notify.inbound.message import Limits, html_to_text, parse_message
 from itsm_notify.inbound.quotes import extract_reply
 from itsm_notify.inbound.tokens import (
+    VerpTarget,
     make_reply_address,
     make_verp_address,
     read_reply_address,
@@ -34,12 +35,16 @@ MAILBOXES = Mailboxes(own_domains=("desk.example",), bounce_address="bounces@des
 # ---------------------------------------------------------------- signed addresses
 
 
+DIGEST = "5f1c0a3e9b2d4c67"
+
+
 def test_verp_address_round_trips_and_survives_lower_and_upper_case() -> None:
-    address = make_verp_address(SECRET, "bounces@desk.example", 98765)
-    assert address.startswith("bounces+98765.") and address.endswith("@desk.example")
+    address = make_verp_address(SECRET, "bounces@desk.example", 98765, DIGEST)
+    assert address.startswith(f"bounces+98765.{DIGEST}.") and address.endswith("@desk.example")
     assert address == address.lower()
     for form in (address, address.upper(), f"<{address}>"):
-        assert read_verp_address(SECRET, "bounces@desk.example", form) == 98765
+        assert read_verp_address(SECRET, "bounces@desk.example", form) == \
+            VerpTarget(98765, DIGEST)
 
 
 def test_reply_address_names_ticket_and_user() -> None:
@@ -49,7 +54,7 @@ def test_reply_address_names_ticket_and_user() -> None:
 
 
 def test_forged_or_altered_addresses_are_refused() -> None:
-    verp = make_verp_address(SECRET, "bounces@desk.example", 5)
+    verp = make_verp_address(SECRET, "bounces@desk.example", 5, DIGEST)
     reply = make_reply_address(SECRET, "support@desk.example", 42, 7)
     local, _, domain = verp.partition("@")
     flipped = local[:-1] + ("a" if local[-1] != "a" else "b") + "@" + domain
@@ -59,6 +64,8 @@ def test_forged_or_altered_addresses_are_refused() -> None:
         "desk.example", "other.example")) is None
     # another id with the same MAC, a reply token read as VERP, a VERP token as a reply
     assert read_verp_address(SECRET, "bounces@desk.example", verp.replace("+5.", "+6.")) is None
+    assert read_verp_address(SECRET, "bounces@desk.example",
+                             verp.replace(DIGEST, DIGEST[::-1])) is None
     assert read_reply_address(SECRET, "support@desk.example", reply.replace("+42.", "+43.")) \
         is None
     assert read_verp_address(SECRET, "support@desk.example", reply) is None
@@ -70,14 +77,15 @@ def test_forged_or_altered_addresses_are_refused() -> None:
 
 
 def test_rotated_secrets_still_read_old_addresses() -> None:
-    old = make_verp_address("old-key", "bounces@desk.example", 11)
-    assert read_verp_address(["new-key", "old-key"], "bounces@desk.example", old) == 11
+    old = make_verp_address("old-key", "bounces@desk.example", 11, DIGEST)
+    assert read_verp_address(["new-key", "old-key"], "bounces@desk.example", old) == \
+        VerpTarget(11, DIGEST)
     assert read_verp_address(["new-key"], "bounces@desk.example", old) is None
 
 
 def test_making_an_address_without_a_secret_or_too_long_says_why() -> None:
     with pytest.raises(ValueError, match="SECRET_KEY"):
-        make_verp_address("", "bounces@desk.example", 1)
+        make_verp_address("", "bounces@desk.example", 1, DIGEST)
     with pytest.raises(ValueError, match="64 characters"):
         make_reply_address(SECRET, "a-rather-long-support-address@desk.example",
                            2**62, 2**62)
@@ -88,6 +96,13 @@ def test_reply_tokens_round_trip(ticket_id: int, user_id: int) -> None:
     address = make_reply_address(SECRET, "s@d.example", ticket_id, user_id)
     target = read_reply_address(SECRET, "s@d.example", address)
     assert target is not None and (target.ticket_id, target.user_id) == (ticket_id, user_id)
+
+
+@given(st.integers(0, 10**12 - 1), st.text("0123456789abcdef", min_size=16, max_size=16))
+def test_verp_tokens_round_trip(event_id: int, digest: str) -> None:
+    address = make_verp_address(SECRET, "bounces@d.example", event_id, digest)
+    assert read_verp_address(SECRET, "bounces@d.example", address) == VerpTarget(event_id, digest)
+    assert read_reply_address(SECRET, "bounces@d.example", address) is None
 
 
 @given(st.text(max_size=120))

@@ -38,8 +38,8 @@ MAILBOXES = Mailboxes(
 def fill(raw: bytes) -> bytes:
     """The corpus' placeholders made real signed addresses."""
     secret = CONFIG["secret"]
-    raw = re.sub(rb"\{\{VERP:(\d+)\}\}", lambda m: make_verp_address(
-        secret, CONFIG["bounce_address"], int(m.group(1))).encode(), raw)
+    raw = re.sub(rb"\{\{VERP:(\d+):([0-9a-f]{16})\}\}", lambda m: make_verp_address(
+        secret, CONFIG["bounce_address"], int(m.group(1)), m.group(2).decode()).encode(), raw)
     return re.sub(rb"\{\{REPLY:(\d+):(\d+)\}\}", lambda m: make_reply_address(
         secret, CONFIG["reply_address"], int(m.group(1)), int(m.group(2))).encode(), raw)
 
@@ -111,7 +111,8 @@ def check_report(result: Any, expected: dict[str, Any]) -> None:
         assert result.report is None
         return
     report = result.report
-    assert result.delivery_id == expected["delivery_id"]
+    assert result.delivery is not None
+    assert [result.delivery.event_id, result.delivery.recipient_digest] == expected["delivery"]
     assert report.original_message_id == expected["original_message_id"]
     if result.kind == "complaint":
         assert report.feedback_type == expected["feedback_type"]

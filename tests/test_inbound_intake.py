@@ -34,8 +34,8 @@ from itsm_notify.inbound.handling import (
     DEFAULT_MAX_BYTES,
     FetchReport,
     HandleResult,
-    InboundMessage,
     Outcome,
+    ReceivedMail,
     message_id_of,
     read_message,
 )
@@ -158,8 +158,8 @@ def test_bad_inbound_urls_say_how_to_fix_them(url: str, fix: str) -> None:
 
 
 def test_a_redelivery_with_other_trace_headers_or_line_endings_has_the_same_key() -> None:
-    def message(raw: bytes) -> InboundMessage:
-        return InboundMessage.from_bytes(raw, source="stdin")
+    def message(raw: bytes) -> ReceivedMail:
+        return ReceivedMail.from_bytes(raw, source="stdin")
 
     first = message(b"Received: from a\r\nMessage-ID:\r\n <Abc@x>\r\n\r\nhi\r\nthere\r\n")
     again = message(b"Delivered-To: hd@x\nReceived: from b\nMessage-ID: <Abc@x>\n\nhi\nthere\n")
@@ -176,7 +176,7 @@ def test_a_redelivery_with_other_trace_headers_or_line_endings_has_the_same_key(
 def test_a_message_larger_than_the_limit_keeps_its_headers_size_and_digest() -> None:
     raw = make_message(1, body="x" * 5000)
     message = read_message(io.BytesIO(raw), source="stdin", max_bytes=1000)
-    whole = InboundMessage.from_bytes(raw, source="stdin")
+    whole = ReceivedMail.from_bytes(raw, source="stdin")
     assert message.too_large and message.size == len(raw)
     assert message.raw.endswith(b"\r\n\r\n") and b"xxx" not in message.raw
     assert message.digest == whole.digest and message.key != whole.key
@@ -187,7 +187,7 @@ def test_a_message_larger_than_the_limit_keeps_its_headers_size_and_digest() -> 
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=600) | st.text(max_size=300).map(lambda t: t.encode("utf-8")))
 def test_any_bytes_have_a_key(raw: bytes) -> None:
-    message = InboundMessage.from_bytes(b"Message-ID: " + raw, source="stdin")
+    message = ReceivedMail.from_bytes(b"Message-ID: " + raw, source="stdin")
     assert len(message.key) == 64 and int(message.key, 16) >= 0
     message_id_of(raw)  # never raises
 
@@ -276,7 +276,7 @@ def test_receive_records_a_message_too_large_as_rejected_and_exits_0(
 ])
 def test_receive_exit_status_when_the_handler_raises(error: Exception, code: int,
                                                      said: str) -> None:
-    def handler(message: InboundMessage) -> HandleResult:
+    def handler(message: ReceivedMail) -> HandleResult:
         raise error
 
     errors = io.StringIO()
@@ -388,7 +388,7 @@ def test_messages_that_make_the_handler_fail_do_not_hold_up_the_rest(
         (maildir / "new" / f"{n}.M1P1.host").write_bytes(make_message(n))
     recorder = RecordingHandler(sqlite_engine)
 
-    def buggy(message: InboundMessage) -> HandleResult:
+    def buggy(message: ReceivedMail) -> HandleResult:
         if b"Message number 4" not in message.raw:
             raise ValueError("a bug this message trips")
         return recorder(message)
@@ -403,7 +403,7 @@ def test_a_crash_between_record_and_move_is_recognised_on_the_next_fetch(
         account: ImapAccount, engine: sa.Engine, ca_bundle_path: Path) -> None:
     account.append(*(make_message(n) for n in range(3)))
 
-    def crash_on_second(message: InboundMessage) -> None:
+    def crash_on_second(message: ReceivedMail) -> None:
         if b"user1@" in message.raw:
             raise RuntimeError("killed after commit, before the move")
 
@@ -542,7 +542,7 @@ def test_maildir_leaves_a_message_it_could_not_record(tmp_path: Path, sqlite_url
 
 
 def test_a_path_that_is_not_a_maildir_is_a_configuration_error(tmp_path: Path) -> None:
-    def handler(message: InboundMessage) -> HandleResult:
+    def handler(message: ReceivedMail) -> HandleResult:
         return HandleResult(Outcome.HANDLED)
 
     with pytest.raises(ConfigError, match="is not a Maildir"):

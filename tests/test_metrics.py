@@ -23,7 +23,13 @@ from itsm_notify.ops.metrics import (
     render_metrics,
     serve_metrics,
 )
-from itsm_notify.states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
+from itsm_notify.states import (
+    FINAL_DELIVERY_STATES,
+    Channel,
+    DeliveryState,
+    EventState,
+    InboundOutcome,
+)
 from itsm_notify.storage import database, outbox, schema
 
 NOW = datetime(2026, 5, 4, 12, 0)
@@ -120,8 +126,10 @@ def test_metrics_match_the_database(database_url: str, tmp_path: Path) -> None:
         assert value(parsed, "itsm_notify_deliveries_total", channel="other", outcome="sent") == 1
         text = render_metrics(load_snapshot(engine, NOW)).decode()
         assert "example.com" not in text and "pigeon" not in text and "coop-7" not in text
-        # no inbound table yet: no inbound metric
-        assert not any(name.startswith("itsm_notify_inbound") for name, _ in parsed)
+        # no inbound mail yet: every outcome's series is there, at zero
+        assert {dict(labels)["outcome"] for name, labels in parsed
+                if name == "itsm_notify_inbound_messages_total"} == set(InboundOutcome)
+        assert value(parsed, "itsm_notify_inbound_messages_total", outcome="comment") == 0
     finally:
         engine.dispose()
 
@@ -132,15 +140,13 @@ def test_inbound_messages_and_a_queue_waiting_for_a_retry(database_url: str) -> 
         # the only pending event waits for its retry: old, but not stuck
         add_outbox_row(engine, EventState.PENDING, NOW - timedelta(minutes=90),
                        NOW + timedelta(minutes=10))
-        inbound = sa.Table("inbound_messages", sa.MetaData(),
-                           sa.Column("id", sa.Integer, primary_key=True),
-                           sa.Column("outcome", sa.String(32), nullable=False))
-        inbound.create(engine)
         with engine.begin() as conn:
-            conn.execute(sa.insert(inbound), [{"outcome": outcome} for outcome in
-                                              ("handled", "handled", "rejected", "novel")])
+            conn.execute(sa.insert(schema.inbound_messages), [
+                {"message_key": f"{n:064x}", "received_at": NOW, "source": "stdin",
+                 "size": 1, "outcome": outcome}
+                for n, outcome in enumerate(("comment", "comment", "rejected", "novel"))])
         parsed = samples(render_metrics(load_snapshot(engine, NOW)))
-        assert value(parsed, "itsm_notify_inbound_messages_total", outcome="handled") == 2
+        assert value(parsed, "itsm_notify_inbound_messages_total", outcome="comment") == 2
         assert value(parsed, "itsm_notify_inbound_messages_total", outcome="rejected") == 1
         assert value(parsed, "itsm_notify_inbound_messages_total", outcome="ignored") == 0
         assert value(parsed, "itsm_notify_inbound_messages_total", outcome="other") == 1

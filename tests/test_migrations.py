@@ -106,6 +106,7 @@ def test_a_release_0_1_database_is_upgraded_in_place_and_sends_what_was_pending(
     upgraded = run_cli(["db", "upgrade"], env)
     assert upgraded.exit_code == 0, upgraded.stderr
     assert migrations.schema_state(engine).current
+    assert "inbound_messages" in upgraded.stderr  # 0003: the record of inbound mail
     assert _counts(engine) == before  # nothing lost
     again = run_cli(["db", "upgrade"], env)
     assert again.exit_code == 0 and migrations.schema_state(engine).current

@@ -36,7 +36,10 @@ db_app = typer.Typer(help="Database tables.", no_args_is_help=True)
 suppression_app = typer.Typer(help="Addresses never mailed (5xx refusals land here).",
                               no_args_is_help=True)
 config_app = typer.Typer(help="Effective configuration.", no_args_is_help=True)
+inbound_app = typer.Typer(help="Inbound mail: what came back, and what became of it.",
+                          no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(inbound_app, name="inbound")
 app.add_typer(suppression_app, name="suppression")
 app.add_typer(config_app, name="config")
 
@@ -223,11 +226,15 @@ def status_command(
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Outbox counts by state and the age of the oldest pending event."""
+    """Outbox counts by state, the age of the oldest pending event, and inbound messages
+    by outcome."""
+    from .inbound.store import count_by_outcome
+
     with friendly_errors():
         settings, engine = open_database(config, database_url)
         with database_errors(settings.database_url):
             status = outbox_status(engine, now=utcnow())
+            status["inbound"] = count_by_outcome(engine)
     if as_json:
         sys.stdout.write(json.dumps(status) + "\n")
         return
@@ -237,6 +244,12 @@ def status_command(
     for state, count in status["counts"].items():
         table.add_row(state, str(count))
     out.print(table)
+    inbound = Table(title="inbound_messages")
+    inbound.add_column("outcome")
+    inbound.add_column("messages", justify="right")
+    for outcome, count in status["inbound"].items():
+        inbound.add_row(outcome, str(count))
+    out.print(inbound)
     age = status["oldest_pending_age_seconds"]
     out.print(f"oldest pending: {_age(age)}; failed in the last 24 h: "
               f"{status['failed_last_24h']}; recipients skipped in the last 24 h (no "
@@ -340,6 +353,132 @@ def suppression_remove(address: str, config: ConfigOption = None,
                            lambda engine: remove_suppression(engine, address))
     err.print(f"{address} removed from the suppression list." if removed
               else f"{address} was not on the suppression list.")
+
+
+# ----------------------------------------------------------------- inbound mail
+
+
+@app.command("receive")
+def receive_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Handle one inbound message on standard input (an MTA pipe): exit 0 handled or
+    ignored, 75 when it could not be recorded (the MTA retries), 2 configuration error."""
+    from .errors import SchemaOutOfDate
+    from .inbound.handle import InboundHandler
+    from .inbound.intake import EX_CONFIG, EX_TEMPFAIL, receive_stdin
+
+    setup_logging()
+    try:
+        settings = settings_from(config, database_url=database_url)
+        handler = InboundHandler(settings, engine_for(settings))
+    except (ConfigError, DatabaseUnavailable) as exc:
+        if isinstance(exc, DatabaseUnavailable) and not isinstance(exc, SchemaOutOfDate) \
+                and _database_down(settings.database_url):
+            # the MTA keeps the message and tries again later
+            err.print(f"{plain(exc)} The MTA will retry.", soft_wrap=True)
+            raise typer.Exit(EX_TEMPFAIL) from None
+        err.print(f"Error: {plain(exc)}", soft_wrap=True)
+        raise typer.Exit(EX_CONFIG) from None
+    raise typer.Exit(receive_stdin(sys.stdin.buffer, handler,
+                                   max_bytes=settings.inbound_max_bytes))
+
+
+def _database_down(url: str) -> bool:
+    """The database at a valid URL does not answer (as opposed to a wrong URL, or
+    missing tables, which no retry fixes)."""
+    from .storage.database import raise_if_database_down
+
+    try:
+        engine = make_engine(url)
+    except DatabaseUnavailable:
+        return False
+    try:
+        raise_if_database_down(engine)
+    except DatabaseUnavailable:
+        return True
+    finally:
+        engine.dispose()
+    return False
+
+
+@app.command("fetch-mail")
+def fetch_mail_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Handle every message in the inbound mailbox ITSM_INBOUND_URL (IMAP or Maildir) and
+    move each one it dealt with (safe on several hosts at once)."""
+    from .inbound.handle import InboundHandler
+    from .inbound.intake import fetch_mail_with_settings
+
+    setup_logging()
+    with friendly_errors():
+        settings, engine = open_database(config, database_url)
+        report = fetch_mail_with_settings(settings, InboundHandler(settings, engine))
+    did_work = bool(report.handled or report.rejected or report.already_seen)
+    present_run("fetch-mail", report.summary(), report.problems, did_work)
+    raise typer.Exit(report.exit_code)
+
+
+@inbound_app.command("list")
+def inbound_list(
+    outcome: Annotated[str | None, typer.Option(
+        help="Only this outcome: comment, ticket, bounce, delay, complaint, auto_reply, "
+             "own_mail, ignored, unmatched, refused, quarantined or rejected.",
+        show_default=False)] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """The latest inbound messages and what became of each (re-process those whose raw
+    bytes were kept with 'inbound reprocess ID')."""
+    from .inbound.store import list_messages
+    from .states import InboundOutcome
+
+    if outcome is not None and outcome not in set(InboundOutcome):
+        err.print(f"[bold red]Error:[/] --outcome {plain(outcome)} is not an outcome: use one "
+                  f"of {', '.join(InboundOutcome)}.", soft_wrap=True)
+        raise typer.Exit(2)
+    rows = _with_engine(config, database_url,
+                        lambda engine: list_messages(engine, outcome=outcome, limit=limit))
+    if as_json:
+        sys.stdout.write(json.dumps([row.as_json() for row in rows]) + "\n")
+        return
+    table = Table(title="inbound_messages" + (f" ({outcome})" if outcome else ""))
+    for column in ("id", "received", "outcome", "from", "subject", "ticket", "reason", "raw"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(str(row.id), f"{row.received_at:%Y-%m-%d %H:%M}", row.outcome,
+                      plain(row.from_address or ""), plain(row.subject or ""),
+                      str(row.ticket_id or ""), plain(row.reason or ""),
+                      "kept" if row.raw_kept else "")
+    out.print(table)
+
+
+@inbound_app.command("reprocess")
+def inbound_reprocess(
+    record_ids: Annotated[list[int], typer.Argument(help="Ids from 'inbound list'.")],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Run stored messages through the handler again (e.g. after adding their sender as
+    a user): exit 0 when each was handled, 1 when one was not."""
+    from .inbound.handle import InboundHandler
+    from .states import InboundOutcome
+
+    setup_logging()
+    with friendly_errors():
+        settings, engine = open_database(config, database_url)
+        handler = InboundHandler(settings, engine)
+        with database_errors(settings.database_url):
+            results = [handler.reprocess(record_id) for record_id in record_ids]
+    status = 0
+    for result in results:
+        if result.outcome is None or result.outcome is InboundOutcome.REJECTED:
+            status = 1
+            err.print(f"[bold red]✗[/] {result.record_id}: {plain(result.reason)}",
+                      soft_wrap=True)
+        else:
+            err.print(f"[green]✓[/] {result.record_id}: {result.outcome}: "
+                      f"{plain(result.reason)}", soft_wrap=True)
+    raise typer.Exit(status)
 
 
 # ---------------------------------------------------------------------- config
@@ -480,8 +619,9 @@ def _present_planned_digests(report: Any) -> None:
 
 @app.command("scheduler")
 def scheduler_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
-    """Run send-pending every ITSM_SEND_INTERVAL_SECONDS and overdue-scan on ITSM_OVERDUE_CRON
-    until stopped (SIGTERM or Ctrl-C finish the runs in hand, then exit 0)."""
+    """Run send-pending every ITSM_SEND_INTERVAL_SECONDS, overdue-scan on ITSM_OVERDUE_CRON
+    and, with ITSM_INBOUND_URL, fetch-mail every ITSM_FETCH_INTERVAL_SECONDS, until
+    stopped (SIGTERM or Ctrl-C finish the runs in hand, then exit 0)."""
     from .ops.scheduler import run_scheduler
 
     setup_logging()

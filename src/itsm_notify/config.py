@@ -156,6 +156,22 @@ def _parse_secret(raw: Any) -> Secret:
     return Secret(str(raw))
 
 
+def _parse_unknown_reply(raw: Any) -> str:
+    text = str(raw).strip().lower()
+    if text not in ("refuse", "quarantine"):
+        raise ValueError("must be refuse or quarantine")
+    return text
+
+
+def _parse_unknown_sender(raw: Any) -> str:
+    text = str(raw).strip()
+    kind, colon, username = text.partition(":")
+    if (kind.lower() in ("create", "refuse") and not colon) or (
+            kind.lower() == "fallback" and username.strip()):
+        return f"fallback:{username.strip()}" if colon else kind.lower()
+    raise ValueError("must be create, refuse or fallback:<username>")
+
+
 def _setting(default: Any, env: str, parse: Callable[[Any], Any], *, repr: bool = True) -> Any:
     """A settings field: its default, its environment name and its parser."""
     return field(default=default, repr=repr, metadata={"env": env, "parse": parse})
@@ -222,6 +238,15 @@ class Settings:
     inbound_failed_folder: str = _setting("itsm-failed", "ITSM_INBOUND_FAILED_FOLDER",
                                           _parse_str)
     inbound_max_bytes: int = _setting(40 * 1024 * 1024, "ITSM_INBOUND_MAX_BYTES", _parse_int)
+    inbound_addresses: tuple[str, ...] = _setting((), "ITSM_INBOUND_ADDRESSES", _parse_list)
+    inbound_trusted_authserv_ids: tuple[str, ...] = _setting(
+        (), "ITSM_INBOUND_TRUSTED_AUTHSERV_IDS", _parse_list)
+    inbound_unknown_reply: str = _setting("refuse", "ITSM_INBOUND_UNKNOWN_REPLY",
+                                          _parse_unknown_reply)
+    inbound_unknown_sender: str = _setting("create", "ITSM_INBOUND_UNKNOWN_SENDER",
+                                           _parse_unknown_sender)
+    fetch_interval_seconds: int = _setting(60, "ITSM_FETCH_INTERVAL_SECONDS", _parse_int)
+    bounce_address: str | None = _setting(None, "ITSM_BOUNCE_ADDRESS", _parse_optional_str)
     http_connections: int = _setting(4, "ITSM_HTTP_CONNECTIONS", _parse_int)
     sendgrid_api_key: Secret = _setting(Secret(""), "SENDGRID_API_KEY", _parse_secret, repr=False)
     sendgrid_api_url: str = _setting("https://api.sendgrid.com/v3/", "SENDGRID_API_URL",
@@ -393,7 +418,8 @@ def validate(settings: Settings) -> None:
                               "'Help Desk <helpdesk@example.com>'.")
     for name in ("email_port", "batch_size", "lease_seconds", "max_attempts", "max_claims",
                  "smtp_connections",
-                 "send_interval_seconds", "inbound_max_bytes", "http_connections"):
+                 "send_interval_seconds", "inbound_max_bytes", "http_connections",
+                 "fetch_interval_seconds"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{ENV_NAMES[name]} must be at least 1: fix its value.")
     if settings.email_timeout <= 0:
@@ -405,10 +431,39 @@ def validate(settings: Settings) -> None:
             settings.inbound_done_folder == settings.inbound_failed_folder):
         raise ConfigError("ITSM_INBOUND_DONE_FOLDER and ITSM_INBOUND_FAILED_FOLDER must be two "
                           "different folder names: fix their values.")
+    _validate_inbound_addresses(settings)
     if settings.overdue_realert_hours < 0:
         raise ConfigError("ITSM_OVERDUE_REALERT_HOURS cannot be negative: use 0 to alert on "
                           "every scan.")
     _validate_http_backend(settings)
+
+
+BOUNCE_LOCAL_PART_MAX = 17
+"""The longest local part of ITSM_BOUNCE_ADDRESS: its VERP form adds ``+``, an event id
+(up to 12 digits), ``.``, 16 hex, ``.`` and a 16-character MAC, and RFC 5321 allows a
+local part 64 characters."""
+
+
+def _validate_inbound_addresses(settings: Settings) -> None:
+    """ITSM_BOUNCE_ADDRESS: a bare address with a short local part, signed with
+    SECRET_KEY; ITSM_INBOUND_ADDRESSES: bare addresses."""
+    bounce = settings.bounce_address
+    if bounce is not None:
+        if address_problem(bounce) or "<" in bounce:
+            raise ConfigError(f"ITSM_BOUNCE_ADDRESS must be one bare address such as "
+                              f"bounces@helpdesk.example.com, got {bounce!r}: fix its value.")
+        if len(bounce.rpartition("@")[0]) > BOUNCE_LOCAL_PART_MAX or "+" in bounce:
+            raise ConfigError(f"ITSM_BOUNCE_ADDRESS {bounce!r} needs a local part of at most "
+                              f"{BOUNCE_LOCAL_PART_MAX} characters without '+' (each email "
+                              "adds a signed tag to it): use e.g. bounces@helpdesk.example.com.")
+        if not settings.secret_key:
+            raise ConfigError("ITSM_BOUNCE_ADDRESS is set but SECRET_KEY is not: set SECRET_KEY "
+                              "(the bounce addresses are signed with it), or unset "
+                              "ITSM_BOUNCE_ADDRESS.")
+    for address in settings.inbound_addresses:
+        if problem := address_problem(address):
+            raise ConfigError(f"ITSM_INBOUND_ADDRESSES has {address!r}, {problem}: list bare "
+                              "addresses separated by commas.")
 
 
 _API_KEYS = {"sendgrid": ("sendgrid_api_key", "the API key SendGrid gave you (Settings > API "

@@ -35,6 +35,7 @@ from ..config import Settings, ticket_path
 from ..events.audience import EmailRecipient
 from ..events.model import EventContext
 from ..events.types import event_type
+from ..inbound.tokens import make_reply_address
 from .headers import (
     SMTP_POLICY,
     SMTPUTF8_POLICY,
@@ -73,11 +74,13 @@ def packaged_template_dir() -> Path:
 
 def message_id(event_id: int | str, recipient_key: str, domain: str) -> str:
     """The same email (event, recipient) keeps the same Message-ID when retried."""
-    return f"<itsm-notify.{event_id}.{_address_digest(recipient_key)}@{domain}>"
+    return f"<itsm-notify.{event_id}.{address_digest(recipient_key)}@{domain}>"
 
 
 @functools.lru_cache(maxsize=4096)
-def _address_digest(recipient_key: str) -> str:
+def address_digest(recipient_key: str) -> str:
+    """The 16-hex digest of a recipient's address that names it in a Message-ID and in a
+    VERP return path (never the address itself)."""
     return hashlib.sha256(recipient_key.encode()).hexdigest()[:16]
 
 
@@ -173,24 +176,49 @@ class Renderer:
     def header_fields(self, subject: str, recipient: EmailRecipient, *, event_type_name: str,
                       ticket_number: str | None, msg_id: str, thread: str | None,
                       is_thread_start: bool = False, unsubscribe_url: str | None = None,
-                      now: datetime | None = None, reply_to: str | None = None
+                      now: datetime | None = None, reply_to: str | None = None,
+                      personal_reply_to: Address | None = None
                       ) -> list[tuple[str, str | Address]]:
-        """The contract's headers of one email, in order; the MIME ones follow them."""
+        """The contract's headers of one email, in order; the MIME ones follow them.
+        ``reply_to``: the team's own address, shared by an event's recipients;
+        ``personal_reply_to``: this recipient's own Reply-To (``reply_to_for``), instead
+        of either."""
         return [*self._shared_fields(subject, event_type_name=event_type_name,
                                      ticket_number=ticket_number, thread=thread,
                                      is_thread_start=is_thread_start, now=now,
-                                     reply_to=reply_to),
-                *self._personal_fields(recipient, msg_id, unsubscribe_url)]
+                                     reply_to=reply_to,
+                                     shared_reply_to=personal_reply_to is None),
+                *self._personal_fields(recipient, msg_id, unsubscribe_url, personal_reply_to)]
+
+    def reply_to_for(self, ticket_id: int | None, user_id: int | None) -> Address | None:
+        """The Reply-To of one ticket's email to one user when REPLY_TO_EMAIL and
+        SECRET_KEY are both set: REPLY_TO_EMAIL with a signed plus-tag naming the
+        ticket and the user (``support+42.7.<mac>@...``), so a reply finds its ticket
+        even when the client drops In-Reply-To. None (the shared Reply-To, or none) for
+        mail about no one ticket, to an address without an account, or when the tagged
+        address would pass the 64 characters a local part may have."""
+        settings = self.settings
+        if not (settings.reply_to_email and settings.secret_key) or ticket_id is None \
+                or user_id is None:
+            return None
+        name, address = getaddresses([settings.reply_to_email])[0]
+        try:
+            tagged = make_reply_address(settings.secret_key, address, ticket_id, user_id)
+        except ValueError:
+            return None
+        local, _, domain = tagged.rpartition("@")
+        return Address(name, local, domain)
 
     def _shared_fields(self, subject: str, *, event_type_name: str, ticket_number: str | None,
                        thread: str | None, is_thread_start: bool, now: datetime | None,
-                       reply_to: str | None = None) -> tuple[tuple[str, str], ...]:
+                       reply_to: str | None = None, shared_reply_to: bool = True
+                       ) -> tuple[tuple[str, str], ...]:
         """The headers every recipient of an email gets alike: they come first, so that
         compose writes them once for all of an event's recipients."""
         settings = self.settings
         fields = [("Subject", safe_text("Subject", subject)),
                   ("From", settings.default_from_email)]
-        if reply_to or settings.reply_to_email:  # the team's own address first
+        if shared_reply_to and (reply_to or settings.reply_to_email):  # the team's own first
             fields.append(("Reply-To", reply_to or settings.reply_to_email or ""))
         fields.append(("Date", _date(int(now.timestamp() if now else time.time()))))
         if thread and not is_thread_start:
@@ -204,9 +232,12 @@ class Renderer:
         return tuple(fields)
 
     def _personal_fields(self, recipient: EmailRecipient, msg_id: str,
-                         unsubscribe_url: str | None) -> list[tuple[str, str | Address]]:
+                         unsubscribe_url: str | None, reply_to: Address | None = None
+                         ) -> list[tuple[str, str | Address]]:
         to = header_address(recipient.name, recipient.address)
         fields: list[tuple[str, str | Address]] = []
+        if reply_to is not None:
+            fields.append(("Reply-To", reply_to))
         if self.settings.redirect_to:
             fields += [("To", self.settings.redirect_to), ("X-Original-To", str(to))]
         else:
@@ -222,8 +253,8 @@ class Renderer:
                       event_type_name: str, ticket_number: str | None, msg_id: str,
                       thread: str | None, is_thread_start: bool = False,
                       unsubscribe_url: str | None = None,
-                      now: datetime | None = None, reply_to: str | None = None
-                      ) -> EmailMessage:
+                      now: datetime | None = None, reply_to: str | None = None,
+                      personal_reply_to: Address | None = None) -> EmailMessage:
         """A multipart/alternative message with the contract's headers, built the email
         package's own way. ``compose`` gives its bytes faster."""
         msg = EmailMessage(policy=SMTP_POLICY)
@@ -231,7 +262,7 @@ class Renderer:
                 rendered.subject, recipient, event_type_name=event_type_name,
                 ticket_number=ticket_number, msg_id=msg_id, thread=thread,
                 is_thread_start=is_thread_start, unsubscribe_url=unsubscribe_url, now=now,
-                reply_to=reply_to):
+                reply_to=reply_to, personal_reply_to=personal_reply_to):
             if isinstance(value, RawField):
                 msg.set_raw(name, value)  # in wire form already: never re-parsed
             else:
@@ -247,7 +278,8 @@ class Renderer:
                 event_type_name: str, ticket_number: str | None, msg_id: str,
                 thread: str | None, is_thread_start: bool = False,
                 unsubscribe_url: str | None = None, now: datetime | None = None,
-                reply_to: str | None = None) -> bytes:
+                reply_to: str | None = None,
+                personal_reply_to: Address | None = None) -> bytes:
         """The message ``build_message`` makes, as the SMTP transport sends it: its
         ``as_bytes`` under policy.SMTP, or under SMTPUTF8 when the envelope needs it
         (a non-ASCII address: then it is built that way, a rare case).
@@ -264,15 +296,17 @@ class Renderer:
                 rendered, recipient, event_type_name=event_type_name,
                 ticket_number=ticket_number, msg_id=msg_id, thread=thread,
                 is_thread_start=is_thread_start, unsubscribe_url=unsubscribe_url, now=now,
-                reply_to=reply_to).as_bytes(policy=SMTPUTF8_POLICY)
+                reply_to=reply_to, personal_reply_to=personal_reply_to,
+            ).as_bytes(policy=SMTPUTF8_POLICY)
         boundary = _boundary(thread or msg_id).encode("ascii")
         return b"".join([
             _fold_all(self._shared_fields(rendered.subject, event_type_name=event_type_name,
                                           ticket_number=ticket_number, thread=thread,
                                           is_thread_start=is_thread_start, now=now,
-                                          reply_to=reply_to)),
+                                          reply_to=reply_to,
+                                          shared_reply_to=personal_reply_to is None)),
             *(fold_header(name, value) for name, value in
-              self._personal_fields(recipient, msg_id, unsubscribe_url)),
+              self._personal_fields(recipient, msg_id, unsubscribe_url, personal_reply_to)),
             _MULTIPART_HEAD.replace(_BOUNDARY_PLACEHOLDER, boundary), b"\r\n",
             b"--", boundary, b"\r\n", _TEXT_PART_HEAD, _qp_part(rendered.text),
             b"\r\n--", boundary, b"\r\n", _HTML_PART_HEAD, _qp_part(rendered.html),

@@ -34,13 +34,14 @@ from sqlalchemy.exc import IntegrityError
 
 from ..channels import make_transport
 from ..channels.base import Outcome, Outgoing, Transport
-from ..compose.render import Renderer, in_app_text, message_id, thread_id
+from ..compose.render import Renderer, address_digest, in_app_text, message_id, thread_id
 from ..config import Settings
 from ..errors import EventError, TransportError
 from ..events.addresses import address_problem
 from ..events.audience import EmailRecipient, Recipients
 from ..events.model import EventContext, OutboxEvent
 from ..events.types import event_type, parse_payload
+from ..inbound.tokens import make_verp_address
 from ..ops.unsubscribe import unsubscribe_url
 from ..source import Source, load_source
 from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
@@ -207,6 +208,9 @@ class Sender:
         self.engine = engine
         self.renderer = Renderer(settings)
         self.source = load_source(settings)
+        # a signed Reply-To per ticket and user, for inbound mail to match replies by;
+        # only where inbound mail can write comments (the contract source, for now)
+        self.tags_replies = settings.source == "contract"
         self.transport = transport or make_transport(settings)
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
@@ -440,19 +444,38 @@ class Sender:
                     subject=current[2], ticket_url=self.source.link(ctx, recipient))
                 spec = event_type(event.event_type)
                 one_ticket = spec.about_one_ticket(ctx)
+                team_reply_to = ctx.project.reply_to if ctx.project else None
                 data = renderer.compose(
                     rendered, recipient, event_type_name=event.event_type,
                     ticket_number=ctx.ticket.number if one_ticket else None,
                     msg_id=self._message_id(ctx, recipient),
                     thread=thread_id(ctx.ticket.id, self.domain) if one_ticket else None,
                     is_thread_start=spec.starts_thread, unsubscribe_url=unsubscribe,
-                    reply_to=ctx.project.reply_to if ctx.project else None)
+                    reply_to=team_reply_to,
+                    personal_reply_to=None if team_reply_to else renderer.reply_to_for(
+                        ctx.ticket.id if one_ticket and self.tags_replies else None,
+                        recipient.user_id))
             except Exception as exc:  # any template error must fail one email, not the queue
                 pipeline.settle(Outcome(key, DeliveryState.FAILED, detail=(
                     f"could not render the email ({describe_exception(exc)})")))
                 continue
-            yield Outgoing(key=key, sender=renderer.sender_address,
+            yield Outgoing(key=key, sender=self._envelope_sender(event.id, recipient.key),
                            rcpt=settings.redirect_to or recipient.address, data=data)
+
+    def _envelope_sender(self, event_id: int, recipient_key: str) -> str:
+        """The MAIL FROM of one delivery: with ITSM_BOUNCE_ADDRESS (and SECRET_KEY), that
+        address with a signed tag naming the delivery by its event and the recipient's
+        digest (as its Message-ID does), so a bounce names what it is about whatever
+        it quotes; else DEFAULT_FROM_EMAIL's address. An event id too long for the tag
+        (over 12 digits) falls back to the plain bounce address."""
+        bounce = self.settings.bounce_address
+        if not bounce or not self.settings.secret_key:
+            return self.renderer.sender_address
+        try:
+            return make_verp_address(self.settings.secret_key, bounce, event_id,
+                                     address_digest(recipient_key))
+        except ValueError:
+            return bounce
 
     # ---------------------------------------------------------------- recording
 

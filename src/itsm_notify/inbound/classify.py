@@ -34,7 +34,7 @@ from .reports import (
     parse_complaint,
     parse_delivery_report,
 )
-from .tokens import Secrets, read_reply_address, read_verp_address
+from .tokens import Secrets, VerpTarget, read_reply_address, read_verp_address
 
 _OUR_EVENT_ID = re.compile(r"itsm-notify\.(?P<event>[A-Za-z0-9_-]{1,120})\."
                            r"(?P<digest>[0-9a-f]{16})@(?P<domain>[^@\s]+)")
@@ -80,7 +80,7 @@ class DeliveryReportMail:
     reason: str
     report: DeliveryReport | None
     """None when a mailer-daemon's message could not be read."""
-    delivery_id: int | None = None
+    delivery: VerpTarget | None = None
     """The delivery a valid VERP address in the report's recipients names."""
     kind: Literal["delivery-report"] = "delivery-report"
 
@@ -89,7 +89,7 @@ class DeliveryReportMail:
 class ComplaintMail:
     reason: str
     report: ComplaintReport
-    delivery_id: int | None = None
+    delivery: VerpTarget | None = None
     kind: Literal["complaint"] = "complaint"
 
 
@@ -177,7 +177,7 @@ def classify(msg: InboundMessage, mailboxes: Mailboxes, *,
         return ReplyMail(f"A reply: {first.kind} {first.value} from {first.source}"
                          + (f" (and {len(keys) - 1} more keys)." if len(keys) > 1 else "."),
                          keys)
-    to_helpdesk = _to_helpdesk(msg, mailboxes)
+    to_helpdesk = is_to_helpdesk(msg, mailboxes)
     return NewMail("New mail that names no ticket" + (" to the help desk." if to_helpdesk
                                                       else ", not addressed to the help desk."),
                    to_helpdesk)
@@ -265,7 +265,7 @@ def _own_addresses(mailboxes: Mailboxes) -> set[str]:
     return own
 
 
-def _verp_delivery(addresses: Sequence[str], mailboxes: Mailboxes) -> int | None:
+def _verp_delivery(addresses: Sequence[str], mailboxes: Mailboxes) -> VerpTarget | None:
     if not mailboxes.bounce_address or not mailboxes.secrets:
         return None
     for address in addresses:
@@ -275,8 +275,12 @@ def _verp_delivery(addresses: Sequence[str], mailboxes: Mailboxes) -> int | None
     return None
 
 
-def _to_helpdesk(msg: InboundMessage, mailboxes: Mailboxes) -> bool:
+def is_to_helpdesk(msg: InboundMessage, mailboxes: Mailboxes) -> bool:
+    """Addressed to the reply address (any plus-tag) or a help desk alias; when none is
+    configured, every message counts (the mailbox is the help desk's)."""
     bases = [a.lower() for a in (mailboxes.reply_address, *mailboxes.helpdesk_addresses) if a]
+    if not bases:
+        return True
     for address in msg.recipients:
         local, _, domain = address.lower().rpartition("@")
         plain = f"{local.split('+', 1)[0]}@{domain}"

@@ -91,7 +91,7 @@ class HandleResult:
 
 
 @dataclass(frozen=True)
-class InboundMessage:
+class ReceivedMail:
     """One message as intake received it.
 
     ``raw`` is the whole message, except when ``too_large``: then it is only the header
@@ -112,7 +112,7 @@ class InboundMessage:
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, source: str, origin: str = "",
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> InboundMessage:
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> ReceivedMail:
         digest = hashlib.sha256(raw).hexdigest()
         if len(raw) > max_bytes:
             return cls(header_section(raw), source, len(raw), digest, True, max_bytes, origin)
@@ -161,10 +161,10 @@ class Handler(Protocol):
     ``ConfigError`` for a configuration that makes every message fail. Any other
     exception leaves that one message in place for the next run."""
 
-    def __call__(self, message: InboundMessage) -> HandleResult: ...
+    def __call__(self, message: ReceivedMail) -> HandleResult: ...
 
 
-def call_handler(handle: Handler, message: InboundMessage) -> HandleResult:
+def call_handler(handle: Handler, message: ReceivedMail) -> HandleResult:
     """Run the handler; an unexpected exception counts as a temporary failure, so the
     message stays in the mailbox (or goes back to the MTA) instead of being lost."""
     try:
@@ -187,7 +187,7 @@ def call_handler(handle: Handler, message: InboundMessage) -> HandleResult:
 
 
 def read_message(stream: BinaryIO, *, source: str, max_bytes: int,
-                 origin: str = "") -> InboundMessage:
+                 origin: str = "") -> ReceivedMail:
     """Read one message from ``stream``, keeping at most ``max_bytes`` in memory but
     hashing and counting everything, so a message too large to handle still has its
     real size and digest."""
@@ -200,9 +200,9 @@ def read_message(stream: BinaryIO, *, source: str, max_bytes: int,
         if len(kept) <= max_bytes:
             kept += chunk[:max_bytes + 1 - len(kept)]
     if size > max_bytes:
-        return InboundMessage(header_section(bytes(kept)), source, size, digest.hexdigest(),
+        return ReceivedMail(header_section(bytes(kept)), source, size, digest.hexdigest(),
                               True, max_bytes, origin)
-    return InboundMessage(bytes(kept), source, size, digest.hexdigest(), False, max_bytes,
+    return ReceivedMail(bytes(kept), source, size, digest.hexdigest(), False, max_bytes,
                           origin)
 
 

@@ -41,8 +41,8 @@ from .handling import (
     FetchReport,
     Handler,
     HandleResult,
-    InboundMessage,
     Outcome,
+    ReceivedMail,
     call_handler,
     chunked,
     header_section,
@@ -175,7 +175,7 @@ def _recorded_moments_ago(result: HandleResult, seconds: float) -> bool:
 
 
 def _fetch(client: IMAPClient, uid: int, size: int, origin: str, max_bytes: int,
-           report: FetchReport) -> InboundMessage | None:
+           report: FetchReport) -> ReceivedMail | None:
     """One message, or only its header section when it is larger than ``max_bytes``;
     None when another process took it meanwhile (or the server would not give it)."""
     too_large = size > max_bytes
@@ -198,9 +198,9 @@ def _fetch(client: IMAPClient, uid: int, size: int, origin: str, max_bytes: int,
         return None
     raw = bytes(raw)
     if too_large:
-        return InboundMessage(header_section(raw), IMAP, size, hashlib.sha256(raw).hexdigest(),
+        return ReceivedMail(header_section(raw), IMAP, size, hashlib.sha256(raw).hexdigest(),
                               True, max_bytes, origin)
-    return InboundMessage.from_bytes(raw, source=IMAP, origin=origin, max_bytes=max_bytes)
+    return ReceivedMail.from_bytes(raw, source=IMAP, origin=origin, max_bytes=max_bytes)
 
 
 def _move(client: IMAPClient, uid: int, folder: str, report: FetchReport) -> None:

@@ -8,12 +8,15 @@ MTA's retry hands the same message in again, the database itself decides: the se
 insert meets the first one's key (waiting for it to commit, if it has not yet) and
 reports "already seen", and the second transaction's work is rolled back with it.
 
-The key is a SHA-256 hex digest (see ``InboundMessage.key``): fixed length, ASCII, so it
+The table is one of the tool's own (storage/schema.py, migration 0003). The key is a
+SHA-256 hex digest (see ``ReceivedMail.key``): fixed length, ASCII, so it
 indexes the same way on every database and a case-insensitive MariaDB collation cannot
 make two different Message-IDs collide.
 
-Raw bytes are kept only for messages that could not be handled (outcome ``rejected``),
-so an operator can read and re-process them; nothing inbound is lost.
+Raw bytes are kept (bounded) for every message that did not become a comment, a ticket
+or a delivery report's effect (``states.ACTED_ON``): rejected, refused, unmatched,
+ignored, auto-replies. So an operator can list, read and re-process them; nothing
+inbound is lost.
 """
 
 from __future__ import annotations
@@ -22,58 +25,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    insert,
-    select,
-)
-from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from ..states import InboundOutcome
 from ..storage.database import utcnow
-from ..storage.schema import Id, Timestamp
+from ..storage.schema import MAX_HEADER_TEXT, inbound_messages
 
 STDIN, IMAP, MAILDIR = "stdin", "imap", "maildir"
 SOURCES = (STDIN, IMAP, MAILDIR)
 
 #: The outcome a handler records for a message it could not handle; its raw bytes are kept.
-REJECTED = "rejected"
+REJECTED = InboundOutcome.REJECTED
 
-#: Longest Message-ID / Subject kept: RFC 5322's line limit.
-MAX_HEADER_TEXT = 998
-#: MariaDB's default max_allowed_packet (and PyMySQL's) is 16 MiB: a bigger value cannot
-#: be sent in one INSERT, so on MariaDB/MySQL raw bytes beyond this are cut (the size
-#: column keeps the real size; the mailbox's failed folder keeps the whole message).
-MYSQL_MAX_RAW = 15 * 1024 * 1024
-
-inbound_metadata = MetaData()
-
-inbound_messages = Table(
-    "inbound_messages", inbound_metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    Column("message_key", String(64), nullable=False, unique=True),
-    Column("message_id", String(MAX_HEADER_TEXT)),
-    Column("received_at", Timestamp, nullable=False),
-    Column("source", String(16), nullable=False),
-    Column("from_address", String(320)),
-    Column("subject", String(MAX_HEADER_TEXT)),
-    Column("outcome", String(32), nullable=False),
-    Column("reason", Text),
-    Column("size", Integer, nullable=False),
-    Column("raw", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
-    Column("ticket_id", Integer),
-    Column("comment_id", Integer),
-    # status counts by outcome; a listing of rejected messages, newest first
-    Index("ix_inbound_outcome_received", "outcome", "received_at"),
-)
+#: The most of a message's raw bytes kept. MariaDB's default max_allowed_packet (and
+#: PyMySQL's) is 16 MiB: a bigger value cannot be sent in one INSERT; the same bound on
+#: every database keeps what an operator can re-process alike. The size column keeps the
+#: real size (a message cut here is re-processed as far as it was kept), and a mailbox's
+#: failed folder keeps the whole message.
+MAX_STORED_RAW = 15 * 1024 * 1024
+#: What quote stripping cut, kept with the record, at most.
+MAX_CUT_TEXT = 200_000
 
 
 @dataclass(frozen=True)
@@ -101,6 +74,8 @@ def record_message(
     raw: bytes | None = None,
     ticket_id: int | None = None,
     comment_id: int | None = None,
+    event_id: int | None = None,
+    cut_text: str | None = None,
     received_at: datetime | None = None,
 ) -> Recorded:
     """Insert one message's row inside the caller's transaction, or report that its key
@@ -125,9 +100,11 @@ def record_message(
         "outcome": outcome,
         "reason": _clean(reason, None),
         "size": size,
-        "raw": _storable_raw(conn, raw),
+        "raw": storable_raw(raw),
         "ticket_id": ticket_id,
         "comment_id": comment_id,
+        "event_id": event_id,
+        "cut_text": _clean(cut_text, MAX_CUT_TEXT),
     }
     try:
         with conn.begin_nested():
@@ -146,6 +123,18 @@ def record_message(
     return Recorded(new=True, id=key[0] if key else None)
 
 
+def update_record(conn: Connection, record_id: int, *, outcome: str, reason: str | None,
+                  raw: bytes | None, ticket_id: int | None = None,
+                  comment_id: int | None = None, event_id: int | None = None,
+                  cut_text: str | None = None, updated_at: datetime | None = None) -> None:
+    """Set what became of a recorded message (its final outcome, or a re-processing's),
+    inside the caller's transaction."""
+    conn.execute(update(inbound_messages).where(inbound_messages.c.id == record_id).values(
+        outcome=outcome, reason=_clean(reason, None), raw=storable_raw(raw),
+        ticket_id=ticket_id, comment_id=comment_id, event_id=event_id,
+        cut_text=_clean(cut_text, MAX_CUT_TEXT), updated_at=updated_at))
+
+
 def _clean(text: str | None, limit: int | None = MAX_HEADER_TEXT) -> str | None:
     """Text every database accepts: header bytes that were not UTF-8 (kept by the email
     package as surrogate escapes) become U+FFFD, NULs (which PostgreSQL refuses) go,
@@ -156,7 +145,57 @@ def _clean(text: str | None, limit: int | None = MAX_HEADER_TEXT) -> str | None:
     return text.replace("\0", "")[:limit]
 
 
-def _storable_raw(conn: Connection, raw: bytes | None) -> bytes | None:
-    if raw is not None and conn.dialect.name in ("mysql", "mariadb"):
-        return raw[:MYSQL_MAX_RAW]
-    return raw
+def storable_raw(raw: bytes | None) -> bytes | None:
+    """The raw bytes as kept: at most MAX_STORED_RAW."""
+    return None if raw is None else raw[:MAX_STORED_RAW]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One row of ``inbound list``."""
+
+    id: int
+    received_at: datetime
+    source: str
+    outcome: str
+    from_address: str | None
+    subject: str | None
+    reason: str | None
+    ticket_id: int | None
+    comment_id: int | None
+    size: int
+    raw_kept: bool
+    updated_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        for name in ("received_at", "updated_at"):
+            data[name] = data[name].isoformat() if data[name] is not None else None
+        return data
+
+
+def list_messages(engine: Engine, *, outcome: str | None = None,
+                  limit: int = 50) -> list[StoredMessage]:
+    """The latest inbound messages, newest first; only those of ``outcome`` if given."""
+    table = inbound_messages
+    query = select(table.c.id, table.c.received_at, table.c.source, table.c.outcome,
+                   table.c.from_address, table.c.subject, table.c.reason, table.c.ticket_id,
+                   table.c.comment_id, table.c.size, table.c.raw.is_not(None).label("raw_kept"),
+                   table.c.updated_at)
+    if outcome is not None:
+        query = query.where(table.c.outcome == outcome)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(table.c.received_at.desc(), table.c.id.desc())
+                            .limit(limit))
+        return [StoredMessage(**{**row._mapping, "raw_kept": bool(row.raw_kept)})
+                for row in rows]
+
+
+def count_by_outcome(engine: Engine) -> dict[str, int]:
+    """Inbound messages by outcome, every known outcome present (0 when none)."""
+    counts = dict.fromkeys(InboundOutcome, 0)
+    with engine.connect() as conn:
+        for outcome, count in conn.execute(select(inbound_messages.c.outcome, func.count())
+                                           .group_by(inbound_messages.c.outcome)):
+            counts[outcome] = count
+    return {str(outcome): count for outcome, count in counts.items()}

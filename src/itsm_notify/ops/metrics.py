@@ -30,11 +30,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from sqlalchemy import Engine, column, func, inspect, select, table
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ConfigError, DatabaseUnavailable
-from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
+from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState, InboundOutcome
 from ..storage import schema
 
 logger = logging.getLogger("itsm_notify.metrics")
@@ -47,10 +47,9 @@ ALWAYS_SHOWN_CHANNELS = (Channel.EMAIL, Channel.IN_APP)
 DELIVERY_OUTCOMES = tuple(sorted(FINAL_DELIVERY_STATES))  # failed, sent, skipped, suppressed
 WAITING_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.DEFERRED)
 #: the outcomes an inbound message is recorded with (inbound_messages.outcome)
-INBOUND_OUTCOMES = ("handled", "rejected", "ignored")
+INBOUND_OUTCOMES = tuple(InboundOutcome)
 #: the commands whose last run duration is shown
 COMMANDS = ("send-pending", "overdue-scan", "fetch-mail", "due-soon-scan", "send-summaries")
-INBOUND_TABLE = "inbound_messages"
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ class MetricsSnapshot:
     #: delivery records by (channel, state), the whole table
     deliveries: Mapping[tuple[str, str], int]
     suppressed_addresses: int
-    #: inbound messages by outcome; None when the inbound table does not exist
-    inbound_messages: Mapping[str, int] | None = None
+    #: inbound messages by outcome
+    inbound_messages: Mapping[str, int] = field(default_factory=dict)
     #: the last run's duration in seconds by command (known only to a long-lived process)
     run_seconds: Mapping[str, float] = field(default_factory=dict)
 
@@ -91,12 +90,9 @@ def load_snapshot(engine: Engine, now: datetime, *,
             .group_by(deliveries.c.channel, deliveries.c.state))}
         suppressed = conn.execute(
             select(func.count()).select_from(schema.suppressions)).scalar_one()
-        inbound = None
-        if inspect(conn).has_table(INBOUND_TABLE):
-            # The inbound package owns the table; only its outcome column is read here.
-            messages = table(INBOUND_TABLE, column("outcome"))
-            inbound = {outcome: count for outcome, count in conn.execute(
-                select(messages.c.outcome, func.count()).group_by(messages.c.outcome))}
+        messages = schema.inbound_messages
+        inbound = {outcome: count for outcome, count in conn.execute(
+            select(messages.c.outcome, func.count()).group_by(messages.c.outcome))}
     return MetricsSnapshot(
         outbox_events=events,
         oldest_pending_age_seconds=_age(now, oldest_written),
@@ -192,13 +188,12 @@ def _families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
                             "Addresses on the suppression list (never emailed).",
                             value=snapshot.suppressed_addresses)
 
-    if snapshot.inbound_messages is not None:
-        inbound = CounterMetricFamily("itsm_notify_inbound_messages",
-                                      "Inbound messages recorded, by outcome.",
-                                      labels=["outcome"])
-        for outcome, count in _folded(snapshot.inbound_messages, INBOUND_OUTCOMES):
-            inbound.add_metric([outcome], count)
-        yield inbound
+    inbound = CounterMetricFamily("itsm_notify_inbound_messages",
+                                  "Inbound messages recorded, by outcome.",
+                                  labels=["outcome"])
+    for outcome, count in _folded(snapshot.inbound_messages, INBOUND_OUTCOMES):
+        inbound.add_metric([outcome], count)
+    yield inbound
 
     if snapshot.run_seconds:
         runs = GaugeMetricFamily("itsm_notify_last_run_duration_seconds",

@@ -1,4 +1,5 @@
-"""``itsm-notify scheduler``: send-pending every N seconds, overdue-scan on a cron line.
+"""``itsm-notify scheduler``: send-pending every N seconds, overdue-scan on a cron line,
+and fetch-mail every ``ITSM_FETCH_INTERVAL_SECONDS`` when ``ITSM_INBOUND_URL`` is set.
 
 APScheduler 3 (``BlockingScheduler``) runs both jobs in worker threads. A job never
 overlaps itself (``max_instances=1``), runs missed while the process was busy or asleep
@@ -42,7 +43,7 @@ from ..storage.database import describe_exception
 
 log = logging.getLogger("itsm_notify")
 
-SEND_JOB, OVERDUE_JOB = "send-pending", "overdue-scan"
+SEND_JOB, OVERDUE_JOB, FETCH_JOB = "send-pending", "overdue-scan", "fetch-mail"
 OVERDUE_GRACE_SECONDS = 3600
 """An overdue scan late by up to an hour still runs; later, the next one is awaited."""
 
@@ -109,7 +110,7 @@ class _StopRequested(Exception):
 
 
 class NotifyScheduler:
-    """The two jobs on one BlockingScheduler, stopped by SIGTERM/SIGINT or ``stop()``."""
+    """The jobs on one BlockingScheduler, stopped by SIGTERM/SIGINT or ``stop()``."""
 
     def __init__(self, settings: Settings, engine: Engine, *,
                  on_started: Callable[[list[ScheduledJob]], None] | None = None) -> None:
@@ -128,6 +129,11 @@ class NotifyScheduler:
         self.scheduler.add_job(self.overdue_job, overdue_trigger(settings.overdue_cron),
                                id=OVERDUE_JOB, name=f"on cron '{settings.overdue_cron}'",
                                misfire_grace_time=OVERDUE_GRACE_SECONDS)
+        if settings.inbound_url:
+            every = settings.fetch_interval_seconds
+            self.scheduler.add_job(self.fetch_job, IntervalTrigger(seconds=every), id=FETCH_JOB,
+                                   name=f"every {every} s", misfire_grace_time=every,
+                                   next_run_time=datetime.now(UTC))
         self.scheduler.add_listener(self._started, EVENT_SCHEDULER_STARTED)
 
     # ------------------------------------------------------------------ the jobs
@@ -163,6 +169,25 @@ class NotifyScheduler:
             log.debug("unexpected failure", exc_info=True)
         else:
             _log_run(OVERDUE_JOB, report.summary(), report.problems)
+
+    def fetch_job(self) -> None:
+        """Handle the inbound mailbox, stopping after the message in hand once a stop was
+        asked for."""
+        from ..inbound.handle import InboundHandler
+        from ..inbound.intake import fetch_mail_with_settings
+
+        try:
+            report = fetch_mail_with_settings(
+                self.settings, InboundHandler(self.settings, self.engine),
+                should_stop=self.stopping.is_set)
+        except (ConfigError, DatabaseUnavailable) as exc:
+            log.error("%s: %s", FETCH_JOB, exc)
+        except Exception as exc:
+            log.error("%s: unexpected failure (%s); the next run tries again", FETCH_JOB,
+                      describe_exception(exc))
+            log.debug("unexpected failure", exc_info=True)
+        else:
+            _log_run(FETCH_JOB, report.summary(), report.problems)
 
     # ------------------------------------------------------------------ running
 
@@ -210,5 +235,6 @@ class NotifyScheduler:
 
 def run_scheduler(settings: Settings, engine: Engine, *,
                   on_started: Callable[[list[ScheduledJob]], None] | None = None) -> None:
-    """Run send-pending and overdue-scan on their schedules until SIGTERM or Ctrl-C."""
+    """Run send-pending, overdue-scan (and fetch-mail) on their schedules until SIGTERM or
+    Ctrl-C."""
     NotifyScheduler(settings, engine, on_started=on_started).run()

@@ -7,11 +7,25 @@ seven, whatever its size."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, false, func, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from ..errors import EventError
 from ..events.model import (
@@ -30,7 +44,7 @@ from ..events.model import (
     optional_id,
 )
 from ..events.types import EVENT_TYPES, Need
-from ..storage.database import among
+from ..storage.database import among, utcnow
 from ..storage.schema import comments, preferences, project_members, projects, tickets, users
 
 
@@ -181,3 +195,127 @@ def load_contexts(
             admin_accounts=admin_accounts,
             opted_out=frozenset(by_type.get(event.event_type, ())))
     return contexts
+
+
+# ---------------------------------------------------------------- writes (inbound mail)
+#
+# What inbound mail writes into the contract's tables, each inside the caller's
+# transaction (the handler records the message, writes these and the outbox event in
+# one). Kept small and named: the same operations for django-helpdesk and django-spire
+# go behind a source interface.
+
+TICKET_NUMBER_PREFIX = "TKT-"
+
+
+@dataclass(frozen=True)
+class Participants:
+    """Who may write on a ticket by email."""
+
+    requester_id: int | None
+    assignee_id: int | None
+    team_ids: frozenset[int]
+    """The members of the ticket's project (whether or not it notifies its team)."""
+    public_commenter_ids: frozenset[int]
+
+    def allows(self, user_id: int) -> bool:
+        return user_id in (self.requester_id, self.assignee_id) or \
+            user_id in self.team_ids or user_id in self.public_commenter_ids
+
+
+def _new_id(result: Any) -> int:
+    return int(result.inserted_primary_key[0])
+
+
+def find_user_by_address(conn: Connection, address: str) -> User | None:
+    """The active user with this email address, compared case-insensitively; when
+    several have it, the oldest account."""
+    row = conn.execute(select(users).where(func.lower(users.c.email) == address.strip().lower(),
+                                           users.c.is_active == true())
+                       .order_by(users.c.id).limit(1)).first()
+    return _user(row) if row is not None else None
+
+
+def find_user_by_username(conn: Connection, username: str) -> User | None:
+    """The active user with this username, or None."""
+    row = conn.execute(select(users).where(users.c.username == username,
+                                           users.c.is_active == true())).first()
+    return _user(row) if row is not None else None
+
+
+def create_user_for_address(conn: Connection, address: str, name: str = "") -> int:
+    """A new active user for someone who wrote in. The username is the address's local
+    part made of letters, digits and ``._-`` (as Django's usernames allow), then 2, 3 ...
+    appended until no user has it; the first and last name come from the display name."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "", address.rpartition("@")[0])[:140] or "user"
+    # compared in lower case: MariaDB's default collation would take "Alice" for "alice"
+    taken = {name.lower() for name in conn.execute(select(users.c.username).where(
+        users.c.username.like(f"{base}%"))).scalars()}
+    username = next(candidate for n in range(1, len(taken) + 2)
+                    if (candidate := base if n == 1 else f"{base}{n}").lower() not in taken)
+    first, _, last = " ".join(name.split()).partition(" ")
+    result = conn.execute(insert(users).values(
+        username=username, email=address.strip(), first_name=first[:150],
+        last_name=last[:150], is_active=True, is_manager=False))
+    return _new_id(result)
+
+
+def find_ticket_by_number(conn: Connection, number: str) -> int | None:
+    """The id of the ticket numbered ``number`` (as in a subject's ``(TKT-001)``)."""
+    return conn.execute(select(tickets.c.id).where(tickets.c.number == number)).scalar()
+
+
+def ticket_exists(conn: Connection, ticket_id: int) -> bool:
+    return conn.execute(select(tickets.c.id).where(tickets.c.id == ticket_id)).first() \
+        is not None
+
+
+def ticket_participants(conn: Connection, ticket_id: int) -> Participants | None:
+    """The ticket's requester, assignee, project members and public commenters; None
+    when there is no such ticket."""
+    ticket = conn.execute(select(tickets.c.requester_id, tickets.c.assignee_id,
+                                 tickets.c.project_id)
+                          .where(tickets.c.id == ticket_id)).first()
+    if ticket is None:
+        return None
+    team: set[int] = set()
+    if ticket.project_id is not None:
+        team = set(conn.execute(select(project_members.c.user_id).where(
+            project_members.c.project_id == ticket.project_id)).scalars())
+    commenters = set(conn.execute(select(comments.c.author_id).distinct().where(
+        comments.c.ticket_id == ticket_id, comments.c.is_internal == false(),
+        comments.c.author_id.is_not(None))).scalars())
+    return Participants(optional_id(ticket.requester_id), optional_id(ticket.assignee_id),
+                        frozenset(team), frozenset(commenters))
+
+
+def add_public_comment(conn: Connection, ticket_id: int, author_id: int | None,
+                       body: str) -> int:
+    """A public comment on the ticket (``author_id`` None: written by the tool); its id."""
+    result = conn.execute(insert(comments).values(
+        ticket_id=ticket_id, author_id=author_id, body=body, is_internal=False,
+        created_at=utcnow()))
+    return _new_id(result)
+
+
+def create_ticket(conn: Connection, *, title: str, description: str,
+                  requester_id: int) -> tuple[int, str]:
+    """A new open ticket; its (id, number).
+
+    ``tickets.number`` is unique text the application chooses; here it is ``TKT-`` and
+    the id, zero-padded to three digits (``TKT-007``), like the contract's examples, so
+    the subjects of its emails end with a tag a reply is matched by. The row is
+    inserted under a placeholder number (unique, and never seen outside this
+    transaction) to learn its id. When the application already gave that number to
+    another ticket, a digit is appended (``TKT-0071``, ``TKT-0072`` ...) until it is free.
+    """
+    result = conn.execute(insert(tickets).values(
+        number=f"inbound-{uuid.uuid4().hex}", title=title, description=description,
+        status="open", priority="medium", requester_id=requester_id, created_at=utcnow()))
+    ticket_id = _new_id(result)
+    base = f"{TICKET_NUMBER_PREFIX}{ticket_id:03d}"
+    taken = set(conn.execute(select(tickets.c.number).where(
+        tickets.c.number.like(f"{base}%"))).scalars())
+    number = next(candidate for n in range(len(taken) + 1)
+                  if (candidate := base if n == 0 else f"{base}{n}") not in taken)
+    conn.execute(update(tickets).where(tickets.c.id == ticket_id).values(number=number))
+    return ticket_id, number

@@ -21,6 +21,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -129,14 +130,15 @@ def record_outcomes(engine: Engine, outcomes: Sequence[dict[str, Any]],
     with engine.begin() as conn:
         _ANSWERS.run(conn, outcomes)
         for address, code, reason in refused:
-            _suppress(conn, address, reason, code, now)
+            suppress(conn, address, reason, code, now)
         if also is not None:
             also(conn)
 
 
-def _suppress(conn: Connection, address: str, reason: str, code: int | None,
-              now: datetime) -> bool:
-    """Add ``address`` unless it is there; safe when another worker adds it meanwhile."""
+def suppress(conn: Connection, address: str, reason: str, code: int | None,
+             now: datetime) -> bool:
+    """Add ``address`` unless it is there, inside the caller's transaction; safe when
+    another worker adds it meanwhile. True when it was added."""
     key = address.strip().lower()
     exists = conn.execute(select(suppressions.c.address)
                           .where(suppressions.c.address == key)).first()
@@ -153,7 +155,36 @@ def _suppress(conn: Connection, address: str, reason: str, code: int | None,
 
 def add_suppression(engine: Engine, address: str, reason: str, now: datetime) -> bool:
     with engine.begin() as conn:
-        return _suppress(conn, address, reason, None, now)
+        return suppress(conn, address, reason, None, now)
+
+
+@dataclass(frozen=True)
+class EmailDelivery:
+    """One email delivery row, as a delivery report is matched against it."""
+
+    id: int
+    event_id: int
+    recipient: str
+    state: str
+    message_id: str | None
+
+
+def email_deliveries_of_event(conn: Connection, event_id: int) -> list[EmailDelivery]:
+    """The email deliveries of one event (a VERP address names one of them by digest)."""
+    return [EmailDelivery(r.id, r.event_id, r.recipient, r.state, r.message_id)
+            for r in conn.execute(select(deliveries.c.id, deliveries.c.event_id,
+                                         deliveries.c.recipient, deliveries.c.state,
+                                         deliveries.c.message_id)
+                                  .where(deliveries.c.event_id == event_id,
+                                         deliveries.c.channel == Channel.EMAIL))]
+
+
+def fail_delivery(conn: Connection, delivery_id: int, error: str, code: int | None,
+                  now: datetime) -> None:
+    """Mark a delivery failed for good (a bounce came back for it), with the reason."""
+    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+        state=DeliveryState.FAILED, last_error=error, last_code=code, next_attempt_at=None,
+        updated_at=now))
 
 
 def remove_suppression(engine: Engine, address: str) -> bool:

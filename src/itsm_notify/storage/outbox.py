@@ -16,6 +16,7 @@ the process down, an out-of-memory kill); after ``ITSM_MAX_CLAIMS`` of them it e
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    insert,
     or_,
     select,
     update,
@@ -211,3 +213,18 @@ def requeue_deferred(engine: Engine, *, now: datetime) -> int:
                 deliveries.c.channel != Channel.IN_APP,
                 deliveries.c.state == DeliveryState.DEFERRED).values(next_attempt_at=now))
     return len(ids)
+
+
+def write_event(conn: Connection, event_type: str, ticket_id: int | None,
+                actor_id: int | None, payload: dict[str, Any]) -> int:
+    """Write one outbox event inside the caller's transaction, as a producer does (the
+    four producer columns; the rest default); its id."""
+    result = conn.execute(insert(outbox).values(
+        event_type=event_type, ticket_id=ticket_id, actor_id=actor_id,
+        payload=json.dumps(payload)))
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+def event_ticket(conn: Connection, event_id: int) -> int | None:
+    """The ticket an outbox event is about (None: no such event, or none named)."""
+    return conn.execute(select(outbox.c.ticket_id).where(outbox.c.id == event_id)).scalar()

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -237,3 +238,33 @@ locks = Table(
 )
 """One row per job that must run alone (an overdue scan): a scan holds its row locked for
 the length of its planning transaction, so scans on several hosts take turns."""
+
+
+MAX_HEADER_TEXT = 998
+"""Longest Message-ID / Subject kept of an inbound message: RFC 5322's line limit."""
+
+inbound_messages = Table(
+    "inbound_messages", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # SHA-256 hex of what makes the message unique (inbound.handling.ReceivedMail.key):
+    # the same message delivered twice is recorded, and handled, once.
+    Column("message_key", String(64), nullable=False, unique=True),
+    Column("message_id", String(MAX_HEADER_TEXT)),
+    Column("received_at", Timestamp, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("from_address", Address),
+    Column("subject", String(MAX_HEADER_TEXT)),
+    Column("outcome", String(32), nullable=False),  # an InboundOutcome
+    Column("reason", Text),
+    Column("size", Integer, nullable=False),
+    # the message itself, for what did not become a comment, a ticket or a report's
+    # effect (bounded): to be read, listed and re-processed
+    Column("raw", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
+    Column("ticket_id", Integer),
+    Column("comment_id", Integer),
+    Column("event_id", Id),  # the outbox event written for it (comment_added, ticket_created)
+    Column("cut_text", Text),  # what quote stripping cut from a reply's comment
+    Column("updated_at", Timestamp),  # when it was last re-processed
+    # status counts by outcome; a listing by outcome, newest first
+    Index("ix_inbound_outcome_received", "outcome", "received_at"),
+)
