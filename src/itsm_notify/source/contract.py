@@ -1,51 +1,35 @@
-"""The ``contract`` source: load the ticket context of a whole batch of events from the
-contract's tables in a fixed number of queries.
-
-Reading per event would cost several round trips each (ticket, comment, users, team,
-commenters); a batch of 100 events would make 500 queries. Here a batch makes at most
-seven, whatever its size."""
+"""What inbound mail writes into the ``contract`` source's tables (users, tickets,
+comments), each inside the caller's transaction: the handler records the message,
+writes these and the outbox event in one. Reading goes through the generic source
+(source/base.py) like every other source's."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
-    Engine,
     false,
     func,
     insert,
-    or_,
     select,
     true,
     update,
 )
 
-from ..errors import EventError
 from ..events.model import (
     MAX_ADDRESS,
-    MAX_BODY,
     MAX_LABEL,
     MAX_NAME,
-    MAX_TITLE,
-    Comment,
-    EventContext,
-    OutboxEvent,
-    Project,
-    Ticket,
     User,
     bounded_text,
     optional_id,
 )
-from ..events.types import EVENT_TYPES, Need
-from ..storage.database import among, utcnow
-from ..storage.schema import comments, preferences, project_members, projects, tickets, users
+from ..storage.database import utcnow
+from ..storage.schema import comments, project_members, tickets, users
 
 
 def _user(row: Any) -> User:
@@ -57,152 +41,6 @@ def _user(row: Any) -> User:
                 is_active=bool(row.is_active), is_manager=bool(row.is_manager),
                 locale=bounded_text(row.locale, MAX_LABEL) or None)
 
-
-def _ticket(row: Any) -> Ticket:
-    return Ticket(id=row.id, number=bounded_text(row.number, MAX_LABEL),
-                  title=bounded_text(row.title, MAX_TITLE),
-                  description=bounded_text(row.description, MAX_BODY),
-                  status=bounded_text(row.status, MAX_LABEL),
-                  priority=bounded_text(row.priority, MAX_LABEL),
-                  requester_id=optional_id(row.requester_id),
-                  assignee_id=optional_id(row.assignee_id),
-                  project_id=optional_id(row.project_id),
-                  due_at=row.due_at, created_at=row.created_at)
-
-
-def _comment(row: Any) -> Comment:
-    return Comment(id=row.id, ticket_id=row.ticket_id, author_id=optional_id(row.author_id),
-                   body=bounded_text(row.body, MAX_BODY), is_internal=bool(row.is_internal),
-                   created_at=row.created_at)
-
-
-def load_contexts(
-    engine: Engine, batch: Sequence[tuple[OutboxEvent, dict[str, Any]]],
-    admin_emails: Sequence[str] = (),
-) -> dict[int, EventContext | EventError]:
-    """Build each event's context, as its type needs it (``EventType.needs``); an event
-    whose ticket or comment is missing gets an EventError instead, so the rest of the
-    batch goes on. ``ADMINS``' accounts (active users with an admin address) are loaded
-    for every batch, so that no event's recipients depend on its neighbours."""
-    if not batch:
-        return {}
-    kinds = {event.id: EVENT_TYPES[event.event_type] for event, _ in batch}
-    needs = {need for spec in kinds.values() for need in spec.needs}
-    ticket_ids: set[int] = set()
-    comment_ids: set[int] = set()
-    user_ids: set[int] = set()
-    for event, payload in batch:
-        spec = kinds[event.id]
-        if event.ticket_id is not None:
-            ticket_ids.add(event.ticket_id)
-        ticket_ids.update(spec.ticket_ids(payload))
-        if Need.COMMENT in spec.needs:
-            comment_ids.add(payload["comment_id"])
-        user_ids.update(i for i in (event.actor_id, *spec.user_ids(payload)) if i is not None)
-    admins = sorted({a.lower() for a in admin_emails})
-
-    with engine.connect() as conn:
-        ticket_by_id = {row.id: _ticket(row) for row in conn.execute(
-            select(tickets).where(among(conn, tickets.c.id, sorted(ticket_ids))))
-        } if ticket_ids else {}
-        comment_by_id = {row.id: _comment(row) for row in conn.execute(
-            select(comments).where(among(conn, comments.c.id, sorted(comment_ids))))
-        } if comment_ids else {}
-
-        project_by_id: dict[int, Project] = {}
-        team: dict[int, list[int]] = defaultdict(list)
-        project_ids = sorted({t.project_id for t in ticket_by_id.values()
-                              if t.project_id is not None})
-        if project_ids and Need.TEAM in needs:
-            for row in conn.execute(select(projects)
-                                    .where(among(conn, projects.c.id, project_ids))):
-                project_by_id[row.id] = Project(id=row.id, name=bounded_text(row.name, MAX_NAME),
-                                                notify_team=bool(row.notify_team))
-            for row in conn.execute(select(project_members.c.project_id,
-                                           project_members.c.user_id)
-                                    .where(among(conn, project_members.c.project_id, project_ids))
-                                    .order_by(project_members.c.user_id)):
-                team[row.project_id].append(row.user_id)
-
-        commenters: dict[int, list[int]] = defaultdict(list)
-        commented_tickets = sorted({ticket_by_id[e.ticket_id].id for e, _ in batch
-                                    if Need.COMMENTERS in kinds[e.id].needs
-                                    and e.ticket_id in ticket_by_id})
-        if commented_tickets:
-            for row in conn.execute(
-                select(comments.c.ticket_id, comments.c.author_id)
-                .where(among(conn, comments.c.ticket_id, commented_tickets),
-                       comments.c.is_internal == false(), comments.c.author_id.is_not(None))
-                .group_by(comments.c.ticket_id, comments.c.author_id)
-                .order_by(comments.c.ticket_id, func.min(comments.c.id))
-            ):
-                if (author := optional_id(row.author_id)) is not None:
-                    commenters[row.ticket_id].append(author)
-
-        for t in ticket_by_id.values():
-            user_ids.update(i for i in (t.requester_id, t.assignee_id) if i is not None)
-        user_ids.update(c.author_id for c in comment_by_id.values() if c.author_id is not None)
-        for members in (*team.values(), *commenters.values()):
-            user_ids.update(members)
-        user_filter: ColumnElement[bool] = among(conn, users.c.id, sorted(user_ids))
-        if Need.MANAGERS in needs:
-            user_filter = or_(user_filter, users.c.is_manager == true())
-        if admins:
-            user_filter = or_(user_filter, func.lower(users.c.email).in_(admins))
-        user_by_id = {row.id: _user(row) for row in conn.execute(select(users)
-                                                                 .where(user_filter))}
-        manager_ids = tuple(sorted(u.id for u in user_by_id.values()
-                                   if u.is_manager and u.is_active))
-        admin_accounts = {email: u for u in user_by_id.values() if u.is_active and u.email
-                          and (email := u.email.lower()) in admins}
-
-        event_types = sorted({event.event_type for event, _ in batch})
-        by_type: dict[str, set[tuple[int, str]]] = defaultdict(set)
-        if user_by_id:
-            for row in conn.execute(
-                select(preferences.c.user_id, preferences.c.event_type, preferences.c.channel)
-                .where(preferences.c.enabled == false(),
-                       among(conn, preferences.c.event_type, event_types),
-                       among(conn, preferences.c.user_id, sorted(user_by_id)))
-            ):
-                by_type[row.event_type].add((row.user_id, row.channel))
-
-    contexts: dict[int, EventContext | EventError] = {}
-    for event, payload in batch:
-        spec = kinds[event.id]
-        listed = [ticket_by_id[i] for i in (event.ticket_id, *spec.ticket_ids(payload))
-                  if i is not None and i in ticket_by_id]
-        if not listed:
-            contexts[event.id] = EventError(
-                f"ticket {event.ticket_id} does not exist (deleted, or a wrong ticket_id)")
-            continue
-        ticket = spec.facts(listed[0], payload)
-        comment = None
-        if Need.COMMENT in spec.needs:
-            comment = comment_by_id.get(payload["comment_id"])
-            if comment is None or comment.ticket_id != ticket.id:
-                contexts[event.id] = EventError(
-                    f"comment {payload['comment_id']} does not exist on ticket "
-                    f"{ticket.number}")
-                continue
-        project = project_by_id.get(ticket.project_id) if ticket.project_id else None
-        contexts[event.id] = EventContext(
-            event=event, payload=payload, ticket=ticket, users=user_by_id,
-            tickets=tuple(dict.fromkeys([ticket, *listed[1:]])), project=project,
-            team_ids=tuple(team.get(project.id, ())) if project else (),
-            manager_ids=manager_ids if Need.MANAGERS in spec.needs else None,
-            comment=comment, public_commenter_ids=tuple(commenters.get(ticket.id, ())),
-            admin_accounts=admin_accounts,
-            opted_out=frozenset(by_type.get(event.event_type, ())))
-    return contexts
-
-
-# ---------------------------------------------------------------- writes (inbound mail)
-#
-# What inbound mail writes into the contract's tables, each inside the caller's
-# transaction (the handler records the message, writes these and the outbox event in
-# one). Kept small and named: the same operations for django-helpdesk and django-spire
-# go behind a source interface.
 
 TICKET_NUMBER_PREFIX = "TKT-"
 
