@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..states import Channel, DeliveryState, EventState
+from . import schema
 from .database import RowUpdate, among
 from .schema import app_notifications, deliveries, outbox, suppressions
 
@@ -65,15 +66,19 @@ def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
 
 
 def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
-               notifications: Sequence[dict[str, Any]]) -> None:
-    """Insert the batch's new delivery rows and in-app notifications in one transaction.
-    Raises IntegrityError when another worker already planned one of these deliveries
-    (its lease on the event ran out while this worker held it)."""
+               notifications: Sequence[dict[str, Any]],
+               summary_items: Sequence[dict[str, Any]] = ()) -> None:
+    """Insert the batch's new delivery rows, in-app notifications and the items held for
+    summaries (beside their ``held`` delivery rows) in one transaction. Raises
+    IntegrityError when another worker already planned one of these deliveries (its
+    lease on the event ran out while this worker held it)."""
     with engine.begin() as conn:
         if new_deliveries:
             insert_many(conn, deliveries, new_deliveries)
         if notifications:
             insert_many(conn, app_notifications, notifications)
+        if summary_items:
+            insert_many(conn, schema.summary_items, summary_items)
 
 
 def uses_copy(conn: Connection) -> bool:

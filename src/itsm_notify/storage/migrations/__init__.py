@@ -25,7 +25,7 @@ from ...errors import SchemaOutOfDate
 from ..schema import contract_metadata
 
 VERSION_TABLE = "itsm_notify_alembic_version"
-REVISIONS = ("0001", "0002")
+REVISIONS = ("0001", "0002", "0004")
 """Every revision, oldest first (a test holds this to the scripts in versions/)."""
 HEAD = REVISIONS[-1]
 TOOL_TABLES = ("notification_outbox", "app_notifications", "notification_deliveries",
