@@ -20,6 +20,7 @@ from itsm_notify.engine.schedules import set_frequency
 from itsm_notify.engine.sender import send_pending
 from itsm_notify.engine.summaries import send_summaries
 from itsm_notify.storage import schema
+from itsm_notify.storage.deliveries import purge_finished
 from itsm_notify.timing.windows import Frequency
 from smtp_server import ReceivedMessage, SmtpSink
 
@@ -153,6 +154,10 @@ def test_a_daily_summary_grouped_by_ticket_newest_first(database_url: str,
             schema.deliveries.c.state == "sent")).scalar_one()
     assert samples[("itsm_notify_deliveries_total",
                     (("channel", "email"), ("outcome", "sent")))] == sent
+
+    # purge takes the summarized items and the summaries with the events they came from
+    purge_finished(engine, timedelta(days=30), now=tomorrow_eight + timedelta(days=31))
+    assert rows(engine, schema.summary_items) == rows(engine, schema.summaries) == []
 
 
 def test_a_user_changing_frequency_mid_window(database_url: str, smtp_sink: SmtpSink) -> None:

@@ -180,8 +180,9 @@ def emails_sent_since(engine: Engine, since: datetime) -> int:
 
 def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tuple[int, int]:
     """Delete events that ended (done or failed) more than ``older_than`` ago, with their
-    delivery records; return (events, delivery records) deleted. In-app notifications
-    stay: they belong to the web application's users."""
+    delivery records and summary items, and the summaries made before then; return
+    (events, delivery records) deleted. In-app notifications stay: they belong to the
+    web application's users."""
     cutoff = now - older_than
     finished = select(outbox.c.id).where(
         outbox.c.state.in_((EventState.DONE, EventState.FAILED)),
@@ -193,5 +194,11 @@ def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tupl
             chunk = ids[start:start + 1000]
             removed += conn.execute(delete(deliveries).where(
                 among(conn, deliveries.c.event_id, chunk))).rowcount or 0
+            # items already in a summary go with their event; open ones wait for theirs
+            conn.execute(delete(schema.summary_items).where(
+                among(conn, schema.summary_items.c.event_id, chunk),
+                schema.summary_items.c.summary_id.is_not(None)))
             conn.execute(delete(outbox).where(among(conn, outbox.c.id, chunk)))
+        # a window's key names its instants, so an old summary's key never recurs
+        conn.execute(delete(schema.summaries).where(schema.summaries.c.created_at < cutoff))
     return len(ids), removed
