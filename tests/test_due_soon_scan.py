@@ -192,7 +192,7 @@ def test_opted_out_assignee_and_dry_run(sqlite_url: str, smtp_sink: SmtpSink) ->
     preview = due_soon_scan(settings, engine=engine, now=MONDAY_OPENING, dry_run=True)
     assert [(p.recipient, p.tickets, p.subject) for p in preview.planned] == [
         ("bob@example.com", 1, "Due Soon: Title of TKT-1 (TKT-1)")]
-    assert preview.opted_out == 1
+    assert (preview.opted_out, preview.warnings_queued) == (1, 1)
     assert claims(engine) == set() and smtp_sink.messages == []
 
     report = due_soon_scan(settings, engine=engine, now=MONDAY_OPENING)

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract_app import add_ticket, cli_env, create_schema, run_cli, seed_helpdesk, smtp_env
@@ -19,6 +21,8 @@ from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine.schedules import set_frequency
 from itsm_notify.engine.sender import send_pending
 from itsm_notify.engine.summaries import send_summaries
+from itsm_notify.errors import EventError
+from itsm_notify.events.types import parse_payload
 from itsm_notify.storage import schema
 from itsm_notify.storage.deliveries import purge_finished
 from itsm_notify.timing.windows import Frequency
@@ -237,3 +241,35 @@ def test_the_preference_command(sqlite_url: str, smtp_sink: SmtpSink) -> None:
 def rows_by_user(engine: sa.Engine) -> list[Mapping[str, Any]]:
     with engine.connect() as conn:
         return [row._mapping for row in conn.execute(sa.select(schema.schedules))]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+ids = st.integers(-5, 2**64) | json_values
+item = st.fixed_dictionaries({}, optional={
+    "ticket_id": ids, "event_type": json_values, "text": json_values,
+    "at": st.datetimes().map(datetime.isoformat) | st.text() | json_values}) | json_values
+hostile_payload = st.fixed_dictionaries({}, optional={
+    "recipient": st.fixed_dictionaries({}, optional={"user_id": ids, "address": json_values,
+                                                    "name": json_values}) | json_values,
+    "kind": st.sampled_from(["hourly", "daily", "flush", "weekly"]) | json_values,
+    "items": st.lists(item, max_size=4) | json_values,
+    "ticket_ids": st.lists(ids, max_size=4) | json_values,
+    "thresholds": st.lists(st.text() | json_values, max_size=4) | json_values,
+    "total": ids})
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_payload)
+def test_a_hostile_summary_or_warning_payload_is_one_error(payload: dict[str, Any]) -> None:
+    """The app can write any outbox row: a summary's or a warning's payload is read or
+    refused with an EventError (the event fails alone), never anything else."""
+    for kind in ("summary", "due_soon"):
+        try:
+            parsed = parse_payload(kind, json.dumps(payload))
+        except EventError:
+            continue
+        listed = parsed["items"] if kind == "summary" else parsed["ticket_ids"]
+        assert 0 < len(listed) <= parsed["total"]

@@ -359,6 +359,7 @@ class DueSoonScan:
         report = DueSoonReport()
         with self.engine.connect() as conn:
             warnings, _ = self.plan(conn, report)
+        report.warnings_queued = len(warnings)  # what a run would queue
         suppressed = suppressed_among(self.engine, (w.key for w in warnings))
         redirect = self.settings.redirect_to
         for warning in warnings:

@@ -165,7 +165,7 @@ def _summary(payload: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(recipient, dict) or recipient.get("user_id") is None:
         raise EventError("payload needs 'recipient' ({'user_id': N})")
     kind = payload.get("kind")
-    if kind not in SUMMARY_KINDS:
+    if not isinstance(kind, str) or kind not in SUMMARY_KINDS:
         raise EventError(f"payload's 'kind' must be one of {', '.join(SUMMARY_KINDS)}")
     items = payload.get("items")
     if not isinstance(items, list) or not 0 < len(items) <= MAX_LISTED:
