@@ -16,7 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from contract_app import add_ticket, cli_env, create_schema, run_cli, seed_helpdesk, smtp_env
+from contract_app import (
+    add_ticket,
+    cli_env,
+    create_schema,
+    run_cli,
+    seed_helpdesk,
+    set_preference,
+    smtp_env,
+)
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine.schedules import set_frequency
 from itsm_notify.engine.sender import send_pending
@@ -236,6 +244,21 @@ def test_the_preference_command(sqlite_url: str, smtp_sink: SmtpSink) -> None:
         assert words in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert run_cli(["preference", "frequency", bob, "daily", "--hour", "24"], env
                    ).exit_code == 2
+
+
+def test_a_user_who_unsubscribed_from_summaries_gets_each_email_at_once(
+        sqlite_url: str, smtp_sink: SmtpSink) -> None:
+    """The summary's unsubscribe link turns summary emails off: holding the user's emails
+    then would lose them, so they go out one by one again."""
+    engine = create_schema(sqlite_url)
+    ids = seed_helpdesk(engine)
+    set_frequency(engine, ids["bob"], Frequency.DAILY, now=MONDAY)
+    set_preference(engine, ids["bob"], "summary", "email", False)
+    event(engine, "status_changed", ids["vpn"], ids["alice"], MONDAY, new_status="waiting")
+    report = send_pending(settings_for(sqlite_url, smtp_sink), clock=lambda: MONDAY)
+    assert report.emails_held == 0
+    assert [m.subject for m in smtp_sink.messages_to("bob@example.com")] == [
+        "Ticket Status Changed: VPN drops every 10 minutes → waiting"]
 
 
 def rows_by_user(engine: sa.Engine) -> list[Mapping[str, Any]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, false, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -21,13 +21,14 @@ from ..events.model import EventContext
 from ..events.types import event_type
 from ..states import Channel
 from ..storage.database import among
-from ..storage.schema import schedules
+from ..storage.schema import preferences, schedules
 from ..timing.business_hours import parse_time_zone
 from ..timing.windows import Frequency, parse_frequency
 
 log = logging.getLogger("itsm_notify")
 
 DEFAULT_DAILY_HOUR = 8
+SUMMARY_EVENT_TYPE = "summary"
 _CHUNK = 500  # user ids per IN list
 
 
@@ -116,14 +117,24 @@ class SummaryHold:
              recipients: Iterable[tuple[EventContext, Iterable[EmailRecipient]]],
              subject: Callable[[EventContext], str]) -> SummaryHold:
         """The hold for a batch: one query for the schedules of the users its
-        summarized events would mail (none when it has no such event)."""
+        summarized events would mail (none when it has no such event), one more for
+        those with a schedule who turned summary emails off (the unsubscribe link of a
+        summary): they get each email at once, rather than nothing."""
         user_ids = {recipient.user_id for ctx, emails in recipients
                     if event_type(ctx.event.event_type).summarized
                     for recipient in emails if recipient.user_id is not None}
         if not user_ids:
             return cls(settings, {}, subject)
         with engine.connect() as conn:
-            return cls(settings, load_schedules(conn, user_ids), subject)
+            found = load_schedules(conn, user_ids)
+            if found:  # no summaries for a user who unsubscribed from them: all at once
+                for user_id in conn.execute(select(preferences.c.user_id).where(
+                        preferences.c.event_type == SUMMARY_EVENT_TYPE,
+                        preferences.c.channel == Channel.EMAIL,
+                        preferences.c.enabled == false(),
+                        among(conn, preferences.c.user_id, sorted(found)))).scalars():
+                    found.pop(user_id, None)
+        return cls(settings, found, subject)
 
     def item(self, ctx: EventContext, recipient: EmailRecipient,
              now: datetime) -> dict[str, Any] | None:

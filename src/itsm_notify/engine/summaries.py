@@ -57,12 +57,11 @@ from ..storage.database import (
 from ..storage.schema import outbox, schedules, summaries, summary_items
 from ..timing.business_hours import parse_time_zone
 from ..timing.windows import Frequency, closed_windows
-from .schedules import Schedule, schedule_from_row
+from .schedules import SUMMARY_EVENT_TYPE, Schedule, schedule_from_row
 from .sender import RunReport, Sender
 
 log = logging.getLogger("itsm_notify")
 
-EVENT_TYPE = "summary"
 MAKE_ATTEMPTS = 3
 
 
@@ -189,7 +188,7 @@ def make_summary(engine: Engine, due: DueSummary, now: datetime) -> tuple[int, i
                               "at": _naive_utc(row.event_at).isoformat(), "text": row.body}
                              for row in listed]}
         event = conn.execute(insert(outbox).values(
-            event_type=EVENT_TYPE, ticket_id=listed[0].ticket_id, actor_id=None,
+            event_type=SUMMARY_EVENT_TYPE, ticket_id=listed[0].ticket_id, actor_id=None,
             payload=json.dumps(payload, ensure_ascii=False), created_at=now,
             available_at=now, state=EventState.PENDING, attempts=0)).inserted_primary_key
         assert event is not None
