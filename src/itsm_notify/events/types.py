@@ -252,7 +252,7 @@ def overdue_digest(ctx: EventContext, settings: Settings) -> Recipients:
     if "user_id" in recipient:
         audience.user(recipient["user_id"], in_app=False)
     else:
-        audience.address(recipient["address"], recipient["name"])
+        audience.address(recipient["address"], recipient["name"], in_app=False)
     return audience.result()
 
 
