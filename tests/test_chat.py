@@ -48,7 +48,6 @@ from itsm_notify.channels.chat import (
 from itsm_notify.channels.routes import (
     ChatDestination,
     destinations_for,
-    load_destinations,
 )
 from itsm_notify.config import Secret, load_settings
 from itsm_notify.errors import ConfigError
@@ -92,28 +91,30 @@ debug = true
 """)
     environ = {"TEAMS_OPS_URL": "https://prod.westeurope.logic.azure.com/workflows/x?sig=abc",
                "AUDIT_SECRET": SECRET}
-    ops, audit = load_destinations(path, environ=environ, dotenv_path=None)
+    settings = load_settings(config_path=path, environ=environ, dotenv_path=None)
+    ops, audit = settings.chat_destinations
     assert (ops.name, ops.kind, ops.url) == ("ops", "teams", environ["TEAMS_OPS_URL"])
     assert ops.events == {"ticket_created", "status_changed"}
     assert ops.priorities == {"critical"} and ops.projects == {"network"}
     assert (audit.kind, audit.secret, audit.debug, audit.events) == ("webhook", SECRET, True,
                                                                      None)
     assert "sig=abc" not in repr(ops) and SECRET not in repr(audit)
-    # the settings still load from the same file
-    assert load_settings(config_path=path, environ={}, dotenv_path=None).site_name == \
-        "Example Help Desk"
+    assert settings.site_name == "Example Help Desk"  # the settings, from the same file
     both = [ops, audit]
-    assert destinations_for("ticket_created", "CRITICAL", "network", both) == both
-    assert destinations_for("ticket_created", "high", "Network", both) == [audit]
-    assert destinations_for("comment_added", "critical", "Network", both) == [audit]
-    assert destinations_for("ticket_created", "critical", None, both) == [audit]
-    assert destinations_for("ticket_created", "critical", "Network", both, debug=True) == [audit]
+    assert destinations_for("ticket_created", ["CRITICAL"], "network", both) == both
+    assert destinations_for("ticket_created", ["1", "Critical"], "network", both) == both
+    assert destinations_for("ticket_created", ["high"], "Network", both) == [audit]
+    assert destinations_for("comment_added", ["critical"], "Network", both) == [audit]
+    assert destinations_for("ticket_created", ["critical"], None, both) == [audit]
+    assert destinations_for("ticket_created", ["critical"], "Network", both,
+                            debug=True) == [audit]
 
 
 def test_the_url_may_come_from_dotenv(tmp_path: Path) -> None:
     path = write_config(tmp_path, '[chat.ops]\nkind = "slack"\nurl_env = "SLACK_OPS"\n')
     (tmp_path / ".env").write_text("SLACK_OPS=https://hooks.slack.com/services/T/B/x\n")
-    [ops] = load_destinations(path, environ={}, dotenv_path=tmp_path / ".env")
+    [ops] = load_settings(config_path=path, environ={},
+                          dotenv_path=tmp_path / ".env").chat_destinations
     assert ops.url == "https://hooks.slack.com/services/T/B/x" and ops.rate_per_second == 1.0
 
 
@@ -142,8 +143,7 @@ def test_a_wrong_table_is_one_sentence_naming_the_key(tmp_path: Path, table: str
                                                       message: str) -> None:
     path = write_config(tmp_path, table)
     with pytest.raises(ConfigError) as caught:
-        load_destinations(path, environ={}, dotenv_path=None,
-                          event_types=["ticket_created", "status_changed"])
+        load_settings(config_path=path, environ={}, dotenv_path=None)
     assert message in str(caught.value) and str(path) in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
 
@@ -155,7 +155,7 @@ def test_an_unknown_table_stops_the_settings_too(tmp_path: Path) -> None:
 
 
 def test_no_config_file_no_destinations() -> None:
-    assert load_destinations(environ={}, dotenv_path=None) == ()
+    assert load_settings(environ={}, dotenv_path=None).chat_destinations == ()
 
 
 # --------------------------------------------------------------- hostile text

@@ -373,7 +373,7 @@ def test_a_worker_whose_lease_ran_out_cannot_undo_the_new_owners_work(
     # The stalled worker wakes up: its late answers and its verdict change nothing.
     late = {"event_id": event, "channel": "email", "recipient": CAROL, "state": "deferred",
             "attempts": 1, "last_code": 451, "last_error": "451 late", "next_attempt_at": t0,
-            "sent_at": None, "updated_at": t0}
+            "provider_message_id": None, "sent_at": None, "updated_at": t0}
     record_outcomes(engine, [late], [], t0)
     changed = outbox_queue.finish_events(
         engine, [outbox_queue.EventOutcome(event, "pending", "late")], worker_id="stalled", now=t0)

@@ -64,6 +64,8 @@ def test_arctyks_dotenv_sends_through_sendgrid(desk: Any) -> None:
     rows = [r for r in deliveries(engine) if r["channel"] == "email"]
     assert {(r["recipient"], r["state"], r["attempts"], r["last_code"]) for r in rows} == \
         {(a, "sent", 1, 202) for a in RECIPIENTS}
+    # SendGrid's X-Message-Id, kept to match its later events
+    assert all(len(r["provider_message_id"] or "") == 22 for r in rows)
     assert outbox_states(engine) == {event: "done"}
     assert "code=202" in Path("email.log").read_text()
 

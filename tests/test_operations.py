@@ -80,7 +80,7 @@ def test_status_counts_oldest_pending_age_and_failures_of_the_last_day(
     table = run_cli(["status"], cli_env(database_url))
     assert table.exit_code == 0
     assert "oldest pending: 1.0 h" in table.stdout
-    assert "failed in the last 24 h: 1" in table.stdout
+    assert "failed in the last 24 h: 1 events" in table.stdout
 
 
 # ------------------------------------------------------------------------ requeue

@@ -253,10 +253,16 @@ def status_command(
         inbound.add_row(outcome, str(count))
     out.print(inbound)
     age = status["oldest_pending_age_seconds"]
+    failed = status["failed_deliveries_last_24h"]
     out.print(f"oldest pending: {_age(age)}; failed in the last 24 h: "
-              f"{status['failed_last_24h']}; recipients skipped in the last 24 h (no "
-              f"address): {status['skipped_recipients_last_24h']}; suppressed addresses: "
-              f"{status['suppressed_addresses']}")
+              f"{status['failed_last_24h']} events ({failed['email']} emails, {failed['chat']} "
+              f"chat messages); recipients skipped in the last 24 h (no address): "
+              f"{status['skipped_recipients_last_24h']}; suppressed addresses: "
+              f"{status['suppressed_addresses']}", soft_wrap=True)
+    for gone in status["disabled_chat_destinations"]:
+        out.print(f"[bold red]chat destination {plain(gone['name'])} is disabled[/] since "
+                  f"{plain(gone['since'])}: {plain(gone['reason'])} (fix its URL, or run "
+                  f"itsm-notify test-channel {plain(gone['name'])})", soft_wrap=True)
 
 
 def _age(seconds: float | None) -> str:
@@ -794,6 +800,30 @@ def test_email_command(
         raise typer.Exit(result.exit_code)
     total = sum(step.seconds for step in result.steps)
     out.print(f"[green]✓[/] Test email sent to {plain(address)} in {total * 1000:.0f} ms.",
+              soft_wrap=True)
+
+
+@app.command("test-channel")
+def test_channel_command(
+    name: Annotated[str, typer.Argument(help="The chat destination ([chat.NAME]).")],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Post one test message to a chat destination, showing each step; a destination
+    disabled because its webhook was gone is enabled again once it takes the message."""
+    from .ops.test_channel import send_test_message
+
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        engine = make_engine(settings.database_url)
+        result = send_test_message(settings, name, engine=engine, on_step=_present_step)
+    if result.failed_step:
+        out.print(f"[bold red]✗ {plain(result.failed_step)} failed:[/] "
+                  f"{plain(result.reply or '')}", soft_wrap=True)
+        out.print(f"[bold]Likely fix:[/] {plain(result.hint or '')}", soft_wrap=True)
+        raise typer.Exit(result.exit_code)
+    total = sum(step.seconds for step in result.steps)
+    out.print(f"[green]✓[/] Test message posted to {plain(name)} in {total * 1000:.0f} ms.",
               soft_wrap=True)
 
 

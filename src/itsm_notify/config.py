@@ -24,7 +24,8 @@ from dotenv import dotenv_values
 from .errors import ConfigError
 from .events.addresses import address_problem
 
-if TYPE_CHECKING:  # imported when used: an idle cron run reads no calendar
+if TYPE_CHECKING:  # imported when used: an idle cron run reads no calendar and no chat
+    from .channels.routes import ChatDestination
     from .timing.business_hours import BusinessCalendar
     from .timing.thresholds import Threshold
 
@@ -285,6 +286,9 @@ class Settings:
                                                   _parse_optional_str)
     amazon_ses_configuration_set_name: str | None = _setting(
         None, "AMAZON_SES_CONFIGURATION_SET_NAME", _parse_optional_str)
+    chat_destinations: tuple[ChatDestination, ...] = field(
+        default=(), repr=False, metadata={"env": None, "parse": None})
+    """The config file's ``[chat.<name>]`` tables (channels/routes.py), in order."""
 
     @property
     def from_domain(self) -> str:
@@ -323,7 +327,8 @@ def ticket_path(ticket_id: int) -> str:
     return f"/tickets/{ticket_id}/"
 
 
-ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)}
+ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)
+                             if f.metadata["env"]}
 
 
 def config_file_path(config_path: str | Path | None, env: Mapping[str, str],
@@ -354,10 +359,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _toml_values(path: Path | None) -> dict[str, Any]:
+def _toml_values(path: Path | None, data: Mapping[str, Any]) -> dict[str, Any]:
     if path is None:
         return {}
-    data = read_config_file(path)
     # Allow keys in the top level or under an [itsm_notify] table.
     values = dict(data.get("itsm_notify", {})) | {k: v for k, v in data.items()
                                                   if not isinstance(v, dict)}
@@ -383,8 +387,10 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     dotenv = {k: v for k, v in (dotenv_values(dotenv_path) if dotenv_path else {}).items()
               if v is not None}
+    path = config_file_path(config_path, env, dotenv)
+    data = read_config_file(path) if path is not None else {}
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("the config file", _toml_values(config_file_path(config_path, env, dotenv))),
+        ("the config file", _toml_values(path, data)),
         (".env", {name: dotenv[env_name] for name, env_name in ENV_NAMES.items()
                   if env_name in dotenv}),
         ("the environment", {name: env[env_name] for name, env_name in ENV_NAMES.items()
@@ -392,6 +398,8 @@ def load_settings(
         ("the command line", {k: v for k, v in (overrides or {}).items() if v is not None}),
     ]
     values: dict[str, Any] = {}
+    if "chat" in data:
+        values["chat_destinations"] = _chat_destinations(path, data["chat"], env, dotenv)
     for f in fields(Settings):
         for source, layer in layers:
             if f.name in layer:
@@ -404,6 +412,20 @@ def load_settings(
     settings = Settings(**values)
     validate(settings)
     return settings
+
+
+def _chat_destinations(path: Path | None, chat: Any, env: Mapping[str, str],
+                       dotenv: Mapping[str, str]) -> tuple[ChatDestination, ...]:
+    """The ``[chat.<name>]`` tables; their ``*_env`` keys read the environment, then
+    .env, as the settings are."""
+    from .channels.routes import parse_destinations
+    from .events.types import EVENT_TYPES
+
+    try:
+        return parse_destinations(chat, lambda name: env.get(name) or dotenv.get(name),
+                                  event_types=EVENT_TYPES)
+    except ConfigError as exc:
+        raise ConfigError(f"The config file {path}: {exc}") from None
 
 
 def _header_address_problem(value: str) -> str | None:

@@ -23,12 +23,13 @@ def _cut(text: str) -> str:
 def chat_message(ctx: EventContext, settings: Settings) -> ChatMessage | None:
     """The chat message of an event, or None when chat must not hear of it: an internal
     comment goes to no chat (as to no email; chat channels are read by more people than
-    a ticket's staff)."""
+    a ticket's staff). Statuses and priorities as the help desk labels them, the link
+    the staff's (chat is where staff are)."""
     kind, ticket = ctx.event.event_type, ctx.ticket
     if ctx.comment is not None and ctx.comment.is_internal:
         return None
     actor = ctx.actor.display_name if ctx.actor else "System"
-    status, summary = ticket.status, ""
+    status, summary = ticket.status_label or ticket.status, ""
     if kind == "ticket_created":
         summary = _cut(ticket.description)
     elif kind == "ticket_assigned":
@@ -36,11 +37,12 @@ def chat_message(ctx: EventContext, settings: Settings) -> ChatMessage | None:
         assignee = ctx.users.get(assignee_id) if assignee_id is not None else None
         summary = f"Assigned to {assignee.display_name}" if assignee else "Unassigned"
     elif kind == "status_changed":
-        status = str(ctx.payload.get("new_status", status))
-        summary = f"{ctx.payload.get('old_status', '?')} → {status}"
+        status = ctx.status_label(ctx.payload.get("new_status")) or status
+        summary = f"{ctx.status_label(ctx.payload.get('old_status')) or '?'} → {status}"
     elif kind == "comment_added" and ctx.comment is not None:
         summary = _cut(ctx.comment.body)
     return ChatMessage(event_type=kind, ticket_number=ticket.number, title=ticket.title,
-                       priority=ticket.priority, status=status, actor_name=actor,
-                       summary=summary, link=settings.ticket_url(ticket.id),
+                       priority=ticket.priority_label or ticket.priority, status=status,
+                       actor_name=actor, summary=summary,
+                       link=ticket.links.get("staff") or settings.ticket_url(ticket.id),
                        site_name=settings.site_name)

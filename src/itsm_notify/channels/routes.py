@@ -14,20 +14,17 @@ an event goes to.
 
 A filter left out matches everything; priorities and projects match without regard to
 case. ``url_env`` and ``secret_env`` are read from the environment, then ``.env``, as
-the settings are. Every mistake is a ``ConfigError`` naming the key.
+the settings are (``load_settings`` parses the tables into ``chat_destinations``).
+Every mistake is a ``ConfigError`` naming the key.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from dotenv import dotenv_values
-
-from ..config import Secret, config_file_path, read_config_file
+from ..config import Secret
 from ..errors import ConfigError
 
 KINDS = ("slack", "teams", "mattermost", "rocketchat", "webhook")
@@ -56,21 +53,26 @@ class ChatDestination:
     timeout: float = DEFAULT_TIMEOUT
     debug: bool = False
 
-    def matches(self, event_type: str, priority: str | None, project_name: str | None) -> bool:
+    def matches(self, event_type: str, priorities: Iterable[str],
+                project_name: str | None) -> bool:
+        """Whether an event goes here; ``priorities`` are the ticket's priority as
+        stored and as labelled (``1`` and ``1. Critical``): either may be named."""
         if self.events is not None and event_type not in self.events:
             return False
-        if self.priorities is not None and (priority or "").casefold() not in self.priorities:
+        if self.priorities is not None and \
+                not {p.casefold() for p in priorities} & self.priorities:
             return False
         return self.projects is None or (project_name or "").casefold() in self.projects
 
 
-def destinations_for(event_type: str, priority: str | None, project_name: str | None,
+def destinations_for(event_type: str, priorities: Iterable[str], project_name: str | None,
                      destinations: Iterable[ChatDestination], *,
                      debug: bool = False) -> list[ChatDestination]:
     """The destinations an event goes to, in configuration order. In debug mode only
     those marked ``debug = true`` (as email goes only to DEVELOPMENT_EMAIL)."""
+    wanted = tuple(priorities)
     return [d for d in destinations if (d.debug or not debug)
-            and d.matches(event_type, priority, project_name)]
+            and d.matches(event_type, wanted, project_name)]
 
 
 # --------------------------------------------------------------------- parsing
@@ -178,26 +180,3 @@ def parse_destinations(chat: Any, lookup: Callable[[str], str | None], *,
         raise ConfigError("chat must hold tables, one per destination: [chat.<name>].")
     return tuple(parse_destination(name, table, lookup, event_types=event_types)
                  for name, table in chat.items())
-
-
-def load_destinations(config_path: str | Path | None = None, *,
-                      environ: Mapping[str, str] | None = None,
-                      dotenv_path: str | Path | None = ".env",
-                      event_types: Collection[str] | None = None
-                      ) -> tuple[ChatDestination, ...]:
-    """The chat destinations of the config file in force (``--config``, else
-    ``ITSM_NOTIFY_CONFIG``), as ``load_settings`` finds it; none without a file."""
-    env = dict(os.environ if environ is None else environ)
-    dotenv = {k: v for k, v in (dotenv_values(dotenv_path) if dotenv_path else {}).items()
-              if v is not None}
-    path = config_file_path(config_path, env, dotenv)
-    if path is None:
-        return ()
-    data = read_config_file(path)
-    if "chat" not in data:
-        return ()
-    try:
-        return parse_destinations(data["chat"], lambda name: env.get(name) or dotenv.get(name),
-                                  event_types=event_types)
-    except ConfigError as exc:
-        raise ConfigError(f"The config file {path}: {exc}") from None

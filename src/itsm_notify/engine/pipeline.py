@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..channels.base import Outcome, Outgoing, RateLimiter, Transport
 
@@ -244,7 +244,7 @@ class Pipeline(Generic[B]):
         try:
             self.transport.deliver(self._messages(), limiter, self._add)
         except BaseException as exc:  # the main thread raises it (and stops queueing)
-            self._fail(exc)
+            self.fail(exc)
 
     def _add(self, outcome: Outcome, *, sent: bool = True) -> None:
         self._check()
@@ -256,11 +256,11 @@ class Pipeline(Generic[B]):
     # ------------------------------------------------------------ the recorder
 
     def _record(self) -> None:
-        """The recorder's thread: a failure anywhere stops the pipeline (``_fail``)."""
+        """The recorder's thread: a failure anywhere stops the pipeline (``fail``)."""
         try:
             self._record_until_closed()
         except BaseException as exc:
-            self._fail(exc)
+            self.fail(exc)
 
     def _record_until_closed(self) -> None:
         renewed = time.monotonic()
@@ -297,9 +297,57 @@ class Pipeline(Generic[B]):
                 if closing and not state.answers:
                     return
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """Stop the pipeline: ``exc`` is raised in the main thread."""
         with self._changed:
             if self.failure is None:
                 self.failure = exc
             self._changed.notify_all()
         self.permits.release(MAX_UNRECORDED * 1000)  # wake sessions waiting for a permit
+
+
+class SideTransport(Protocol):
+    """A transport of another channel's messages (``channels.chat.ChatTransport``)."""
+
+    def deliver(self, messages: Iterable[Any], limiter: RateLimiter,
+                answered: Callable[[Outcome], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SideChannel:
+    """Messages of another channel (chat), sent by a transport of their own in a thread
+    of their own, their answers written with the pipeline's batches (a batch counts them
+    among its unanswered messages). Close it before the pipeline: closing sends what is
+    queued and waits for every answer."""
+
+    def __init__(self, transport: SideTransport, pipeline: Pipeline[B]) -> None:
+        self.transport = transport
+        self._pipeline = pipeline
+        self._queue: queue.Queue[object | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._deliver, name="itsm-notify-side",
+                                        daemon=True)
+        self._thread.start()
+
+    def send(self, messages: Iterable[object]) -> None:
+        for message in messages:
+            self._queue.put(message)
+
+    def _deliver(self) -> None:
+        try:
+            self.transport.deliver(iter(self._queue.get, None), RateLimiter(),
+                                   self._pipeline.settle)
+        except BaseException as exc:  # the main thread raises it
+            self._pipeline.fail(exc)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self.transport.close()
+
+    def __enter__(self) -> SideChannel:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+

@@ -10,7 +10,9 @@ One batch, with a fixed number of database round trips:
 4. render the emails not yet accepted and hand them to the pipeline (engine/pipeline.py): the
    SMTP sessions send them while this thread renders the next ones and claims the next
    batch, and the recorder writes the answers in small groups, so a killed worker
-   re-sends at most the messages it had not yet recorded;
+   re-sends at most the messages it had not yet recorded; chat messages go to the
+   ``[chat.<name>]`` destinations the event is routed to, through the chat transport
+   beside it, their answers written with the same batch;
 5. once all its answers are written, finish the batch's events: done, failed with a
    reason, or back to pending for a retry.
 
@@ -25,15 +27,19 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..channels import make_transport
 from ..channels.base import Outcome, Outgoing, Transport
+from ..channels.chat import ChatOutgoing, ChatTransport, delivery_id
+from ..channels.messages import chat_message
+from ..channels.routes import destinations_for
 from ..compose.render import Renderer, address_digest, in_app_text, message_id, thread_id
 from ..config import Settings
 from ..errors import EventError, TransportError
@@ -60,9 +66,15 @@ from ..storage.deliveries import (
     suppressed_among,
     write_plan,
 )
+from ..storage.destinations import (
+    DisabledDestination,
+    disable_destination,
+    disabled_destinations,
+    url_digest,
+)
 from ..storage.outbox import EventOutcome, claim_events, finish_events, peek_events, renew_lease
 from .delivery_log import log_deliveries, setup_delivery_log
-from .pipeline import Batch, Pipeline
+from .pipeline import Batch, Pipeline, SideChannel
 from .retry import backoff, rate_limiter
 from .schedules import SummaryHold
 
@@ -100,6 +112,9 @@ class RunReport:
     emails_held: int = 0
     """Emails not sent: their users get them in a summary (engine/summaries.py)."""
     in_app_written: int = 0
+    chat_sent: int = 0
+    chat_deferred: int = 0
+    chat_failed: int = 0
     problems: list[str] = field(default_factory=list)
     planned: list[PlannedEmail] = field(default_factory=list)
     config_error: TransportError | None = None
@@ -117,16 +132,19 @@ class RunReport:
         if self.config_error is not None:
             return 2
         troubled = self.emails_deferred or self.emails_failed or self.events_failed \
-            or self.events_retrying or self.problems
+            or self.events_retrying or self.chat_deferred or self.chat_failed or self.problems
         return 1 if troubled else 0
 
     def summary(self) -> str:
         held = f", {self.emails_held} held for summaries" if self.emails_held else ""
+        chat = self.chat_sent + self.chat_deferred + self.chat_failed
+        chats = (f"; chat {self.chat_sent} sent, {self.chat_deferred} deferred, "
+                 f"{self.chat_failed} failed") if chat else ""
         return (f"{self.events_handled} events: {self.events_done} done, "
                 f"{self.events_retrying} to retry, {self.events_failed} failed; "
                 f"emails {self.emails_sent} sent, {self.emails_deferred} deferred, "
                 f"{self.emails_failed} failed, {self.emails_suppressed} suppressed, "
-                f"{self.emails_skipped} skipped{held}; {self.in_app_written} in-app")
+                f"{self.emails_skipped} skipped{held}; {self.in_app_written} in-app{chats}")
 
 
 def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
@@ -162,13 +180,23 @@ def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
 _unsubscribe_url = functools.lru_cache(maxsize=4096)(unsubscribe_url)
 
 
+Slot = tuple[str, str]
+"""(channel, recipient) of one of an event's deliveries."""
+
+
+def _label(slot: Slot) -> str:
+    """A delivery as an event's error names it: an address, or ``chat ops``."""
+    channel, recipient = slot
+    return recipient if channel == Channel.EMAIL else f"{channel} {recipient}"
+
+
 @dataclass
 class _EventWork:
-    """The email deliveries of one event as this batch sees them."""
+    """The email and chat deliveries of one event as this batch sees them."""
 
     ctx: EventContext
-    states: dict[str, str] = field(default_factory=dict)  # recipient → delivery state
-    errors: dict[str, str] = field(default_factory=dict)
+    states: dict[Slot, str] = field(default_factory=dict)  # → delivery state
+    errors: dict[Slot, str] = field(default_factory=dict)
     retry_at: list[datetime] = field(default_factory=list)
 
 
@@ -180,6 +208,9 @@ class _EventPlan:
     rows: list[dict[str, Any]] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     to_send: list[tuple[EventContext, EmailRecipient]] = field(default_factory=list)
+    to_chat: list[ChatOutgoing] = field(default_factory=list)
+    answered: list[Outcome] = field(default_factory=list)
+    """Deliveries decided without sending (to a disabled chat destination)."""
     summary_items: list[dict[str, Any]] = field(default_factory=list)
     suppressed: int = 0
     skipped: int = 0
@@ -221,6 +252,8 @@ class Sender:
         self.worker_id = worker_id or new_worker_id()
         self.on_progress = on_progress
         self.domain = settings.from_domain  # parsed once, not twice per message
+        self.destinations = settings.chat_destinations
+        self.disabled: dict[str, DisabledDestination] = {}
 
     # ---------------------------------------------------------------- the run
 
@@ -239,7 +272,8 @@ class Sender:
                     outcomes, batches, cast(list[int], renew), report),
                 finish=lambda batch: self._finish_batch(batch, report),
                 renew_every=lease.total_seconds() / 3,
-                one_cpu=self.settings.one_cpu) as pipeline:
+                one_cpu=self.settings.one_cpu) as pipeline, \
+                self._chat_channel(pipeline) as chat:
             while limit is None or claimed < limit:
                 if limiter.exhausted:
                     log.info("hourly rate ceiling (ITSM_RATE_PER_HOUR=%s) reached; the rest "
@@ -255,7 +289,7 @@ class Sender:
                 if not events:
                     break
                 claimed += len(events)
-                self.process_batch(events, pipeline, report)
+                self.process_batch(events, pipeline, report, chat)
                 if self.on_progress:
                     self.on_progress(len(events))
         if self.transport.gave_up:
@@ -264,15 +298,27 @@ class Sender:
                 report.problems.append(self.transport.gave_up)
         return report
 
+    def _chat_channel(self, pipeline: Pipeline[_SendBatch]
+                      ) -> SideChannel | nullcontext[None]:
+        """The chat transport beside the pipeline, when destinations are configured (the
+        disabled ones read once per run)."""
+        if not self.destinations:
+            return nullcontext()
+        self.disabled = disabled_destinations(self.engine)
+        return SideChannel(ChatTransport(connections=self.settings.smtp_connections),
+                           pipeline)
+
     def process_batch(self, events: list[OutboxEvent], pipeline: Pipeline[_SendBatch],
-                      report: RunReport) -> None:
+                      report: RunReport, chat: SideChannel | None = None) -> None:
         """Plan a claimed batch and hand its emails to the pipeline, rendered one by one
-        (the sessions send the first ones while the rest render)."""
+        (the sessions send the first ones while the rest render), and its chat messages
+        to the chat transport."""
         now = self.clock()
         settled: list[EventOutcome] = []
         contexts = self._contexts(events, settled)
         existing = load_deliveries(self.engine, [ctx.event.id for ctx in contexts])
-        works, to_send = self._plan(contexts, existing, report, now, settled)
+        works, to_send, to_chat, answered = self._plan(contexts, existing, report, now,
+                                                       settled)
         if works is None:
             # Another worker planned some of these events meanwhile (it took them over
             # when this worker's lease ran out): hand back those still ours, unsent, for
@@ -283,8 +329,13 @@ class Sender:
                         for ctx in contexts]
             works = {}
         pipeline.open(_SendBatch(keys=[event.id for event in events],
-                                 unanswered=len(to_send), started=now, works=works,
-                                 existing=existing, settled=settled))
+                                 unanswered=len(to_send) + len(to_chat) + len(answered),
+                                 started=now, works=works, existing=existing,
+                                 settled=settled))
+        for outcome in answered:
+            pipeline.settle(outcome)
+        if to_chat and chat is not None:
+            chat.send(to_chat)
         pipeline.send(self._render_each(to_send, pipeline))
 
     def _contexts(self, events: list[OutboxEvent],
@@ -303,7 +354,8 @@ class Sender:
     def _plan(self, contexts: list[EventContext], existing: dict[DeliveryKey, DeliveryRecord],
               report: RunReport, now: datetime, settled: list[EventOutcome]
               ) -> tuple[dict[int, _EventWork] | None,
-                         list[tuple[EventContext, EmailRecipient]]]:
+                         list[tuple[EventContext, EmailRecipient]], list[ChatOutgoing],
+                         list[Outcome]]:
         """Decide every delivery of the batch, store the new ones and the in-app rows,
         and list the emails still to send. An event whose planning raises (data of a shape
         no rule expected) goes to ``settled`` as failed with the reason; the rest go on."""
@@ -332,18 +384,22 @@ class Sender:
         except IntegrityError:
             log.warning("another worker took over events %s; leaving them to it",
                         sorted(plans))
-            return None, []
+            return None, [], [], []
         works: dict[int, _EventWork] = {}
         to_send: list[tuple[EventContext, EmailRecipient]] = []
+        to_chat: list[ChatOutgoing] = []
+        answered: list[Outcome] = []
         for event_id in written:
             plan = plans[event_id]
             works[event_id] = plan.work
             to_send += plan.to_send
+            to_chat += plan.to_chat
+            answered += plan.answered
             report.in_app_written += len(plan.notifications)
             report.emails_suppressed += plan.suppressed
             report.emails_skipped += plan.skipped
             report.emails_held += len(plan.summary_items)
-        return works, to_send
+        return works, to_send, to_chat, answered
 
     def _plan_event(self, ctx: EventContext, recipients: Recipients,
                     existing: dict[DeliveryKey, DeliveryRecord], suppressed: set[str],
@@ -363,11 +419,12 @@ class Sender:
             plan.rows.append(self._row(event_id, Channel.IN_APP, str(user_id), user_id,
                                        DeliveryState.SENT, now, sent_at=now))
         for recipient in recipients.email:
-            record = existing.get((event_id, Channel.EMAIL, recipient.key))
+            slot = (Channel.EMAIL, recipient.key)
+            record = existing.get((event_id, *slot))
             if record is not None and record.state in FINAL_DELIVERY_STATES:
-                work.states[recipient.key] = record.state
+                work.states[slot] = record.state
                 if record.state == DeliveryState.FAILED:  # an earlier attempt: the event fails
-                    work.errors[recipient.key] = record.last_error or "failed"
+                    work.errors[slot] = record.last_error or "failed"
                 continue
             if record is None:
                 state, error = DeliveryState.PENDING, None
@@ -382,7 +439,7 @@ class Sender:
                                            recipient.user_id, state, now, error=error,
                                            msg_id=self._message_id(ctx, recipient)))
                 if state != DeliveryState.PENDING:
-                    work.states[recipient.key] = state
+                    work.states[slot] = state
                     plan.suppressed += state == DeliveryState.SUPPRESSED
                     if state == DeliveryState.SKIPPED:
                         plan.skipped += 1
@@ -390,14 +447,54 @@ class Sender:
                                     recipient.address, error)
                     continue
             elif recipient.key in suppressed:
-                work.states[recipient.key] = DeliveryState.SUPPRESSED
+                work.states[slot] = DeliveryState.SUPPRESSED
                 plan.suppressed += 1
                 continue
             # A deferred delivery is retried whenever its event is claimed: the event's
             # available_at is the one retry clock (an operator may set it to now).
-            work.states[recipient.key] = DeliveryState.PENDING
+            work.states[slot] = DeliveryState.PENDING
             plan.to_send.append((ctx, recipient))
+        if self.destinations:
+            self._plan_chat(ctx, plan, existing, now)
         return plan
+
+    def _plan_chat(self, ctx: EventContext, plan: _EventPlan,
+                   existing: dict[DeliveryKey, DeliveryRecord], now: datetime) -> None:
+        """The event's chat messages: one per destination its routes choose (none for an
+        internal comment), a disabled destination's recorded as skipped."""
+        event = ctx.event
+        project = ctx.project.name if ctx.project else None
+        chosen = destinations_for(event.event_type,
+                                  (ctx.ticket.priority, ctx.ticket.priority_label), project,
+                                  self.destinations, debug=self.settings.debug)
+        message = chat_message(ctx, self.settings) if chosen else None
+        if message is None:
+            return
+        work = plan.work
+        for destination in chosen:
+            slot = (Channel.CHAT, destination.name)
+            record = existing.get((event.id, *slot))
+            if record is not None and record.state in FINAL_DELIVERY_STATES:
+                work.states[slot] = record.state
+                if record.state == DeliveryState.FAILED:
+                    work.errors[slot] = record.last_error or "failed"
+                continue
+            if record is None:
+                plan.rows.append(self._row(event.id, Channel.CHAT, destination.name, None,
+                                           DeliveryState.PENDING, now))
+            work.states[slot] = DeliveryState.PENDING
+            key = (event.id, *slot)
+            gone = self.disabled.get(destination.name)
+            if gone is not None and gone.url_digest == url_digest(destination.url):
+                plan.answered.append(Outcome(key, DeliveryState.SKIPPED, counts_as_attempt=False,
+                                             detail=(
+                    f"chat destination {destination.name!r} is disabled since "
+                    f"{gone.disabled_at:%Y-%m-%d %H:%M} UTC ({gone.reason}): give it a new "
+                    f"URL, or run itsm-notify test-channel {destination.name}")))
+                continue
+            plan.to_chat.append(ChatOutgoing(key=key, destination=destination, message=message,
+                                             delivery_id=delivery_id(event.id,
+                                                                     destination.name)))
 
     def _write_plans(self, plans: dict[int, _EventPlan],
                      settled: list[EventOutcome]) -> list[int]:
@@ -448,7 +545,7 @@ class Sender:
         current: tuple[int, dict[str, Any], str] | None = None  # one event's shared parts
         for ctx, recipient in to_send:
             event = ctx.event
-            key = (event.id, recipient.key)
+            key = (event.id, Channel.EMAIL, recipient.key)
             try:
                 if current is None or current[0] != event.id:
                     current = (event.id, renderer.event_variables(ctx), renderer.subject(ctx))
@@ -500,47 +597,60 @@ class Sender:
         now = self.clock()  # one reading for the group
         rows: list[dict[str, Any]] = []
         refused: list[tuple[str, int | None, str]] = []
+        gone: dict[str, str] = {}  # chat destination → why it is disabled
         lines: list[str] = []
         for outcome, batch in zip(outcomes, batches, strict=True):
-            event_id, recipient = cast(tuple[int, str], outcome.key)
-            record = batch.existing.get((event_id, Channel.EMAIL, recipient))
-            row = self._answer(batch.works[event_id], recipient, outcome,
+            event_id, channel, recipient = cast(DeliveryKey, outcome.key)
+            record = batch.existing.get((event_id, channel, recipient))
+            row = self._answer(batch.works[event_id], (channel, recipient), outcome,
                                record.attempts if record else 0, report, now)
             rows.append(row)
             if outcome.refused_recipient:
                 refused.append((recipient, outcome.code, outcome.detail))
+            if outcome.destination_gone:
+                gone[recipient] = outcome.detail
             code = outcome.code if outcome.code is not None else "-"
-            lines.append(f"event={event_id} channel=email recipient={recipient} "
+            lines.append(f"event={event_id} channel={channel} recipient={recipient} "
                          f"outcome={row['state']} code={code} detail={outcome.detail!r}")
         lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+
+        def alongside(conn: Connection) -> None:
+            renew_lease(conn, renew, worker_id=self.worker_id, until=lease_until)
+            urls = {d.name: d.url for d in self.destinations}
+            for name, reason in gone.items():
+                if name in urls:
+                    disable_destination(conn, name, urls[name], reason, now)
+
         try:
-            record_outcomes(self.engine, rows, refused, now, also=lambda conn: renew_lease(
-                conn, renew, worker_id=self.worker_id, until=lease_until))
+            record_outcomes(self.engine, rows, refused, now, also=alongside)
         except Exception:
             raise_if_database_down(self.engine)
-            self._record_one_by_one(rows, refused, batches, renew, lease_until, now)
+            self._record_one_by_one(rows, refused, batches, alongside, now)
+        for name, reason in gone.items():
+            log.warning("chat destination %r is gone (%s): disabled until its URL changes "
+                        "or test-channel reaches it", name, reason)
         log_deliveries(lines)
 
     def _record_one_by_one(self, rows: list[dict[str, Any]],
                            refused: list[tuple[str, int | None, str]],
-                           batches: list[_SendBatch], renew: list[int], lease_until: datetime,
+                           batches: list[_SendBatch], alongside: Callable[[Connection], None],
                            now: datetime) -> None:
         """The database refused a group of answers for a reason other than being down (a
         value it cannot store): write each alone; the event of one it still refuses
         fails with the reason, and the rest of the batch goes on."""
-        record_outcomes(self.engine, [], [], now, also=lambda conn: renew_lease(
-            conn, renew, worker_id=self.worker_id, until=lease_until))
+        record_outcomes(self.engine, [], [], now, also=alongside)
         for row, batch in zip(rows, batches, strict=True):
-            mine = [r for r in refused if r[0] == row["recipient"]]
+            mine = [r for r in refused if r[0] == row["recipient"]
+                    and row["channel"] == Channel.EMAIL]
             try:
                 record_outcomes(self.engine, [row], mine, now)
             except Exception as exc:
                 raise_if_database_down(self.engine)
                 work = batch.works[row["event_id"]]
-                work.states[row["recipient"]] = DeliveryState.FAILED
-                work.errors[row["recipient"]] = (
-                    f"its answer ({row['state']}) could not be stored "
-                    f"({describe_exception(exc)})")
+                slot = (row["channel"], row["recipient"])
+                work.states[slot] = DeliveryState.FAILED
+                work.errors[slot] = (f"its answer ({row['state']}) could not be stored "
+                                     f"({describe_exception(exc)})")
 
     def _finish_batch(self, batch: _SendBatch, report: RunReport) -> None:
         """End a batch whose answers are all written (the recorder's thread)."""
@@ -558,16 +668,18 @@ class Sender:
             if outcome.state == EventState.FAILED:
                 log.warning("event %s failed: %s", outcome.event_id, outcome.error)
 
-    def _answer(self, work: _EventWork, recipient: str, outcome: Outcome,
+    def _answer(self, work: _EventWork, slot: Slot, outcome: Outcome,
                 previous_attempts: int, report: RunReport, now: datetime) -> dict[str, Any]:
         """Turn a transport outcome into the delivery's new state (and its row)."""
+        channel, recipient = slot
         attempts = previous_attempts + (1 if outcome.counts_as_attempt else 0)
         state, error, retry_at = DeliveryState(outcome.status), outcome.detail, None
         if state == DeliveryState.DEFERRED:
             if attempts >= self.settings.max_attempts:
                 state = DeliveryState.FAILED
                 error = f"gave up after {attempts} attempts: {outcome.detail}"
-            elif self.transport.gave_up and not outcome.counts_as_attempt:
+            elif not outcome.counts_as_attempt and self.transport.gave_up \
+                    and channel == Channel.EMAIL:
                 retry_at = now  # the server was never reached: the next run tries again
                 work.retry_at.append(now)
             else:
@@ -575,16 +687,21 @@ class Sender:
                             timedelta(seconds=outcome.retry_after or 0))
                 retry_at = now + delay
                 work.retry_at.append(retry_at)
-        work.states[recipient] = state
+        work.states[slot] = state
         if state != DeliveryState.SENT:
-            work.errors[recipient] = error
-        report.emails_sent += state == DeliveryState.SENT
-        report.emails_deferred += state == DeliveryState.DEFERRED
-        report.emails_failed += state == DeliveryState.FAILED
-        return {"event_id": work.ctx.event.id, "channel": Channel.EMAIL, "recipient": recipient,
+            work.errors[slot] = error
+        if channel == Channel.CHAT:
+            report.chat_sent += state == DeliveryState.SENT
+            report.chat_deferred += state == DeliveryState.DEFERRED
+            report.chat_failed += state == DeliveryState.FAILED
+        else:
+            report.emails_sent += state == DeliveryState.SENT
+            report.emails_deferred += state == DeliveryState.DEFERRED
+            report.emails_failed += state == DeliveryState.FAILED
+        return {"event_id": work.ctx.event.id, "channel": channel, "recipient": recipient,
                 "state": state, "attempts": attempts, "last_code": outcome.code,
                 "last_error": None if state == DeliveryState.SENT else error,
-                "next_attempt_at": retry_at,
+                "next_attempt_at": retry_at, "provider_message_id": outcome.provider_id,
                 "sent_at": now if state == DeliveryState.SENT else None, "updated_at": now}
 
     def _finish(self, work: _EventWork, now: datetime) -> EventOutcome:
@@ -593,11 +710,11 @@ class Sender:
         waiting_states = (DeliveryState.DEFERRED, DeliveryState.PENDING)
         if any(state in waiting_states for state in states):
             retry_at = min(work.retry_at, default=now + backoff(1, self.settings))
-            waiting = [f"{r}: {e}" for r, e in work.errors.items()
+            waiting = [f"{_label(r)}: {e}" for r, e in work.errors.items()
                        if work.states[r] in waiting_states]
             return EventOutcome(event_id, EventState.PENDING, error="; ".join(waiting) or None,
                                 available_at=retry_at)
-        failed = [f"{r}: {e}" for r, e in work.errors.items()
+        failed = [f"{_label(r)}: {e}" for r, e in work.errors.items()
                   if work.states[r] == DeliveryState.FAILED]
         if failed:
             return EventOutcome(event_id, EventState.FAILED,

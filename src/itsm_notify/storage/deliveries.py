@@ -118,7 +118,7 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
 _ANSWERS = RowUpdate(
     deliveries, keys=["event_id", "channel", "recipient"],
     columns=["state", "attempts", "last_code", "last_error", "next_attempt_at", "sent_at",
-             "updated_at"],
+             "provider_message_id", "updated_at"],
     # A late answer (this worker's lease ran out and another worker finished the
     # delivery meanwhile) never overwrites a final state.
     where=[or_(deliveries.c.state == DeliveryState.PENDING,

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from ..events.model import OutboxEvent
 from ..states import Channel, DeliveryState, EventState
 from .database import RowUpdate, among
-from .schema import deliveries, outbox, suppressions
+from .schema import chat_destination_states, deliveries, outbox, suppressions
 
 # ----------------------------------------------------------------- the outbox queue
 
@@ -147,9 +147,9 @@ _FINISH = RowUpdate(
 
 
 def outbox_status(engine: Engine, *, now: datetime) -> dict[str, Any]:
-    """Counts by state, the age of the oldest pending event, failures in the last 24 h,
-    recipients skipped in the last 24 h (no address, or not an address), suppressed
-    addresses."""
+    """Counts by state, the age of the oldest pending event, failures in the last 24 h
+    (events, and deliveries by channel), recipients skipped in the last 24 h (no address,
+    or not an address), suppressed addresses, disabled chat destinations."""
     day_ago = now - timedelta(hours=24)
     with engine.connect() as conn:
         counts = dict.fromkeys(EventState, 0)
@@ -169,10 +169,23 @@ def outbox_status(engine: Engine, *, now: datetime) -> dict[str, Any]:
                 deliveries.c.state == DeliveryState.SKIPPED, deliveries.c.created_at >= day_ago)
         ).scalar_one()
         suppressed = conn.execute(select(func.count()).select_from(suppressions)).scalar_one()
+        failed_deliveries = dict.fromkeys((Channel.EMAIL, Channel.CHAT), 0)
+        for channel, count in conn.execute(
+            select(deliveries.c.channel, func.count()).where(
+                deliveries.c.state == DeliveryState.FAILED, deliveries.c.updated_at >= day_ago)
+            .group_by(deliveries.c.channel)
+        ):
+            failed_deliveries[channel] = count
+        disabled = [{"name": row.name, "since": row.disabled_at.isoformat(),
+                     "reason": row.reason}
+                    for row in conn.execute(select(chat_destination_states)
+                                            .order_by(chat_destination_states.c.name))]
     age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None
     return {"counts": {str(state): count for state, count in counts.items()},
             "oldest_pending_age_seconds": age, "failed_last_24h": failed_24h,
-            "skipped_recipients_last_24h": skipped_24h, "suppressed_addresses": suppressed}
+            "skipped_recipients_last_24h": skipped_24h, "suppressed_addresses": suppressed,
+            "failed_deliveries_last_24h": {str(c): n for c, n in failed_deliveries.items()},
+            "disabled_chat_destinations": disabled}
 
 
 def requeue_failed(engine: Engine, *, event_ids: Sequence[int] | None, now: datetime) -> int:

@@ -203,9 +203,25 @@ deliveries = Table(
     Column("created_at", Timestamp, nullable=False, server_default=utc_now()),
     Column("updated_at", Timestamp),
     Column("sent_at", Timestamp),
+    # the id an HTTP provider gave the accepted message (SendGrid's X-Message-Id, SES's
+    # MessageId, a Teams workflow run), to match its later events
+    Column("provider_message_id", String(255)),
     UniqueConstraint("event_id", "channel", "recipient", name="uq_delivery"),
     Index("ix_deliveries_sent_at", "channel", "sent_at"),
 )
+
+chat_destination_states = Table(
+    "chat_destination_states", metadata,
+    Column("name", String(100), primary_key=True),
+    # which URL was found gone: a destination whose URL is changed in the configuration
+    # is enabled again
+    Column("url_digest", String(64), nullable=False),
+    Column("disabled_at", Timestamp, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+"""Chat destinations disabled because their webhook answered that it is gone (404, 410,
+Slack's ``channel_is_archived`` ...): nothing is sent there until the URL changes or
+``test-channel`` reaches it again."""
 
 suppressions = Table(
     "email_suppressions", metadata,

@@ -2,7 +2,7 @@
 held for summaries and the summaries made.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-07
 """
 
