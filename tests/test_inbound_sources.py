@@ -30,6 +30,8 @@ import inbound_mail as mail
 from contract_app import create_schema, run_cli, seed_helpdesk, smtp_env
 from django_apps.helpdesk_site import HelpdeskSite
 from django_apps.spire import run_spire
+from itsm_notify.errors import EventError
+from itsm_notify.events.types import parse_payload
 from itsm_notify.states import InboundOutcome
 from itsm_notify.storage import schema
 from smtp_server import ReceivedMessage, SmtpSink
@@ -69,6 +71,13 @@ def last_record(url: str) -> dict[str, Any]:
                                      .limit(1)).one()._mapping)
     finally:
         engine.dispose()
+
+
+def test_an_event_may_name_an_actor_without_an_account_by_address() -> None:
+    assert parse_payload("comment_added", '{"comment_id": 7, "actor_email": " Sam@Example.com"}'
+                         ) == {"comment_id": 7, "actor_email": "sam@example.com"}
+    with pytest.raises(EventError, match="'actor_email' must be an email address"):
+        parse_payload("comment_added", '{"comment_id": 7, "actor_email": "sam"}')
 
 
 # ------------------------------------------------------------------ django-helpdesk
@@ -167,6 +176,10 @@ def test_new_mail_becomes_a_django_helpdesk_ticket_in_the_configured_queue(
     refused = receive(env, new)
     assert refused["outcome"] == InboundOutcome.REFUSED
     assert "set it to the slug" in refused["reason"] and refused["raw"] is not None
+
+    other = mail.plain_mail("zoe@newcorp.example", "it@example.com", "Toner", "Empty.")
+    wrong = run_cli(["receive"], {**env, "ITSM_INBOUND_QUEUE": "hr"}, input=other)
+    assert wrong.exit_code == 2 and "'hr', which is no django-helpdesk queue" in wrong.stderr
 
     env["ITSM_INBOUND_QUEUE"] = "it"
     again = run_cli(["inbound", "reprocess", str(refused["id"])], env)

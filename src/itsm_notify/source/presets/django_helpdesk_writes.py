@@ -177,12 +177,13 @@ class DjangoHelpdeskWriter:
         return ticket_id
 
     def may_write(self, conn: Connection, ticket_id: int, author: Person) -> bool:
+        target = self._target(conn, ticket_id)
         ticket = conn.execute(select(_tickets.c.submitter_email, _tickets.c.assigned_to_id)
-                              .where(_tickets.c.id == self._target(conn, ticket_id))).first()
+                              .where(_tickets.c.id == target)).first()
         if ticket is None:
             return False
-        ccs = conn.execute(select(_ccs.c.user_id, _ccs.c.email).where(
-            _ccs.c.ticket_id == self._target(conn, ticket_id))).all()
+        ccs = conn.execute(select(_ccs.c.user_id, _ccs.c.email)
+                           .where(_ccs.c.ticket_id == target)).all()
         staff: frozenset[int] = frozenset()
         if author.user_id is not None and conn.execute(select(_users.c.is_staff).where(
                 _users.c.id == author.user_id)).scalar():
