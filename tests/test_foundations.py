@@ -68,6 +68,13 @@ def _one_event_of_each_type(engine: Engine, ids: dict[str, int]) -> dict[str, in
         "comment_added": (ids["vpn"], ids["bob"], {"comment_id": ids["c_bob"]}),
         "overdue": (overdue, None, {"recipient": {"user_id": ops},
                                     "ticket_ids": [overdue], "total": 1}),
+        "due_soon": (ids["vpn"], None, {"recipient": {"address": "ops@example.com"},
+                                        "ticket_ids": [ids["vpn"]], "thresholds": ["4h"],
+                                        "total": 1}),
+        "summary": (ids["vpn"], None, {"recipient": {"user_id": ids["bob"]}, "kind": "daily",
+                                       "items": [{"ticket_id": ids["vpn"], "text": "x",
+                                                  "event_type": "status_changed",
+                                                  "at": "2026-06-01T09:00:00"}], "total": 1}),
     }
     assert set(payloads) == set(EVENT_TYPES), "a new event type needs its case here"
     return {kind: add_event(engine, kind, ticket, actor, payload)
@@ -104,6 +111,8 @@ def test_an_events_recipients_never_depend_on_what_else_is_in_its_batch(
     ops = next(u["id"] for u in _users(engine) if u["username"] == "ops")
     assert ops in together[events["ticket_created"]][1]
     assert together[events["overdue"]] == (["ops@example.com"], [])
+    assert together[events["due_soon"]] == (["ops@example.com"], [])
+    assert together[events["summary"]] == (["bob@example.com"], [])
 
 
 def _users(engine: Engine) -> list[dict[str, Any]]:

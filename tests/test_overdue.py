@@ -24,7 +24,7 @@ from contract_app import (
 from contract_app import utcnow as helpdesk_now
 from itsm_notify.compose.present import overdue_for
 from itsm_notify.config import Settings, load_settings
-from itsm_notify.engine import overdue
+from itsm_notify.engine import scans
 from itsm_notify.engine.overdue import overdue_scan
 from itsm_notify.engine.sender import send_pending
 from itsm_notify.source import load_source
@@ -385,7 +385,7 @@ def test_debug_redirect(sqlite_url: str, smtp_sink: SmtpSink) -> None:
 
 def test_long_digest_lists_the_most_overdue_and_counts_the_rest(
         sqlite_url: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(overdue, "MAX_LISTED", 2)
+    monkeypatch.setattr(scans, "MAX_LISTED", 2)
     desk = {"engine": create_schema(sqlite_url), "url": sqlite_url}
     desk["alice"] = add_user(desk["engine"], "alice")
     desk["bob"] = add_user(desk["engine"], "bob")
@@ -472,7 +472,7 @@ def test_query_walks_the_due_date_index(sqlite_url: str) -> None:
     engine = create_schema(sqlite_url)
     source = load_source(load_settings({"database_url": sqlite_url}, environ={},
                                        dotenv_path=None))
-    query = source.overdue_query(NOW, ("resolved", "closed"))
+    query = source.due_query(NOW, ("resolved", "closed"), past=True)
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(

@@ -38,10 +38,12 @@ suppression_app = typer.Typer(help="Addresses never mailed (5xx refusals land he
 config_app = typer.Typer(help="Effective configuration.", no_args_is_help=True)
 inbound_app = typer.Typer(help="Inbound mail: what came back, and what became of it.",
                           no_args_is_help=True)
+preference_app = typer.Typer(help="Users' notification preferences.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(inbound_app, name="inbound")
 app.add_typer(suppression_app, name="suppression")
 app.add_typer(config_app, name="config")
+app.add_typer(preference_app, name="preference")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -618,24 +620,146 @@ def _present_planned_digests(report: Any) -> None:
 
 
 @app.command("scheduler")
-def scheduler_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
-    """Run send-pending every ITSM_SEND_INTERVAL_SECONDS, overdue-scan on ITSM_OVERDUE_CRON
-    and, with ITSM_INBOUND_URL, fetch-mail every ITSM_FETCH_INTERVAL_SECONDS, until
-    stopped (SIGTERM or Ctrl-C finish the runs in hand, then exit 0)."""
+def scheduler_command(
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, max=65535, show_default=False,
+        help="Also serve Prometheus metrics on http://127.0.0.1:N/metrics.")] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Run send-pending every ITSM_SEND_INTERVAL_SECONDS, overdue-scan on ITSM_OVERDUE_CRON,
+    due-soon-scan on ITSM_DUE_SOON_CRON, send-summaries every minute and, with
+    ITSM_INBOUND_URL, fetch-mail every ITSM_FETCH_INTERVAL_SECONDS, until stopped (SIGTERM
+    or Ctrl-C finish the runs in hand, then exit 0)."""
     from .ops.scheduler import run_scheduler
 
     setup_logging()
     with friendly_errors():
         settings, engine = open_database(config, database_url)
-        run_scheduler(settings, engine, on_started=_present_schedule)
+        run_scheduler(settings, engine, on_started=_present_schedule,
+                      metrics_port=metrics_port)
 
 
-def _present_schedule(jobs: list[Any]) -> None:
-    for job in jobs:
+def _present_schedule(scheduler: Any) -> None:
+    for job in scheduler.jobs():
         when = f"{job.next_run:%Y-%m-%d %H:%M:%S %Z}" if job.next_run else "not scheduled"
         err.print(f"Scheduled {job.name} {job.schedule}; next run {when}.", markup=False,
                   soft_wrap=True)
+    if scheduler.metrics is not None:
+        err.print(f"Serving metrics on {scheduler.metrics.url}.", markup=False, soft_wrap=True)
     err.print("Stop with Ctrl-C or SIGTERM: the runs in hand finish first.", soft_wrap=True)
+
+
+# ------------------------------------------------------- when to notify (issue 18)
+
+
+@app.command("due-soon-scan")
+def due_soon_scan_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show who would be warned of "
+                                          "what; change nothing.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Warn assignees (unassigned: the team, then ADMINS) of tickets nearing their due date,
+    at the ITSM_DUE_SOON thresholds, in business hours."""
+    from .engine.due_soon import due_soon_scan
+
+    setup_logging()
+    with friendly_errors():
+        settings, engine = open_database(config, database_url)
+        if not settings.due_soon_thresholds:
+            raise ConfigError("ITSM_DUE_SOON is not set, so there is nothing to warn about: "
+                              "set the thresholds, e.g. '4h, 80%'.")
+        report = due_soon_scan(settings, dry_run=dry_run, engine=engine)
+    if dry_run:
+        _present_planned_digests(report)
+        return
+    present_run("due-soon-scan", report.summary(), report.problems, report.warnings_queued > 0)
+    stop_on_config_error(report.delivery.config_error)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("send-summaries")
+def send_summaries_command(config: ConfigOption = None,
+                           database_url: DatabaseOption = None) -> None:
+    """Send the summaries whose window has closed (users on hourly or daily), and what was
+    collected for users back on immediate. Safe from cron on several hosts at once."""
+    from .engine.summaries import send_summaries
+
+    setup_logging()
+    with friendly_errors():
+        settings, engine = open_database(config, database_url)
+        report = send_summaries(settings, engine=engine)
+    present_run("send-summaries", report.summary(), report.problems, report.summaries_made > 0)
+    stop_on_config_error(report.delivery.config_error)
+    raise typer.Exit(report.exit_code)
+
+
+@preference_app.command("frequency")
+def preference_frequency(
+    user_id: Annotated[int, typer.Argument(help="The user's id.", show_default=False)],
+    frequency: Annotated[str, typer.Argument(help="immediate, hourly or daily.",
+                                             show_default=False)],
+    hour: Annotated[int, typer.Option(min=0, max=23, help="daily: the hour of the user's day "
+                                      "at which the summary goes out.")] = 8,
+    time_zone: Annotated[str | None, typer.Option(
+        "--time-zone", show_default=False,
+        help="An IANA zone such as Europe/Berlin (default: ITSM_TIME_ZONE, else UTC).")
+    ] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Set how often USER_ID gets email: every one at once (immediate), or one summary an
+    hour (hourly) or a day (daily)."""
+    from sqlalchemy import select
+
+    from .engine.schedules import set_frequency
+    from .engine.summaries import open_items
+    from .storage.schema import users
+    from .timing.business_hours import parse_time_zone
+    from .timing.windows import Frequency, parse_frequency
+
+    with friendly_errors():
+        try:
+            chosen = parse_frequency(frequency)
+        except ValueError as exc:
+            raise ConfigError(str(exc)[0].upper() + str(exc)[1:]) from None
+        if time_zone:
+            parse_time_zone(time_zone, "--time-zone")
+        settings, engine = open_database(config, database_url)
+        with database_errors(settings.database_url):
+            with engine.connect() as conn:
+                if conn.execute(select(users.c.id).where(users.c.id == user_id)).first() is None:
+                    raise ConfigError(f"There is no user with id {user_id}: give the id of "
+                                      "one of the help desk's users.")
+            set_frequency(engine, user_id, chosen, daily_hour=hour, time_zone=time_zone,
+                          now=utcnow())
+            with engine.connect() as conn:
+                waiting = open_items(conn, [user_id]).get(user_id, 0)
+    zone = time_zone or settings.time_zone or "UTC"
+    if chosen is Frequency.DAILY:
+        told = f"User {user_id} now gets one summary a day at {hour:02d}:00 ({zone})."
+    elif chosen is Frequency.HOURLY:
+        told = f"User {user_id} now gets one summary an hour."
+    else:
+        collected = "the update collected so far goes" if waiting == 1 else \
+            f"the {waiting} updates collected so far go"
+        note = f"; {collected} out with the next send-summaries run" if waiting else ""
+        told = f"User {user_id} now gets every email at once{note}."
+    err.print(told, markup=False, soft_wrap=True)
+
+
+@app.command("metrics")
+def metrics_command(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Print the Prometheus metrics (text format), e.g. for node_exporter's textfile
+    collector from cron."""
+    from .ops.metrics import load_snapshot, render_metrics
+
+    with friendly_errors():
+        settings, engine = open_database(config, database_url)
+        with database_errors(settings.database_url):
+            snapshot = load_snapshot(engine, utcnow())
+    sys.stdout.write(render_metrics(snapshot).decode())
 
 
 @app.command("test-email")

@@ -16,13 +16,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from email.header import decode_header, make_header
 from email.utils import getaddresses
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dotenv import dotenv_values
 
 from .errors import ConfigError
 from .events.addresses import address_problem
+
+if TYPE_CHECKING:  # imported when used: an idle cron run reads no calendar
+    from .timing.business_hours import BusinessCalendar
+    from .timing.thresholds import Threshold
 
 
 class Secret(str):
@@ -235,6 +240,17 @@ class Settings:
     overdue_realert_hours: float = _setting(24.0, "ITSM_OVERDUE_REALERT_HOURS", _parse_float)
     send_interval_seconds: int = _setting(60, "ITSM_SEND_INTERVAL_SECONDS", _parse_int)
     overdue_cron: str = _setting("0 * * * *", "ITSM_OVERDUE_CRON", _parse_str)
+    time_zone: str | None = _setting(None, "ITSM_TIME_ZONE", _parse_optional_str)
+    due_soon: str = _setting("", "ITSM_DUE_SOON", _parse_str)
+    due_soon_cron: str = _setting("*/5 * * * *", "ITSM_DUE_SOON_CRON", _parse_str)
+    due_soon_anytime_priorities: tuple[str, ...] = _setting(
+        ("critical",), "ITSM_DUE_SOON_ANYTIME_PRIORITIES", _parse_list)
+    business_hours: str | None = _setting(None, "ITSM_BUSINESS_HOURS", _parse_optional_str)
+    business_time_zone: str | None = _setting(None, "ITSM_BUSINESS_TIME_ZONE",
+                                              _parse_optional_str)
+    holidays: str | None = _setting(None, "ITSM_HOLIDAYS", _parse_optional_str)
+    summary_bypass_priorities: tuple[str, ...] = _setting(
+        ("critical",), "ITSM_SUMMARY_BYPASS_PRIORITIES", _parse_list)
     inbound_url: str | None = _setting(None, "ITSM_INBOUND_URL", _parse_optional_str)
     inbound_password: Secret = _setting(
         Secret(""), "ITSM_INBOUND_PASSWORD", _parse_secret, repr=False)
@@ -292,6 +308,24 @@ class Settings:
 
     def ticket_url(self, ticket_id: int) -> str:
         return f"{self.site_url}{ticket_path(ticket_id)}"
+
+    @cached_property
+    def business_calendar(self) -> BusinessCalendar:
+        """ITSM_BUSINESS_HOURS, ITSM_BUSINESS_TIME_ZONE and ITSM_HOLIDAYS as a calendar
+        (always open when no hours are set); read once, the holidays file included."""
+        from .timing.business_hours import load_calendar
+
+        return load_calendar(business_hours=self.business_hours,
+                             time_zone=self.business_time_zone,
+                             default_time_zone=self.time_zone, holidays=self.holidays)
+
+    @cached_property
+    def due_soon_thresholds(self) -> tuple[Threshold, ...]:
+        """ITSM_DUE_SOON's thresholds (none: no due-soon warnings)."""
+        from .timing.thresholds import parse_thresholds
+
+        return parse_thresholds(self.due_soon,
+                                business_hours=not self.business_calendar.always_open)
 
 
 def ticket_path(ticket_id: int) -> str:
@@ -448,6 +482,7 @@ def validate(settings: Settings) -> None:
     if settings.overdue_realert_hours < 0:
         raise ConfigError("ITSM_OVERDUE_REALERT_HOURS cannot be negative: use 0 to alert on "
                           "every scan.")
+    _validate_timing(settings)
     _validate_http_backend(settings)
 
 
@@ -477,6 +512,18 @@ def _validate_inbound_addresses(settings: Settings) -> None:
         if problem := address_problem(address):
             raise ConfigError(f"ITSM_INBOUND_ADDRESSES has {address!r}, {problem}: list bare "
                               "addresses separated by commas.")
+
+
+def _validate_timing(settings: Settings) -> None:
+    """The time zone, the business hours and the due-soon thresholds parse (each error
+    names its setting); the holidays file is read here, once. Nothing to read when none
+    is set."""
+    if settings.time_zone:
+        from .timing.business_hours import parse_time_zone
+
+        parse_time_zone(settings.time_zone, "ITSM_TIME_ZONE")
+    if settings.due_soon or settings.business_hours or settings.holidays:
+        settings.due_soon_thresholds  # noqa: B018 (parsed now, with the calendar, or refused)
 
 
 _API_KEYS = {"sendgrid": ("sendgrid_api_key", "the API key SendGrid gave you (Settings > API "

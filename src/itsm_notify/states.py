@@ -34,10 +34,14 @@ class DeliveryState(StrEnum):
     """The address is on the suppression list."""
     SKIPPED = "skipped"
     """No address at all, or not an address."""
+    HELD = "held"
+    """Not sent on its own: the user asked for hourly or daily summaries, and the event
+    waits for the next one as an item (``notification_summary_items``)."""
 
 
 FINAL_DELIVERY_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED,
-                                   DeliveryState.SUPPRESSED, DeliveryState.SKIPPED})
+                                   DeliveryState.SUPPRESSED, DeliveryState.SKIPPED,
+                                   DeliveryState.HELD})
 """States a delivery never leaves (a retry of its event skips it)."""
 
 

@@ -34,6 +34,18 @@ def overdue_for(due_at: datetime, now: datetime) -> str:
     return "just overdue"
 
 
+def due_in(due_at: datetime, now: datetime) -> str:
+    """How long until due, in the largest whole unit: "due in 3 hours", "due in 1 day"."""
+    seconds = int((due_at - now).total_seconds())
+    if seconds <= 0:
+        return "due now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            amount = seconds // size
+            return f"due in {amount} {unit}{'s' if amount != 1 else ''}"
+    return "due in less than a minute"
+
+
 def name_of(users: Mapping[int, User], user_id: int | None, default: str = "") -> str:
     user = users.get(user_id) if user_id is not None else None
     return user.display_name if user is not None else default

@@ -19,15 +19,11 @@ range ``due_at < now``; the alert history is joined to the same range and the op
 are read for the people found, so a scan costs a few queries whatever the size of the
 help desk.
 
-A scan plans its digests and, in the same transaction, remembers each (ticket,
-recipient) alert (``overdue_alerts``: the due date alerted, and when) and writes each
-digest as an ``overdue`` outbox event. The transaction holds the scan's lock row
-(``itsm_notify_locks``), so scans on several hosts at once take turns and each alert is
-written once. The digests then go through the one delivery path every event takes
-(engine/sender.py): delivery rows, 4xx retries with backoff and ``ITSM_MAX_ATTEMPTS``,
-5xx refusals suppressed, the same Message-ID on every retry, ``status``, ``requeue`` and
-the delivery log. A digest deferred by the server is retried by send-pending, not sent
-again by the next scan.
+A scan (engine/scans.py) plans its digests and, in the same transaction, remembers each
+(ticket, recipient) alert (``overdue_alerts``: the due date alerted, and when) and
+writes each digest as an ``overdue`` outbox event, under the scan's lock row; the
+digests then go through the one delivery path every event takes. A digest deferred by
+the server is retried by send-pending, not sent again by the next scan.
 
 Re-alert window: a ticket is listed again for the same recipient only after
 ``ITSM_OVERDUE_REALERT_HOURS``, or at once when its due date moved (the new date re-arms
@@ -37,31 +33,36 @@ repeat what the person was told an hour ago.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, false, insert, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.engine import Connection
 
 from ..channels.base import Transport
 from ..compose.headers import one_line
 from ..config import Settings
-from ..events.addresses import address_problem
-from ..events.audience import EmailRecipient
 from ..events.model import User
-from ..events.types import MAX_LISTED
-from ..source import Source, load_source
-from ..states import Channel, EventState
-from ..storage.database import among, database_errors, hold_lock, make_engine, utcnow
-from ..storage.deliveries import insert_many, suppressed_among
-from ..storage.schema import outbox, overdue_alerts, preferences
-from .sender import RunReport, Sender
+from ..source import Source
+from ..source.base import naive_utc
+from ..storage.database import among, database_errors, make_engine, utcnow
+from ..storage.deliveries import insert_many
+from ..storage.schema import overdue_alerts
+from .scans import (
+    CHUNK,
+    Digest,
+    DigestScan,
+    ScanReport,
+    admin_recipients,
+    digest_event,
+    load_admin_accounts,
+    load_opted_out,
+    recipient_of,
+)
 
 EVENT_TYPE = "overdue"
-_CHUNK = 500  # ids per IN list when recording alerts
 LOCK = "overdue-scan"
 
 
@@ -76,39 +77,14 @@ class OverdueTicket:
     assignee: User | None
 
 
-@dataclass
-class Digest:
-    """The tickets one recipient is told about in this scan, most overdue first."""
-
-    recipient: EmailRecipient
-    tickets: list[OverdueTicket] = field(default_factory=list)
-
-    @property
-    def key(self) -> str:
-        return self.recipient.key
+OverdueDigest = Digest[OverdueTicket]
 
 
 @dataclass
-class PlannedDigest:
-    """One row of a dry run, or of a scan's record of what it did."""
-
-    recipient: str
-    tickets: int
-    subject: str
-    note: str = ""
-
-
-@dataclass
-class OverdueReport:
+class OverdueReport(ScanReport):
     overdue_tickets: int = 0
-    digests_queued: int = 0
     tickets_alerted: int = 0
     within_window: int = 0
-    opted_out: int = 0
-    unrouted: int = 0
-    planned: list[PlannedDigest] = field(default_factory=list)
-    delivery: RunReport = field(default_factory=RunReport)
-    """How the digests went: the engine's report of sending them."""
 
     @property
     def digests_sent(self) -> int:
@@ -131,18 +107,8 @@ class OverdueReport:
         return self.delivery.emails_skipped
 
     @property
-    def problems(self) -> list[str]:
-        return self.delivery.problems
-
-    @property
     def digests(self) -> int:
         return self.digests_queued
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every digest went out; 1 when one was deferred or failed; 2 when the
-        channel refused the configuration."""
-        return self.delivery.exit_code
 
     def summary(self) -> str:
         text = (f"{self.overdue_tickets} overdue tickets; {self.digests_queued} digests "
@@ -158,15 +124,10 @@ class OverdueReport:
 # ------------------------------------------------------------------------ reading
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    """Timestamps compare as naive UTC, as the tool's columns store them."""
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-
-
 def find_overdue(source: Source, conn: Connection, now: datetime) -> list[OverdueTicket]:
     """Every overdue ticket with its assignee, most overdue first (two queries: the
     tickets past due and not closed, by the due-date index; their assignees)."""
-    found = source.overdue(conn, now, source.mapping.closed_statuses)
+    found = source.due_tickets(conn, now, past=True)
     assignees = source.users(conn, {t.assignee_id for t in found if t.assignee_id})
     return [OverdueTicket(id=t.id, number=t.number, title=t.title,
                           priority=t.priority_label or t.priority,
@@ -183,41 +144,15 @@ def load_history(conn: Connection, ticket_ids: Sequence[int]) -> AlertHistory:
     """The alert history of the tickets overdue now."""
     history: AlertHistory = {}
     ids = sorted(set(ticket_ids))
-    for start in range(0, len(ids), _CHUNK):
+    for start in range(0, len(ids), CHUNK):
         for r in conn.execute(select(overdue_alerts).where(
-                among(conn, overdue_alerts.c.ticket_id, ids[start:start + _CHUNK]))):
-            history[(r.ticket_id, r.recipient)] = (_naive_utc(r.due_at),
-                                                   _naive_utc(r.alerted_at))
+                among(conn, overdue_alerts.c.ticket_id, ids[start:start + CHUNK]))):
+            history[(r.ticket_id, r.recipient)] = (naive_utc(r.due_at) or r.due_at,
+                                                   naive_utc(r.alerted_at) or r.alerted_at)
     return history
 
 
-def load_admin_accounts(source: Source, conn: Connection) -> dict[str, User]:
-    """Active user accounts behind ADMINS addresses, by lower-case address: such an admin
-    is greeted by name, gets an unsubscribe link and has their preferences honoured."""
-    admins = [admin.email for admin in source.settings.admins]
-    return source.admin_accounts(source.users(conn, (), emails=admins)) if admins else {}
-
-
-def load_opted_out(conn: Connection, user_ids: Iterable[int]) -> set[int]:
-    """The users among ``user_ids`` who turned overdue email off."""
-    ids = sorted(set(user_ids))
-    opted_out: set[int] = set()
-    for start in range(0, len(ids), _CHUNK):
-        opted_out.update(conn.execute(select(preferences.c.user_id).where(
-            preferences.c.event_type == EVENT_TYPE, preferences.c.channel == Channel.EMAIL,
-            preferences.c.enabled == false(),
-            among(conn, preferences.c.user_id, ids[start:start + _CHUNK]))).scalars())
-    return opted_out
-
-
 # ----------------------------------------------------------------------- planning
-
-
-def _user_recipient(user: User | None) -> EmailRecipient | None:
-    if user is None or not user.is_active or not (user.email or "").strip():
-        return None
-    return EmailRecipient(address=(user.email or "").strip(), name=user.display_name,
-                          first_name=user.first_name, user_id=user.id)
 
 
 def alert_due(history: AlertHistory, ticket: OverdueTicket, recipient: str, now: datetime,
@@ -233,17 +168,14 @@ def alert_due(history: AlertHistory, ticket: OverdueTicket, recipient: str, now:
 
 def plan_digests(overdue: Iterable[OverdueTicket], settings: Settings, history: AlertHistory,
                  opted_out: set[int], now: datetime, report: OverdueReport,
-                 admin_accounts: dict[str, User] | None = None) -> list[Digest]:
+                 admin_accounts: dict[str, User] | None = None) -> list[OverdueDigest]:
     """Group the overdue tickets into one digest per address (pure)."""
     window = timedelta(hours=settings.overdue_realert_hours)
-    accounts = admin_accounts or {}
-    admins = [_user_recipient(accounts.get(a.email.lower())) or
-              EmailRecipient(address=a.email, name=a.name) for a in settings.admins]
-    digests: dict[str, Digest] = {}
+    admins = admin_recipients(settings, admin_accounts or {})
+    digests: dict[str, OverdueDigest] = {}
     for ticket in overdue:
         report.overdue_tickets += 1
-        assignee = ticket.assignee
-        recipient = _user_recipient(assignee)
+        recipient = recipient_of(ticket.assignee)
         targets = [recipient] if recipient is not None else admins
         if not targets:
             report.unrouted += 1
@@ -257,122 +189,65 @@ def plan_digests(overdue: Iterable[OverdueTicket], settings: Settings, history: 
     return list(digests.values())
 
 
-def digest_subject(digest: Digest) -> str:
-    """Contract §3: the ticket's subject for one, a count for several (what the digest's
-    event will be sent with; shown by a dry run)."""
+def digest_subject(digest: OverdueDigest) -> str:
+    """Contract §3: the ticket's subject for one, a count for several."""
     if len(digest.tickets) == 1:
         ticket = digest.tickets[0]
         return f"Overdue Ticket: {one_line(ticket.title)} ({one_line(ticket.number)})"
     return f"Overdue Tickets: {len(digest.tickets)} tickets past due"
 
 
-def digest_event(digest: Digest, now: datetime) -> dict[str, Any]:
-    """The outbox row of one digest: an ``overdue`` event for its one recipient, listing
-    the most overdue tickets (``MAX_LISTED``) and counting them all."""
-    recipient = digest.recipient
-    target: dict[str, Any] = {"user_id": recipient.user_id} if recipient.user_id is not None \
-        else {"address": recipient.address, "name": recipient.name}
-    listed = digest.tickets[:MAX_LISTED]
-    return {"event_type": EVENT_TYPE, "ticket_id": listed[0].id, "actor_id": None,
-            "payload": json.dumps({"recipient": target, "ticket_ids": [t.id for t in listed],
-                                   "total": len(digest.tickets)}),
-            "created_at": now, "available_at": now, "state": EventState.PENDING,
-            "attempts": 0}
-
-
-# ------------------------------------------------------------------------ the scan
-
-
-class OverdueScan:
-    """One scan: find, plan, and (unless previewing) remember the alerts, write the
-    digests as events, and send them through the engine."""
-
-    def __init__(self, settings: Settings, engine: Engine, *, now: datetime,
-                 transport: Transport | None = None) -> None:
-        self.settings = settings
-        self.engine = engine
-        self.now = _naive_utc(now)
-        self.transport = transport
-        self.source = load_source(settings)
-
-    def plan(self, conn: Connection, report: OverdueReport) -> list[Digest]:
-        """The digests due now (pure planning over a few queries)."""
-        overdue = find_overdue(self.source, conn, self.now)
-        if not overdue:
-            return []
-        history = load_history(conn, [t.id for t in overdue])
-        accounts = load_admin_accounts(self.source, conn)
-        opted_out = load_opted_out(conn, [t.assignee.id for t in overdue if t.assignee]
-                                   + [user.id for user in accounts.values()])
-        return plan_digests(overdue, self.settings, history, opted_out, self.now, report,
-                            accounts)
-
-    def preview(self) -> OverdueReport:
-        """What a scan would send now, changing nothing."""
-        report = OverdueReport()
-        with self.engine.connect() as conn:
-            digests = self.plan(conn, report)
-        suppressed = suppressed_among(self.engine, (d.key for d in digests))
-        redirect = self.settings.redirect_to
-        for digest in digests:
-            address = digest.recipient.address
-            problem = address_problem(address)
-            note = ("suppressed: the address is on the suppression list"
-                    if digest.key in suppressed else f"skipped: {problem}" if problem else "")
-            shown = f"{redirect} (for {address})" if redirect else address
-            report.planned.append(PlannedDigest(shown, len(digest.tickets),
-                                                digest_subject(digest), note))
-        return report
-
-    def run(self) -> OverdueReport:
-        """Remember the alerts and write the digests in one transaction under the scan's
-        lock, then send them."""
-        report = OverdueReport()
-        with self.engine.begin() as conn:
-            hold_lock(conn, LOCK, self.now)
-            digests = self.plan(conn, report)
-            record_alerts(conn, digests, self.now)
-            ids = write_digests(conn, digests, self.now)
-        report.digests_queued = len(ids)
-        report.tickets_alerted = sum(len(d.tickets) for d in digests)
-        for digest in digests:
-            report.planned.append(PlannedDigest(digest.recipient.address, len(digest.tickets),
-                                                digest_subject(digest)))
-        if ids:
-            sender = Sender(self.settings, self.engine, transport=self.transport,
-                            clock=lambda: self.now)
-            report.delivery = sender.run(only=ids)
-        return report
-
-
-def write_digests(conn: Connection, digests: Sequence[Digest], now: datetime) -> list[int]:
-    """Insert one outbox event per digest; their ids."""
-    ids = []
-    for digest in digests:
-        key = conn.execute(insert(outbox).values(digest_event(digest, now))).inserted_primary_key
-        assert key is not None
-        ids.append(int(key[0]))
-    return ids
-
-
-def _chunks(items: Sequence[OverdueTicket], size: int) -> Iterator[Sequence[OverdueTicket]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def record_alerts(conn: Connection, digests: Sequence[Digest], now: datetime) -> None:
+def record_alerts(conn: Connection, digests: Sequence[OverdueDigest], now: datetime) -> None:
     """Remember that each digest's recipient is told of its tickets (and their due dates)
     now, replacing older records of the same (ticket, recipient)."""
     if not digests:
         return
     for digest in digests:
-        for chunk in _chunks(digest.tickets, _CHUNK):
+        for start in range(0, len(digest.tickets), CHUNK):
+            chunk = digest.tickets[start:start + CHUNK]
             conn.execute(delete(overdue_alerts).where(
                 overdue_alerts.c.recipient == digest.key,
                 among(conn, overdue_alerts.c.ticket_id, [t.id for t in chunk])))
     insert_many(conn, overdue_alerts, [
         {"ticket_id": t.id, "recipient": digest.key, "due_at": t.due_at, "alerted_at": now}
         for digest in digests for t in digest.tickets])
+
+
+# ------------------------------------------------------------------------ the scan
+
+
+class OverdueScan(DigestScan[OverdueTicket, OverdueReport]):
+    lock = LOCK
+
+    def new_report(self) -> OverdueReport:
+        return OverdueReport()
+
+    def plan(self, conn: Connection, report: OverdueReport) -> list[OverdueDigest]:
+        overdue = find_overdue(self.source, conn, self.now)
+        if not overdue:
+            return []
+        history = load_history(conn, [t.id for t in overdue])
+        accounts = load_admin_accounts(self.source, conn)
+        opted_out = load_opted_out(conn, EVENT_TYPE,
+                                   [t.assignee.id for t in overdue if t.assignee]
+                                   + [user.id for user in accounts.values()])
+        return plan_digests(overdue, self.settings, history, opted_out, self.now, report,
+                            accounts)
+
+    def remember(self, conn: Connection, digests: Sequence[OverdueDigest]) -> None:
+        record_alerts(conn, digests, self.now)
+
+    def event_row(self, digest: OverdueDigest) -> dict[str, Any]:
+        return digest_event(EVENT_TYPE, digest.recipient, [t.id for t in digest.tickets],
+                            len(digest.tickets), self.now)
+
+    def subject(self, digest: OverdueDigest) -> str:
+        return digest_subject(digest)
+
+    def run(self) -> OverdueReport:
+        report = super().run()
+        report.tickets_alerted = sum(p.tickets for p in report.planned)
+        return report
 
 
 def overdue_scan(settings: Settings, *, dry_run: bool = False, engine: Engine | None = None,

@@ -64,6 +64,7 @@ from ..storage.outbox import EventOutcome, claim_events, finish_events, peek_eve
 from .delivery_log import log_deliveries, setup_delivery_log
 from .pipeline import Batch, Pipeline
 from .retry import backoff, rate_limiter
+from .schedules import SummaryHold
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("itsm_notify")
@@ -96,6 +97,8 @@ class RunReport:
     emails_failed: int = 0
     emails_suppressed: int = 0
     emails_skipped: int = 0
+    emails_held: int = 0
+    """Emails not sent: their users get them in a summary (engine/summaries.py)."""
     in_app_written: int = 0
     problems: list[str] = field(default_factory=list)
     planned: list[PlannedEmail] = field(default_factory=list)
@@ -118,11 +121,12 @@ class RunReport:
         return 1 if troubled else 0
 
     def summary(self) -> str:
+        held = f", {self.emails_held} held for summaries" if self.emails_held else ""
         return (f"{self.events_handled} events: {self.events_done} done, "
                 f"{self.events_retrying} to retry, {self.events_failed} failed; "
                 f"emails {self.emails_sent} sent, {self.emails_deferred} deferred, "
                 f"{self.emails_failed} failed, {self.emails_suppressed} suppressed, "
-                f"{self.emails_skipped} skipped; {self.in_app_written} in-app")
+                f"{self.emails_skipped} skipped{held}; {self.in_app_written} in-app")
 
 
 def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
@@ -176,6 +180,7 @@ class _EventPlan:
     rows: list[dict[str, Any]] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     to_send: list[tuple[EventContext, EmailRecipient]] = field(default_factory=list)
+    summary_items: list[dict[str, Any]] = field(default_factory=list)
     suppressed: int = 0
     skipped: int = 0
 
@@ -312,10 +317,14 @@ class Sender:
         suppressed = suppressed_among(self.engine, (r.key for _, recipients in
                                                     resolved.values()
                                                     for r in recipients.email))
+        hold = SummaryHold.load(self.engine, self.settings,
+                                ((ctx, r.email) for ctx, r in resolved.values()),
+                                self.renderer.subject)
         plans: dict[int, _EventPlan] = {}
         for event_id, (ctx, recipients) in resolved.items():
             try:
-                plans[event_id] = self._plan_event(ctx, recipients, existing, suppressed, now)
+                plans[event_id] = self._plan_event(ctx, recipients, existing, suppressed, now,
+                                                   hold)
             except Exception as exc:
                 settled.append(_failed(event_id, "its deliveries could not be planned", exc))
         try:
@@ -333,11 +342,12 @@ class Sender:
             report.in_app_written += len(plan.notifications)
             report.emails_suppressed += plan.suppressed
             report.emails_skipped += plan.skipped
+            report.emails_held += len(plan.summary_items)
         return works, to_send
 
     def _plan_event(self, ctx: EventContext, recipients: Recipients,
                     existing: dict[DeliveryKey, DeliveryRecord], suppressed: set[str],
-                    now: datetime) -> _EventPlan:
+                    now: datetime, hold: SummaryHold) -> _EventPlan:
         """One event's new delivery rows, in-app rows and emails to send."""
         event_id = ctx.event.id
         plan = _EventPlan(_EventWork(ctx))
@@ -365,6 +375,9 @@ class Sender:
                     state, error = DeliveryState.SUPPRESSED, "address is on the suppression list"
                 elif problem := address_problem(recipient.address):
                     state, error = DeliveryState.SKIPPED, problem
+                elif (item := hold.item(ctx, recipient, now)) is not None:
+                    state = DeliveryState.HELD  # the user asked for summaries
+                    plan.summary_items.append(item)
                 plan.rows.append(self._row(event_id, Channel.EMAIL, recipient.key,
                                            recipient.user_id, state, now, error=error,
                                            msg_id=self._message_id(ctx, recipient)))
@@ -394,7 +407,8 @@ class Sender:
         try:
             write_plan(self.engine, [r for p in plans.values() for r in p.rows],
                        [n for p in plans.values() for n in p.notifications],
-                       self.source.write_in_app)
+                       self.source.write_in_app,
+                       [i for p in plans.values() for i in p.summary_items])
             return list(plans)
         except IntegrityError:
             raise
@@ -403,7 +417,8 @@ class Sender:
         written = []
         for event_id, plan in plans.items():
             try:
-                write_plan(self.engine, plan.rows, plan.notifications, self.source.write_in_app)
+                write_plan(self.engine, plan.rows, plan.notifications, self.source.write_in_app,
+                           plan.summary_items)
             except IntegrityError:
                 raise
             except Exception as exc:

@@ -69,13 +69,13 @@ class Audience:
         for user_id in user_ids:
             self.user(user_id, **channels)
 
-    def address(self, address: str, name: str = "") -> None:
+    def address(self, address: str, name: str = "", *, in_app: bool = True) -> None:
         """Someone known by address (a submitter, a CC): the active account with that
-        address when there is one (its name, its preferences, in-app too), else the
-        address alone, email only."""
+        address when there is one (its name, its preferences, in-app too unless
+        ``in_app`` is False), else the address alone, email only."""
         account = self.ctx.accounts.get(address.strip().lower())
         if account is not None:
-            self.person(account)
+            self.person(account, in_app=in_app)
         else:
             self._add_email(EmailRecipient(address=address.strip(), name=name))
 

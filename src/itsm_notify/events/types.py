@@ -6,7 +6,8 @@ and template variables, and its in-app text. The engine knows nothing about any 
 type: adding an event type is one entry in ``EVENT_TYPES`` below (and its templates).
 
 The tool's own events go through the same path: ``overdue`` digests are outbox events
-written by ``overdue-scan``, each for one recipient.
+written by ``overdue-scan``, ``due_soon`` warnings by ``due-soon-scan`` and ``summary``
+emails by ``send-summaries``, each for one recipient.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import SimpleNamespace
 from typing import Any
 
-from ..compose.present import cut, display_time, name_of, overdue_for, ticket_view
+from ..compose.present import cut, display_time, due_in, name_of, overdue_for, ticket_view
 from ..config import Settings
 from ..errors import EventError
 from .addresses import address_problem
@@ -138,6 +139,59 @@ def _digest(payload: dict[str, Any]) -> dict[str, Any]:
     return {"recipient": target, "ticket_ids": ids, "total": total}
 
 
+def _due_soon_digest(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``due_soon`` warning, written by due-soon-scan: a digest whose tickets each come
+    with the threshold they crossed (``thresholds``, in the order of ``ticket_ids``)."""
+    digest = _digest(payload)
+    thresholds = payload.get("thresholds")
+    if not isinstance(thresholds, list) or len(thresholds) != len(digest["ticket_ids"]) \
+            or not all(isinstance(text, str) for text in thresholds):
+        raise EventError("payload needs 'thresholds' (the threshold each listed ticket "
+                         "crossed, in the order of 'ticket_ids')")
+    return {**digest, "thresholds": [bounded_text(text, MAX_LABEL) for text in thresholds]}
+
+
+SUMMARY_KINDS = {"hourly": "Hourly summary", "daily": "Daily summary", "flush": "Summary"}
+"""What made a summary (its window's frequency, or a switch back to immediate), and the
+start of its subject."""
+SUMMARY_TEXT = 500
+"""Characters of an item's text in a summary's payload (its in-app text, at most 400)."""
+
+
+def _summary(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``summary``, written by send-summaries: its one user, what made it, and the
+    events it lists (``items``: each its ticket, type, time and text, as collected when
+    the event was held), with how many it covers in all."""
+    recipient = payload.get("recipient")
+    if not isinstance(recipient, dict) or recipient.get("user_id") is None:
+        raise EventError("payload needs 'recipient' ({'user_id': N})")
+    kind = payload.get("kind")
+    if not isinstance(kind, str) or kind not in SUMMARY_KINDS:
+        raise EventError(f"payload's 'kind' must be one of {', '.join(SUMMARY_KINDS)}")
+    items = payload.get("items")
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_LISTED:
+        raise EventError(f"payload needs 'items' (1 to {MAX_LISTED} of them)")
+    parsed = [_summary_item(item) for item in items]
+    total = payload.get("total", len(parsed))
+    if isinstance(total, bool) or not isinstance(total, int) or total < len(parsed):
+        raise EventError("payload's 'total' must count at least the listed items")
+    return {"recipient": {"user_id": _id(recipient["user_id"], "recipient.user_id")},
+            "kind": kind, "items": parsed, "total": total}
+
+
+def _summary_item(item: object) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise EventError("each of the payload's 'items' must be an object")
+    try:
+        at = datetime.fromisoformat(str(item.get("at")))
+    except ValueError:
+        raise EventError("an item's 'at' must be an ISO date and time") from None
+    return {"ticket_id": _id(item.get("ticket_id"), "items.ticket_id"),
+            "event_type": bounded_text(item.get("event_type"), MAX_LABEL),
+            "at": at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at,
+            "text": bounded_text(item.get("text"), SUMMARY_TEXT)}
+
+
 # ------------------------------------------------------------------ rules
 
 
@@ -192,12 +246,14 @@ def comment_added(ctx: EventContext, settings: Settings) -> Recipients:
 
 
 def overdue_digest(ctx: EventContext, settings: Settings) -> Recipients:
+    """The one recipient a digest's payload names (a user, or an address with no
+    account), by email only: the rule of ``overdue``, ``due_soon`` and ``summary``."""
     audience = Audience(ctx, settings)
     recipient = ctx.payload["recipient"]
     if "user_id" in recipient:
         audience.user(recipient["user_id"], in_app=False)
     else:
-        audience.address(recipient["address"], recipient["name"])
+        audience.address(recipient["address"], recipient["name"], in_app=False)
     return audience.result()
 
 
@@ -245,6 +301,26 @@ def _digest_subject(ctx: EventContext) -> str:
     return f"Overdue Tickets: {ctx.payload['total']} tickets past due"
 
 
+def _due_soon_subject(ctx: EventContext) -> str:
+    if len(ctx.tickets) == 1 and ctx.payload["total"] == 1:
+        return f"Due Soon: {ctx.ticket.title} ({ctx.ticket.number})"
+    return f"Due Soon: {ctx.payload['total']} tickets"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _summary_subject(ctx: EventContext) -> str:
+    """"Daily summary: 5 updates on 3 tickets" (the tickets counted when every update is
+    listed)."""
+    items, total = ctx.payload["items"], ctx.payload["total"]
+    text = f"{SUMMARY_KINDS[ctx.payload['kind']]}: {_plural(total, 'update')}"
+    if total == len(items):
+        text += f" on {_plural(len({item['ticket_id'] for item in items}), 'ticket')}"
+    return text
+
+
 def no_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
     return {}
 
@@ -289,6 +365,41 @@ def _digest_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
         for t in ctx.tickets]}
 
 
+def _due_soon_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+    as_of = ctx.event.created_at or datetime.now()
+    crossed = dict(zip(ctx.payload["ticket_ids"], ctx.payload["thresholds"], strict=True))
+    return {"count": ctx.payload["total"], "tickets": [SimpleNamespace(
+        number=t.number, title=t.title, priority=t.priority, status=t.status,
+        url=settings.ticket_url(t.id), due_at_display=display_time(t.due_at),
+        due_in=due_in(t.due_at, as_of) if t.due_at else "", threshold=crossed.get(t.id, ""))
+        for t in ctx.tickets]}
+
+
+def _summary_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+    """The updates grouped by ticket, the ticket with the newest update first, and each
+    ticket's updates newest first."""
+    tickets = {t.id: t for t in ctx.tickets}
+    groups: dict[int, list[SimpleNamespace]] = {}
+    for item in sorted(ctx.payload["items"], key=lambda item: item["at"], reverse=True):
+        groups.setdefault(item["ticket_id"], []).append(SimpleNamespace(
+            text=item["text"], event_type=item["event_type"],
+            at_display=display_time(item["at"]) or ""))
+    return {"count": ctx.payload["total"], "listed": len(ctx.payload["items"]),
+            "kind": ctx.payload["kind"], "groups": [_summary_group(
+                tickets.get(ticket_id), ticket_id, updates, settings)
+                for ticket_id, updates in groups.items()]}
+
+
+def _summary_group(ticket: Ticket | None, ticket_id: int, updates: list[SimpleNamespace],
+                   settings: Settings) -> SimpleNamespace:
+    """One ticket's part of a summary; a ticket deleted meanwhile shows by its id."""
+    return SimpleNamespace(
+        number=ticket.number if ticket else f"#{ticket_id}",
+        title=ticket.title if ticket else "", status=ticket.status if ticket else "",
+        priority=ticket.priority if ticket else "", url=settings.ticket_url(ticket_id),
+        updates=updates)
+
+
 def _created_in_app(ctx: EventContext) -> str:
     return f"{_someone(ctx)} opened {ctx.ticket.number}: {ctx.ticket.title}"
 
@@ -316,6 +427,10 @@ def _digest_about_one_ticket(ctx: EventContext) -> bool:
     return ctx.payload["total"] == 1
 
 
+def _never(ctx: EventContext) -> bool:
+    return False
+
+
 def _no_ids(payload: dict[str, Any]) -> tuple[int, ...]:
     return ()
 
@@ -332,6 +447,10 @@ def _digest_user_ids(payload: dict[str, Any]) -> tuple[int, ...]:
 
 def _digest_ticket_ids(payload: dict[str, Any]) -> tuple[int, ...]:
     return tuple(payload["ticket_ids"])
+
+
+def _summary_ticket_ids(payload: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(item["ticket_id"] for item in payload["items"]))
 
 
 # ------------------------------------------------------------------ the registry
@@ -361,6 +480,9 @@ class EventType:
     """Users the payload names, to load besides the actor and the ticket's people."""
     ticket_ids: Callable[[dict[str, Any]], tuple[int, ...]] = _no_ids
     """Tickets the payload names (a digest's), to load besides the event's ticket."""
+    summarized: bool = False
+    """Whether a user who asked for hourly or daily summaries gets this event in the
+    next summary instead of at once (the ticket events; never a digest or a warning)."""
 
 
 EVENT_TYPES: dict[str, EventType] = {
@@ -368,27 +490,37 @@ EVENT_TYPES: dict[str, EventType] = {
         rule=ticket_created, subject=_ticket_subject("New Ticket: {title} ({number})"),
         template="ticket_created", parse_payload=_creation, facts=_created_facts,
         needs=frozenset({Need.TEAM, Need.MANAGERS}), in_app=_created_in_app,
-        starts_thread=True, user_ids=_assignee_ids),
+        starts_thread=True, user_ids=_assignee_ids, summarized=True),
     "ticket_assigned": EventType(
         rule=ticket_assigned, subject=_ticket_subject("Ticket Assigned: {title} ({number})"),
         template="ticket_assigned", variables=_assigned_variables,
         parse_payload=_assignment, facts=_assigned_facts, needs=frozenset({Need.TEAM}),
-        in_app=_assigned_in_app, user_ids=_assignee_ids),
+        in_app=_assigned_in_app, user_ids=_assignee_ids, summarized=True),
     "status_changed": EventType(
         rule=status_changed,
         subject=_ticket_subject("Ticket Status Changed: {title} → {new_status}"),
         template="status_changed", variables=_status_variables,
         parse_payload=_status_change, facts=_status_facts, needs=frozenset({Need.TEAM}),
-        in_app=_status_in_app),
+        in_app=_status_in_app, summarized=True),
     "comment_added": EventType(
         rule=comment_added, subject=_ticket_subject("New Comment on Ticket: {title} ({number})"),
         template="comment_added", variables=_comment_variables, parse_payload=_comment,
-        needs=frozenset({Need.COMMENT, Need.TEAM, Need.COMMENTERS}), in_app=_comment_in_app),
+        needs=frozenset({Need.COMMENT, Need.TEAM, Need.COMMENTERS}), in_app=_comment_in_app,
+        summarized=True),
     "overdue": EventType(
         rule=overdue_digest, subject=_digest_subject, template="overdue_alert",
         variables=_digest_variables, parse_payload=_digest,
         about_one_ticket=_digest_about_one_ticket, user_ids=_digest_user_ids,
         ticket_ids=_digest_ticket_ids),
+    "due_soon": EventType(
+        rule=overdue_digest, subject=_due_soon_subject, template="due_soon",
+        variables=_due_soon_variables, parse_payload=_due_soon_digest,
+        about_one_ticket=_digest_about_one_ticket, user_ids=_digest_user_ids,
+        ticket_ids=_digest_ticket_ids),
+    "summary": EventType(
+        rule=overdue_digest, subject=_summary_subject, template="summary",
+        variables=_summary_variables, parse_payload=_summary, about_one_ticket=_never,
+        user_ids=_digest_user_ids, ticket_ids=_summary_ticket_ids),
 }
 
 

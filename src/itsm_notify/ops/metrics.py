@@ -44,7 +44,7 @@ OTHER = "other"
 CHANNELS = tuple(Channel)
 #: channels whose series are always present, zero until used, so ratios have a divisor
 ALWAYS_SHOWN_CHANNELS = (Channel.EMAIL, Channel.IN_APP)
-DELIVERY_OUTCOMES = tuple(sorted(FINAL_DELIVERY_STATES))  # failed, sent, skipped, suppressed
+DELIVERY_OUTCOMES = tuple(sorted(FINAL_DELIVERY_STATES))  # failed, held, sent, skipped, suppressed
 WAITING_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.DEFERRED)
 #: the outcomes an inbound message is recorded with (inbound_messages.outcome)
 INBOUND_OUTCOMES = tuple(InboundOutcome)

@@ -329,13 +329,11 @@ class Source:
 
     def _teams(self, conn: Connection, tickets: Iterable[Ticket], wanted: bool
                ) -> tuple[dict[int, Project], dict[int, list[int]]]:
-        entity, members = self.mapping.entities.get("team"), \
-            self.mapping.entities.get("membership")
+        entity = self.mapping.entities.get("team")
         ids = {t.project_id for t in tickets if t.project_id is not None}
         projects: dict[int, Project] = {}
-        team: dict[int, list[int]] = defaultdict(list)
         if not (wanted and ids and entity):
-            return projects, team
+            return projects, defaultdict(list)
         for row in self._rows(conn, entity, f"{entity.fields['id']} IN :ids", ids=ids):
             projects[int(row.id)] = Project(
                 id=int(row.id), name=bounded_text(row.name, MAX_NAME),
@@ -343,12 +341,7 @@ class Source:
                 cc_on_update=addresses(row.cc_on_update),
                 notify_ticket_ccs=bool(row.notify_ticket_ccs),
                 reply_to=bounded_text(row.reply_to, MAX_ADDRESS).strip() or None)
-        if members is not None:
-            rows = self._rows(conn, members, f"{members.fields['team_id']} IN :ids", ids=ids)
-            for row in sorted(rows, key=lambda r: (r.team_id, r.user_id)):
-                if (user := optional_id(row.user_id)) is not None:
-                    team[int(row.team_id)].append(user)
-        return projects, team
+        return projects, self.team_members(conn, ids)
 
     def _commenters(self, conn: Connection, ticket_ids: set[int]) -> dict[int, list[int]]:
         """Who wrote a public comment on each ticket, in the order they first did."""
@@ -400,24 +393,41 @@ class Source:
                 by_type[row.event_type].add((row.user_id, row.channel))
         return by_type
 
-    # ------------------------------------------------------------------ overdue
+    # ------------------------------------------------------------ due dates
 
-    def overdue_query(self, now: datetime, closed: Sequence[Any]) -> TextClause:
-        """Tickets past due at ``now`` and not closed, most overdue first: a range on the
-        due date first, so that an index on it does the work."""
+    def due_query(self, now: datetime, closed: Sequence[Any], *, past: bool) -> TextClause:
+        """Tickets not closed whose due date is past at ``now`` (``past``) or still to
+        come, soonest due first: a range on the due date first, so that an index on it
+        does the work."""
         entity = self.mapping.entities["ticket"]
         f = entity.fields
         names = [f"closed_{i}" for i in range(len(closed))]
-        condition = f"{f['due_at']} IS NOT NULL AND {f['due_at']} < :now"
+        condition = f"{f['due_at']} IS NOT NULL AND {f['due_at']} {'<' if past else '>'} :now"
         if names:
             condition += f" AND {f['status']} NOT IN ({', '.join(':' + n for n in names)})"
         return text(f"{entity.select()} WHERE {condition} ORDER BY {f['due_at']}, {f['id']}") \
             .bindparams(now=now, **dict(zip(names, closed, strict=True)))
 
-    def overdue(self, conn: Connection, now: datetime, closed: Sequence[Any]) -> list[Ticket]:
-        """Tickets past due and not closed, most overdue first (one query)."""
-        query = self.overdue_query(now, closed).columns(due_at=Timestamp, created_at=Timestamp)
+    def due_tickets(self, conn: Connection, now: datetime, *, past: bool) -> list[Ticket]:
+        """Tickets not closed, past due (``past``) or not yet due, soonest due first (one
+        query)."""
+        query = self.due_query(now, self.mapping.closed_statuses, past=past) \
+            .columns(due_at=Timestamp, created_at=Timestamp)
         return [self._ticket(row) for row in conn.execute(query)]
+
+    def team_members(self, conn: Connection, team_ids: Iterable[int]) -> dict[int, list[int]]:
+        """The member user ids of each team, in id order (one query; none without a
+        membership entity)."""
+        members = self.mapping.entities.get("membership")
+        ids = set(team_ids)
+        team: dict[int, list[int]] = defaultdict(list)
+        if members is None or not ids:
+            return team
+        rows = self._rows(conn, members, f"{members.fields['team_id']} IN :ids", ids=ids)
+        for row in sorted(rows, key=lambda r: (r.team_id, r.user_id)):
+            if (user := optional_id(row.user_id)) is not None:
+                team[int(row.team_id)].append(user)
+        return team
 
 
 def _relabel(ticket: Ticket, mapping: SourceMapping) -> Ticket:

@@ -45,15 +45,21 @@ def utcnow() -> datetime:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned for short claim transactions on each supported database."""
+    """An engine tuned for short claim transactions on each supported database.
+
+    Sessions on PostgreSQL and MariaDB run in UTC: the tool's timestamps are naive UTC,
+    and compared with an app's time-zone-aware columns (django-helpdesk's on PostgreSQL,
+    a TIMESTAMP on MariaDB) they must not be read in the server's local time."""
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": 30})
             _make_sqlite_transactions_immediate(engine)
         elif url.startswith(("mysql", "mariadb")):
-            engine = create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True)
+            engine = create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True,
+                                   connect_args={"init_command": "SET time_zone = '+00:00'"})
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True,
+                                   connect_args={"options": "-c timezone=UTC"})
     except NoSuchModuleError:
         raise DatabaseUnavailable(
             f"DATABASE_URL names a database driver that is not installed ({url.split(':')[0]}): "

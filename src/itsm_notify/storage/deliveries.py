@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..states import Channel, DeliveryState, EventState
+from . import schema
 from .database import RowUpdate, among
 from .schema import app_notifications, deliveries, outbox, suppressions
 
@@ -67,12 +68,13 @@ def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
 
 def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
                notifications: Sequence[dict[str, Any]],
-               write_in_app: Callable[[Connection, Sequence[dict[str, Any]]], None] | None = None
-               ) -> None:
-    """Insert the batch's new delivery rows and in-app notifications in one transaction
-    (the notifications with ``write_in_app``, the source's, into ``app_notifications``
-    without one). Raises IntegrityError when another worker already planned one of these
-    deliveries (its lease on the event ran out while this worker held it)."""
+               write_in_app: Callable[[Connection, Sequence[dict[str, Any]]], None] | None = None,
+               summary_items: Sequence[dict[str, Any]] = ()) -> None:
+    """Insert the batch's new delivery rows, in-app notifications and the items held for
+    summaries (beside their ``held`` delivery rows) in one transaction (the notifications
+    with ``write_in_app``, the source's, into ``app_notifications`` without one). Raises
+    IntegrityError when another worker already planned one of these deliveries (its
+    lease on the event ran out while this worker held it)."""
     with engine.begin() as conn:
         if new_deliveries:
             insert_many(conn, deliveries, new_deliveries)
@@ -81,6 +83,8 @@ def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
                 insert_many(conn, app_notifications, notifications)
             else:
                 write_in_app(conn, notifications)
+        if summary_items:
+            insert_many(conn, schema.summary_items, summary_items)
 
 
 def uses_copy(conn: Connection) -> bool:
@@ -212,8 +216,9 @@ def emails_sent_since(engine: Engine, since: datetime) -> int:
 
 def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tuple[int, int]:
     """Delete events that ended (done or failed) more than ``older_than`` ago, with their
-    delivery records; return (events, delivery records) deleted. In-app notifications
-    stay: they belong to the web application's users."""
+    delivery records and summary items, and the summaries made before then; return
+    (events, delivery records) deleted. In-app notifications stay: they belong to the
+    web application's users."""
     cutoff = now - older_than
     finished = select(outbox.c.id).where(
         outbox.c.state.in_((EventState.DONE, EventState.FAILED)),
@@ -225,5 +230,11 @@ def purge_finished(engine: Engine, older_than: timedelta, now: datetime) -> tupl
             chunk = ids[start:start + 1000]
             removed += conn.execute(delete(deliveries).where(
                 among(conn, deliveries.c.event_id, chunk))).rowcount or 0
+            # items already in a summary go with their event; open ones wait for theirs
+            conn.execute(delete(schema.summary_items).where(
+                among(conn, schema.summary_items.c.event_id, chunk),
+                schema.summary_items.c.summary_id.is_not(None)))
             conn.execute(delete(outbox).where(among(conn, outbox.c.id, chunk)))
+        # a window's key names its instants, so an old summary's key never recurs
+        conn.execute(delete(schema.summaries).where(schema.summaries.c.created_at < cutoff))
     return len(ids), removed

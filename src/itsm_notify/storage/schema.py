@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -268,3 +269,67 @@ inbound_messages = Table(
     # status counts by outcome; a listing by outcome, newest first
     Index("ix_inbound_outcome_received", "outcome", "received_at"),
 )
+
+# ------------------------------------------------------------- when to notify (issue 18)
+
+due_soon_warnings = Table(
+    "due_soon_warnings", metadata,
+    Column("ticket_id", Integer, primary_key=True),
+    Column("threshold", String(64), primary_key=True),
+    Column("due_at", Timestamp, primary_key=True),
+    Column("warned_at", Timestamp, nullable=False),
+)
+"""Each due-soon warning sent: at most one per (ticket, threshold, due date). A warning
+for a new due date replaces the ticket's rows of that threshold for other dates, so a
+due date moved back to one warned about before is warned about again."""
+
+schedules = Table(
+    "notification_schedules", metadata,
+    Column("user_id", Integer, primary_key=True),
+    Column("channel", String(16), primary_key=True),
+    Column("frequency", String(16), nullable=False),
+    Column("daily_hour", Integer, nullable=False, server_default="8"),
+    Column("time_zone", String(64)),
+    Column("updated_at", Timestamp, nullable=False, server_default=utc_now()),
+    CheckConstraint("frequency IN ('immediate', 'hourly', 'daily')",
+                    name="ck_schedule_frequency"),
+    CheckConstraint("daily_hour >= 0 AND daily_hour <= 23", name="ck_schedule_daily_hour"),
+)
+"""A user's delivery frequency per channel, beside ``notification_preferences``: absent
+means immediate. ``time_zone`` null: the user's own, else ``ITSM_TIME_ZONE``, else UTC.
+The web application may write these rows directly."""
+
+summary_items = Table(
+    "notification_summary_items", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("event_id", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
+    Column("ticket_id", Integer),
+    Column("event_type", String(64), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("event_at", Timestamp, nullable=False),
+    Column("created_at", Timestamp, nullable=False, server_default=utc_now()),
+    Column("summary_id", BigInteger().with_variant(Integer(), "sqlite")),
+    UniqueConstraint("user_id", "channel", "event_id", name="uq_summary_item"),
+    # send-summaries: the open items (summary_id null) of each user, by collection time.
+    Index("ix_summary_items_open", "summary_id", "user_id", "channel", "created_at"),
+)
+"""An event held for a user's summary (its delivery row is ``held``), written in the
+same transaction as that row; ``summary_id`` is set when a summary claims it."""
+
+summaries = Table(
+    "notification_summaries", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("window_key", String(64), nullable=False),
+    Column("item_count", Integer, nullable=False, server_default="0"),
+    Column("event_id", BigInteger().with_variant(Integer(), "sqlite")),
+    Column("created_at", Timestamp, nullable=False, server_default=utc_now()),
+    UniqueConstraint("user_id", "channel", "window_key", name="uq_summary_window"),
+)
+"""One row per summary made: the UNIQUE (user, channel, window) lets exactly one of
+several racing schedulers and cron runs make it. ``event_id`` is its ``summary`` outbox
+event (null when other runs had claimed every item already)."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
 VERSION_TABLE = "itsm_notify_alembic_version"
-REVISIONS = ("0001", "0002", "0003")
+REVISIONS = ("0001", "0002", "0003", "0004")
 """Every revision, oldest first (a test holds this to the scripts in versions/)."""
 HEAD = REVISIONS[-1]
 TOOL_TABLES = ("notification_outbox", "app_notifications", "notification_deliveries",
