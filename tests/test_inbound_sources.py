@@ -163,6 +163,32 @@ def test_a_reply_becomes_a_django_helpdesk_follow_up_that_reopens_its_ticket(
     assert not FollowUp.objects.filter(comment__contains="Click here").exists()
 
 
+def test_a_signed_reply_address_finds_its_django_helpdesk_ticket(
+        helpdesk_site: HelpdeskSite, helpdesk_env: dict[str, str],
+        smtp_sink: SmtpSink) -> None:
+    """A queue without an address of its own: each email to an account carries the
+    signed Reply-To, and a reply to it alone (no threading, no tag) finds the ticket."""
+    from helpdesk.models import FollowUp
+
+    site = helpdesk_site
+    env = {**helpdesk_env, "REPLY_TO_EMAIL": "Support <support@example.com>",
+           "SECRET_KEY": "inbound-sources-secret"}
+    agent = site.user("agent", email="agent@example.com", staff=True)
+    owner = site.user("owner", email="owner@example.com", staff=True)
+    ticket = site.open_ticket(site.queue("hw"), title="Laptop", body="Broken.", by=agent,
+                              submitter_email="sam@example.com", assigned_to=owner)
+    to_owner = send(env, smtp_sink)["owner@example.com"][0]
+    reply_to = mail.reply_address(to_owner)
+    assert reply_to.startswith(f"support+{ticket.id}.{owner.pk}.")
+    record = receive(env, mail.plain_mail("owner@example.com", reply_to, "Re: your laptop",
+                                          "Ordered a new one."))
+    assert record["outcome"] == InboundOutcome.COMMENT, record["reason"]
+    assert "reply-address" in record["reason"]
+    followup = FollowUp.objects.get(pk=record["comment_id"])
+    assert (followup.ticket_id, followup.user_id, followup.comment) == \
+        (ticket.id, owner.pk, "Ordered a new one.")
+
+
 def test_new_mail_becomes_a_django_helpdesk_ticket_in_the_configured_queue(
         helpdesk_site: HelpdeskSite, helpdesk_env: dict[str, str],
         smtp_sink: SmtpSink) -> None:
