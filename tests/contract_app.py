@@ -231,6 +231,9 @@ def smtp_env(database_url: str, sink: Any, **settings: Any) -> dict[str, str]:
                    EMAIL_PORT=sink.port, EMAIL_TIMEOUT=10, **settings)
 
 
-def run_cli(args: list[str], env: Mapping[str, str] | None = None) -> Result:
-    """Run the real ``itsm-notify`` Typer app in-process; stdout and stderr separate."""
-    return CliRunner().invoke(app, args, env=dict(env or {}), catch_exceptions=False)
+def run_cli(args: list[str], env: Mapping[str, str] | None = None, *,
+            input: bytes | None = None) -> Result:
+    """Run the real ``itsm-notify`` Typer app in-process; stdout and stderr separate;
+    ``input``: its stdin (a message for ``receive``)."""
+    return CliRunner().invoke(app, args, env=dict(env or {}), input=input,
+                              catch_exceptions=False)

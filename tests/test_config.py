@@ -182,6 +182,9 @@ def test_debug_with_development_email_redirects(tmp_path: Path) -> None:
     ({"ITSM_INBOUND_ADDRESSES": "help@desk.example, nope"}, "ITSM_INBOUND_ADDRESSES"),
     ({"ITSM_INBOUND_UNKNOWN_REPLY": "ignore"}, "ITSM_INBOUND_UNKNOWN_REPLY"),
     ({"ITSM_INBOUND_UNKNOWN_SENDER": "fallback:"}, "ITSM_INBOUND_UNKNOWN_SENDER"),
+    ({"ITSM_SOURCE": "django-helpdesk", "ITSM_INBOUND_QUEUE": "it support"},
+     "ITSM_INBOUND_QUEUE"),
+    ({"ITSM_INBOUND_QUEUE": "it"}, "set ITSM_SOURCE=django-helpdesk"),
     ({"ITSM_FETCH_INTERVAL_SECONDS": "0"}, "ITSM_FETCH_INTERVAL_SECONDS"),
 ])
 def test_a_bad_value_names_its_environment_key(tmp_path: Path, env: dict[str, str],

@@ -9,6 +9,7 @@ existing Django ``.env`` works unchanged.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -178,6 +179,13 @@ def _parse_unknown_sender(raw: Any) -> str:
     raise ValueError("must be create, refuse or fallback:<username>")
 
 
+def _parse_queue_slug(raw: Any) -> str | None:
+    text = str(raw).strip()
+    if text and not re.fullmatch(r"[-a-zA-Z0-9_]{1,50}", text):
+        raise ValueError("must be a django-helpdesk queue's slug (letters, digits, - and _)")
+    return text or None
+
+
 def _setting(default: Any, env: str, parse: Callable[[Any], Any], *, repr: bool = True) -> Any:
     """A settings field: its default, its environment name and its parser."""
     return field(default=default, repr=repr, metadata={"env": env, "parse": parse})
@@ -262,6 +270,7 @@ class Settings:
                                           _parse_unknown_reply)
     inbound_unknown_sender: str = _setting("create", "ITSM_INBOUND_UNKNOWN_SENDER",
                                            _parse_unknown_sender)
+    inbound_queue: str | None = _setting(None, "ITSM_INBOUND_QUEUE", _parse_queue_slug)
     fetch_interval_seconds: int = _setting(60, "ITSM_FETCH_INTERVAL_SECONDS", _parse_int)
     bounce_address: str | None = _setting(None, "ITSM_BOUNCE_ADDRESS", _parse_optional_str)
     http_connections: int = _setting(4, "ITSM_HTTP_CONNECTIONS", _parse_int)
@@ -488,6 +497,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError("ITSM_INBOUND_DONE_FOLDER and ITSM_INBOUND_FAILED_FOLDER must be two "
                           "different folder names: fix their values.")
     _validate_inbound_addresses(settings)
+    if settings.inbound_queue and settings.source != "django-helpdesk":
+        raise ConfigError(f"ITSM_INBOUND_QUEUE names a django-helpdesk queue, but ITSM_SOURCE "
+                          f"is {settings.source!r}: unset ITSM_INBOUND_QUEUE, or set "
+                          f"ITSM_SOURCE=django-helpdesk.")
     if settings.overdue_realert_hours < 0:
         raise ConfigError("ITSM_OVERDUE_REALERT_HOURS cannot be negative: use 0 to alert on "
                           "every scan.")

@@ -7,6 +7,8 @@ test process. Usage::
     python spire_harness.py DATABASE_URL scenario [--spire-notifications on|off]
                                                   [--admins pairs|strings] [--itsm-notify]
     python spire_harness.py DATABASE_URL bell USER_ID
+    python spire_harness.py DATABASE_URL accounts
+    python spire_harness.py DATABASE_URL tickets
 
 ``DATABASE_URL`` is a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``,
 ``mysql+pymysql://…``). Both commands first build spire's schema with its own
@@ -27,6 +29,10 @@ writes the events, spire's own notifications are off; the outbox rows are printe
 
 ``bell`` prints what spire's notification bell shows ``USER_ID``: the querysets of
 ``django_spire.notification.app.views`` (``active().is_sent()``, not yet viewed).
+
+``accounts`` makes the people of ``scenario`` and no ticket (for a test that files
+tickets some other way, by mail); ``tickets`` prints the help-desk tickets as spire's
+own ORM reads them (``HelpDeskTicket.objects.active()``, what its list page shows).
 """
 
 from __future__ import annotations
@@ -237,6 +243,18 @@ def bell(user_id: int) -> dict[str, Any]:
     }
 
 
+def tickets() -> dict[str, Any]:
+    """The tickets spire's list page shows, read through its own model."""
+    from django_spire.help_desk.models import HelpDeskTicket
+
+    return {"tickets": [{
+        "id": ticket.pk, "str": str(ticket), "created_by": ticket.created_by.username,
+        "purpose": ticket.get_purpose_display(), "priority": ticket.get_priority_display(),
+        "status": ticket.get_status_display(), "description": ticket.description,
+        "created_datetime": ticket.created_datetime.isoformat(),
+    } for ticket in HelpDeskTicket.objects.active().select_related("created_by").order_by("id")]}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("database_url")
@@ -247,6 +265,8 @@ def main(argv: list[str]) -> int:
     run.add_argument("--itsm-notify", action="store_true")
     show = commands.add_parser("bell")
     show.add_argument("user_id", type=int)
+    commands.add_parser("accounts")
+    commands.add_parser("tickets")
     args = parser.parse_args(argv)
 
     setup_django(args.database_url, ADMINS[getattr(args, "admins", "pairs")],
@@ -260,8 +280,12 @@ def main(argv: list[str]) -> int:
     }
     if args.command == "scenario":
         facts.update(scenario(args.spire_notifications == "on"))
-    else:
+    elif args.command == "bell":
         facts.update(bell(args.user_id))
+    elif args.command == "accounts":
+        facts["people"] = {role: user.pk for role, user in make_people().items()}
+    else:
+        facts.update(tickets())
     json.dump(facts, sys.stdout, default=str)
     return 0
 

@@ -49,7 +49,7 @@ from ..events.model import EventContext, OutboxEvent
 from ..events.types import event_type, parse_payload
 from ..inbound.tokens import make_verp_address
 from ..ops.unsubscribe import unsubscribe_url
-from ..source import Source, load_source
+from ..source import Source, load_source, replies_become_comments
 from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState
 from ..storage.database import (
     database_errors,
@@ -245,8 +245,8 @@ class Sender:
         self.renderer = Renderer(settings)
         self.source = load_source(settings)
         # a signed Reply-To per ticket and user, for inbound mail to match replies by;
-        # only where inbound mail can write comments (the contract source, for now)
-        self.tags_replies = settings.source == "contract"
+        # only where a reply becomes a comment (contract, django-helpdesk)
+        self.tags_replies = replies_become_comments(settings)
         self.transport = transport or make_transport(settings)
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()

@@ -41,8 +41,12 @@ class Audience:
         self.settings = settings
         actor = ctx.actor
         self.actor_id = None if settings.notify_actor else ctx.event.actor_id
-        self.actor_email = (actor.email or "").strip().lower() if actor and not \
-            settings.notify_actor else ""
+        if settings.notify_actor:
+            self.actor_email = ""
+        elif actor is not None:
+            self.actor_email = (actor.email or "").strip().lower()
+        else:  # an actor without an account, named by address (``actor_email``)
+            self.actor_email = ctx.payload.get("actor_email", "")
         self.email: dict[str, EmailRecipient] = {}
         self.in_app: dict[int, None] = {}
 

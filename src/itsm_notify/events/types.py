@@ -23,6 +23,7 @@ from typing import Any
 from ..compose.present import cut, display_time, due_in, name_of, overdue_for, ticket_view
 from ..config import Settings
 from ..errors import EventError
+from .addresses import address_problem
 from .audience import Audience, Recipients
 from .model import MAX_ID, MAX_LABEL, EventContext, Ticket, bounded_text
 
@@ -554,7 +555,19 @@ def parse_payload(name: str, raw: object) -> dict[str, Any]:
             raise EventError("payload is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise EventError(f"payload must be a JSON object, got {type(data).__name__}")
-    return spec.parse_payload(data)
+    parsed = spec.parse_payload(data)
+    if data.get("actor_email") is not None:
+        parsed["actor_email"] = _actor_email(data["actor_email"])
+    return parsed
+
+
+def _actor_email(value: object) -> str:
+    """``actor_email``, which any event may carry: the address of an actor without an
+    account (a django-helpdesk submitter who replied by mail), who is not told either."""
+    if not isinstance(value, str) or address_problem(value.strip()):
+        raise EventError(f"payload field 'actor_email' must be an email address, got "
+                         f"{bounded_text(repr(value), 80)}")
+    return value.strip().lower()
 
 
 def resolve(ctx: EventContext, settings: Settings) -> Recipients:

@@ -19,7 +19,9 @@ Anything that raises rolls the whole transaction back; the message is then recor
 re-processed. A database that cannot be used is a temporary failure: the message stays
 in the mailbox, or the MTA is told 75 and retries.
 
-Only the ``contract`` source can be written to for now (source/contract.py).
+Comments and tickets are written through the source's writer (source/writes.py): the
+contract's tables, django-helpdesk's follow-ups and tickets, django-spire's tickets
+(spire has no comments: a reply to one is kept, ``unmatched``).
 """
 
 from __future__ import annotations
@@ -37,16 +39,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ..compose.render import address_digest
 from ..config import Settings
 from ..errors import ConfigError, DatabaseUnavailable
-from ..source.contract import (
-    add_public_comment,
-    create_ticket,
-    create_user_for_address,
-    find_ticket_by_number,
-    find_user_by_address,
-    find_user_by_username,
-    ticket_exists,
-    ticket_participants,
-)
+from ..source import load_writer
+from ..source.writes import Opening, Person, Refused, Reply, SourceWriter, Written
 from ..states import ACTED_ON, InboundOutcome
 from ..storage.database import describe_exception, raise_if_database_down, utcnow
 from ..storage.deliveries import (
@@ -98,7 +92,9 @@ class InboundPolicy:
     """``create``, ``refuse`` or ``fallback:<username>``: new mail from a stranger."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> InboundPolicy:
+    def from_settings(cls, settings: Settings, subject_patterns: tuple[re.Pattern[str], ...]
+                      = (TICKET_NUMBER_TAG,)) -> InboundPolicy:
+        """The policy of ``settings``; ``subject_patterns``: the source's subject tags."""
         def bare(value: str | None) -> str | None:
             return getaddresses([value])[0][1] or None if value else None
 
@@ -110,7 +106,7 @@ class InboundPolicy:
                 own_addresses=tuple(a for a in (bare(settings.default_from_email),) if a),
                 helpdesk_addresses=settings.inbound_addresses,
                 secrets=settings.secret_key,
-                subject_patterns=(TICKET_NUMBER_TAG,)),
+                subject_patterns=subject_patterns),
             trusted_authserv_ids=settings.inbound_trusted_authserv_ids,
             unknown_reply=settings.inbound_unknown_reply,
             unknown_sender=settings.inbound_unknown_sender)
@@ -147,14 +143,11 @@ class InboundHandler:
     def __init__(self, settings: Settings, engine: Engine, *,
                  clock: Callable[[], datetime] = utcnow,
                  policy: InboundPolicy | None = None) -> None:
-        if settings.source != "contract":
-            raise ConfigError(f"Inbound mail writes comments and tickets only into the "
-                              f"contract source for now, and ITSM_SOURCE is "
-                              f"{settings.source!r}: leave ITSM_INBOUND_URL unset and do not "
-                              f"pipe mail to 'itsm-notify receive'.")
+        self.writer: SourceWriter = load_writer(settings)
         self.engine = engine
         self.clock = clock
-        self.policy = policy or InboundPolicy.from_settings(settings)
+        self.policy = policy or InboundPolicy.from_settings(settings,
+                                                            self.writer.subject_patterns)
         # the parser reads whole whatever intake accepted whole (ITSM_INBOUND_MAX_BYTES)
         self.limits = Limits(max_size=settings.inbound_max_bytes)
 
@@ -355,7 +348,7 @@ class InboundHandler:
         return None
 
     def _reply(self, conn: Connection, msg: InboundMessage, found: ReplyMail) -> Disposition:
-        resolved = _resolve_ticket(conn, found.keys)
+        resolved = self._resolve_ticket(conn, found.keys)
         if resolved is None:
             if any(key.kind != "number" for key in found.keys):
                 named = ", ".join(f"{k.kind} {k.value}" for k in found.keys[:3])
@@ -370,25 +363,28 @@ class InboundHandler:
             return Disposition(InboundOutcome.REFUSED, f"A reply to ticket {ticket_id} from "
                                f"{msg.from_address or 'an unknown sender'}: {trust.reason}",
                                ticket_id)
-        author = find_user_by_address(conn, msg.from_address) if msg.from_address else None
+        comments = self.writer.comments
+        if isinstance(comments, Refused):
+            return Disposition(InboundOutcome.UNMATCHED, f"A reply to ticket {ticket_id}, "
+                               f"matched by {key.source}: {comments.reason}", ticket_id)
+        author = comments.reply_author(conn, msg.from_address) if msg.from_address else None
         if author is None:
             return self._not_allowed(ticket_id, f"{msg.from_address or 'the sender'} is no "
                                                 f"active user of the help desk")
-        participants = ticket_participants(conn, ticket_id)
-        if participants is None or not participants.allows(author.id):
-            return self._not_allowed(ticket_id, f"{author.username} ({msg.from_address}) is "
-                                                f"not on the ticket")
+        if not comments.may_write(conn, ticket_id, author):
+            return self._not_allowed(ticket_id, f"{author.label} is not on the ticket")
         reply = extract_reply(msg.text)
         if not reply.new.strip():
-            return Disposition(InboundOutcome.IGNORED, f"A reply by {author.username} to ticket "
+            return Disposition(InboundOutcome.IGNORED, f"A reply by {author.name} to ticket "
                                f"{ticket_id} with no new text (only quotes or a signature).",
                                ticket_id, cut_text=reply.cut)
-        comment_id = add_public_comment(conn, ticket_id, author.id, reply.new.strip())
-        event_id = write_event(conn, "comment_added", ticket_id, author.id,
-                               {"comment_id": comment_id})
-        return Disposition(InboundOutcome.COMMENT, f"A public comment by {author.username} on "
-                           f"ticket {ticket_id}, matched by {key.source}.", ticket_id,
-                           comment_id, event_id, reply.cut or None)
+        written = comments.add_reply(conn, Reply(ticket_id, author, reply.new.strip(),
+                                                 msg.message_id))
+        event_id = self._write_events(conn, written)
+        note = f" ({written.note})" if written.note else ""
+        return Disposition(InboundOutcome.COMMENT, f"A public comment by {author.name} on "
+                           f"ticket {written.ticket_id}{note}, matched by {key.source}.",
+                           written.ticket_id, written.row_id, event_id, reply.cut or None)
 
     def _not_allowed(self, ticket_id: int, why: str) -> Disposition:
         outcome = InboundOutcome.QUARANTINED if self.policy.unknown_reply == "quarantine" \
@@ -407,32 +403,62 @@ class InboundHandler:
         if not msg.from_address:
             return Disposition(InboundOutcome.REFUSED, f"{reason} It names no single sender "
                                                        f"address: no ticket.")
-        requester = find_user_by_address(conn, msg.from_address)
-        requester_id = requester.id if requester is not None else \
+        requester = self.writer.account(conn, msg.from_address) or \
             self._unknown_sender(conn, msg)
-        if requester_id is None:
-            return Disposition(InboundOutcome.REFUSED, f"{reason} {msg.from_address} is no user "
-                               f"of the help desk (ITSM_INBOUND_UNKNOWN_SENDER=refuse).")
+        if isinstance(requester, Refused):
+            return Disposition(InboundOutcome.REFUSED, f"{reason} {requester.reason}")
         title = one_line(msg.subject, MAX_TITLE) or "(no subject)"
-        ticket_id, number = create_ticket(conn, title=title, description=msg.text.strip(),
-                                          requester_id=requester_id)
-        event_id = write_event(conn, "ticket_created", ticket_id, requester_id, {})
-        return Disposition(InboundOutcome.TICKET, f"{reason} Opened ticket {number} for "
-                           f"{msg.from_address}.", ticket_id, event_id=event_id)
+        written = self.writer.open_ticket(conn, Opening(title, msg.text.strip(), requester,
+                                                        msg.message_id))
+        if isinstance(written, Refused):
+            return Disposition(InboundOutcome.REFUSED, f"{reason} {written.reason}")
+        event_id = self._write_events(conn, written)
+        return Disposition(InboundOutcome.TICKET, f"{reason} Opened ticket {written.number} "
+                           f"for {msg.from_address}.", written.ticket_id, event_id=event_id)
 
-    def _unknown_sender(self, conn: Connection, msg: InboundMessage) -> int | None:
+    def _unknown_sender(self, conn: Connection, msg: InboundMessage) -> Person | Refused:
         """The requester for a sender no user has, by ITSM_INBOUND_UNKNOWN_SENDER."""
         assert msg.from_address is not None
         policy = self.policy.unknown_sender
         if policy == "create":
-            return create_user_for_address(conn, msg.from_address, msg.from_name)
+            return self.writer.stranger(conn, msg.from_address, msg.from_name)
         if policy.startswith("fallback:"):
             username = policy.partition(":")[2]
-            fallback = find_user_by_username(conn, username)
+            fallback = self.writer.account_named(conn, username)
             if fallback is None:
                 raise ConfigError(f"ITSM_INBOUND_UNKNOWN_SENDER names the fallback requester "
                                   f"{username!r}, who is no active user: fix its value.")
-            return fallback.id
+            return fallback
+        return Refused(f"{msg.from_address} is no user of the help desk "
+                       f"(ITSM_INBOUND_UNKNOWN_SENDER=refuse).")
+
+    @staticmethod
+    def _write_events(conn: Connection, written: Written) -> int | None:
+        """The outbox events a write calls for, in the same transaction; the last one's
+        id (a reply's ``comment_added``)."""
+        event_id = None
+        for event in written.events:
+            event_id = write_event(conn, event.event_type, written.ticket_id, event.actor_id,
+                                   event.payload)
+        return event_id
+
+    def _resolve_ticket(self, conn: Connection, keys: Iterable[TicketKey]
+                        ) -> tuple[int, TicketKey] | None:
+        """The first key, in the classifier's order, that names an existing ticket."""
+        for key in keys:
+            ticket_id: int | None = None
+            if key.kind == "event":
+                event_id = _event_id(key)
+                ticket_id = event_ticket(conn, event_id) if event_id is not None else None
+                if ticket_id is not None and not self.writer.ticket_exists(conn, ticket_id):
+                    ticket_id = None  # deleted since
+            elif key.kind == "ticket" and key.value.isdigit() and int(key.value) < 2**31:
+                ticket_id = int(key.value) if self.writer.ticket_exists(conn, int(key.value)) \
+                    else None
+            elif key.kind == "number":
+                ticket_id = self.writer.find_tagged_ticket(conn, key)
+            if ticket_id is not None:
+                return ticket_id, key
         return None
 
 
@@ -475,22 +501,6 @@ def _event_id(key: TicketKey | None) -> int | None:
         return None
     value = int(key.value)
     return value if value < 2**63 else None
-
-
-def _resolve_ticket(conn: Connection, keys: Iterable[TicketKey]) -> tuple[int, TicketKey] | None:
-    """The first key, in the classifier's order, that names an existing ticket."""
-    for key in keys:
-        ticket_id: int | None = None
-        if key.kind == "event":
-            event_id = _event_id(key)
-            ticket_id = event_ticket(conn, event_id) if event_id is not None else None
-        elif key.kind == "ticket" and key.value.isdigit() and int(key.value) < 2**31:
-            ticket_id = int(key.value) if ticket_exists(conn, int(key.value)) else None
-        elif key.kind == "number":
-            ticket_id = find_ticket_by_number(conn, key.value)
-        if ticket_id is not None:
-            return ticket_id, key
-    return None
 
 
 def _status_for(report: DeliveryReport, address: str) -> RecipientStatus:

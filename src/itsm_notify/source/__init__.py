@@ -7,7 +7,7 @@ one entry in ``PRESETS`` below and a module in source/presets/.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,9 @@ from ..errors import ConfigError
 from .base import InAppWriter, Rule, Source, write_app_notifications
 from .mapping import SourceMapping, load_mapping_file, parse_mapping
 from .presets import contract, django_helpdesk, django_spire
+from .writes import SourceWriter
+
+WriterFactory = Callable[[Settings], SourceWriter]
 
 
 @dataclass(frozen=True)
@@ -26,15 +29,60 @@ class Preset:
     path: str = ""
     """Where the app's pages are mounted (``{path}`` in its links): ITSM_SOURCE_PATH."""
     write_in_app: InAppWriter = write_app_notifications
+    writer: WriterFactory | None = None
+    """What inbound mail writes into the app (source/writes.py); None: nothing."""
+    replies_become_comments: bool = False
+    """Whether a reply by mail becomes a comment (then each email to a user about a
+    ticket carries the signed per-user Reply-To that finds its ticket)."""
+
+
+# The writers import the inbound parsing (classify); only mail intake loads them.
+def _contract_writer(settings: Settings) -> SourceWriter:
+    from .contract import ContractWriter
+
+    return ContractWriter()
+
+
+def _django_helpdesk_writer(settings: Settings) -> SourceWriter:
+    from .presets.django_helpdesk_writes import DjangoHelpdeskWriter
+
+    return DjangoHelpdeskWriter(settings.inbound_queue)
+
+
+def _django_spire_writer(settings: Settings) -> SourceWriter:
+    from .presets.django_spire_writes import DjangoSpireWriter
+
+    return DjangoSpireWriter()
 
 
 PRESETS: dict[str, Preset] = {
-    "contract": Preset(contract.MAPPING),
+    "contract": Preset(contract.MAPPING, writer=_contract_writer,
+                       replies_become_comments=True),
     "django-helpdesk": Preset(django_helpdesk.MAPPING, django_helpdesk.RULES,
-                              django_helpdesk.PATH),
+                              django_helpdesk.PATH, writer=_django_helpdesk_writer,
+                              replies_become_comments=True),
     "django-spire": Preset(django_spire.MAPPING, django_spire.RULES, django_spire.PATH,
-                           django_spire.write_in_app),
+                           django_spire.write_in_app, writer=_django_spire_writer),
 }
+
+
+def load_writer(settings: Settings) -> SourceWriter:
+    """What inbound mail writes through, for the configured source. Raises ConfigError
+    for a source without one (a mapping file: the tool knows how to read its schema,
+    not how the app writes)."""
+    preset = PRESETS.get(settings.source)
+    if preset is None or preset.writer is None:
+        raise ConfigError(f"Inbound mail writes comments and tickets only into the contract, "
+                          f"django-helpdesk and django-spire sources, and ITSM_SOURCE is "
+                          f"{settings.source!r}: leave ITSM_INBOUND_URL unset and do not "
+                          f"pipe mail to 'itsm-notify receive'.")
+    return preset.writer(settings)
+
+
+def replies_become_comments(settings: Settings) -> bool:
+    """Whether a reply by mail becomes a comment in the configured source."""
+    preset = PRESETS.get(settings.source)
+    return preset is not None and preset.replies_become_comments
 
 
 def load_source(settings: Settings) -> Source:

@@ -1,7 +1,8 @@
 """What inbound mail writes into the ``contract`` source's tables (users, tickets,
 comments), each inside the caller's transaction: the handler records the message,
-writes these and the outbox event in one. Reading goes through the generic source
-(source/base.py) like every other source's."""
+writes these and the outbox event in one (``ContractWriter``, the contract's
+``SourceWriter``). Reading goes through the generic source (source/base.py) like every
+other source's."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from ..events.model import (
     bounded_text,
     optional_id,
 )
+from ..inbound.classify import TICKET_NUMBER_TAG, TicketKey
 from ..storage.database import utcnow
 from ..storage.schema import comments, project_members, tickets, users
+from .writes import NewEvent, Opening, Person, Refused, Reply, Written
 
 
 def _user(row: Any) -> User:
@@ -157,3 +160,60 @@ def create_ticket(conn: Connection, *, title: str, description: str,
                   if (candidate := base if n == 0 else f"{base}{n}") not in taken)
     conn.execute(update(tickets).where(tickets.c.id == ticket_id).values(number=number))
     return ticket_id, number
+
+
+def _person(user: User | None, address: str) -> Person | None:
+    return Person(address.strip(), user.id, user.username) if user is not None else None
+
+
+class ContractWriter:
+    """The contract's writes (the functions above): a reply is a public comment by a
+    user on the ticket (requester, assignee, project member or public commenter); new
+    mail a ticket numbered ``TKT-<id>``; a stranger becomes a new user."""
+
+    name = "contract"
+    subject_patterns: tuple[re.Pattern[str], ...] = (TICKET_NUMBER_TAG,)
+
+    @property
+    def comments(self) -> ContractWriter:
+        return self
+
+    def account(self, conn: Connection, address: str) -> Person | None:
+        return _person(find_user_by_address(conn, address), address)
+
+    def account_named(self, conn: Connection, username: str) -> Person | None:
+        user = find_user_by_username(conn, username)
+        return _person(user, user.email or "") if user is not None else None
+
+    def reply_author(self, conn: Connection, address: str) -> Person | None:
+        return self.account(conn, address)
+
+    def stranger(self, conn: Connection, address: str, name: str) -> Person | Refused:
+        user_id = create_user_for_address(conn, address, name)
+        return Person(address.strip(), user_id)
+
+    def ticket_exists(self, conn: Connection, ticket_id: int) -> bool:
+        return ticket_exists(conn, ticket_id)
+
+    def find_tagged_ticket(self, conn: Connection, key: TicketKey) -> int | None:
+        return find_ticket_by_number(conn, key.value)
+
+    def may_write(self, conn: Connection, ticket_id: int, author: Person) -> bool:
+        participants = ticket_participants(conn, ticket_id)
+        return participants is not None and author.user_id is not None and \
+            participants.allows(author.user_id)
+
+    def add_reply(self, conn: Connection, reply: Reply) -> Written:
+        comment_id = add_public_comment(conn, reply.ticket_id, reply.author.user_id,
+                                        reply.body)
+        return Written(reply.ticket_id, comment_id, (NewEvent(
+            "comment_added", {"comment_id": comment_id}, reply.author.user_id),))
+
+    def open_ticket(self, conn: Connection, opening: Opening) -> Written | Refused:
+        requester_id = opening.requester.user_id
+        assert requester_id is not None  # every contract requester is a user
+        ticket_id, number = create_ticket(conn, title=opening.title,
+                                          description=opening.body,
+                                          requester_id=requester_id)
+        return Written(ticket_id, ticket_id, (NewEvent("ticket_created", {}, requester_id),),
+                       number=number)
