@@ -163,6 +163,14 @@ class InboundHandler:
     def __call__(self, message: ReceivedMail) -> HandleResult:
         if message.too_large:
             return self._record_rejected(message, message.too_large_reason)
+        result = self._handle_once(message)
+        if result.outcome == Outcome.TEMPORARY_FAILURE and not result.outage:
+            # a deadlock between racing handlers of one message (MariaDB picks a victim
+            # when three insert one key and the first rolls back): once more, at once
+            result = self._handle_once(message)
+        return result
+
+    def _handle_once(self, message: ReceivedMail) -> HandleResult:
         msg = self.parse(message.raw)
         try:
             with self.engine.connect() as conn:
