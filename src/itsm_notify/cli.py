@@ -793,14 +793,7 @@ def test_email_command(
         out.print(f"{name:<20} {value}", markup=False, soft_wrap=True)
     out.print()
     result = send_test_email(settings, address, on_step=_present_step)
-    if result.failed_step:
-        out.print(f"[bold red]✗ {plain(result.failed_step)} failed:[/] "
-                  f"{plain(result.reply or '')}", soft_wrap=True)
-        out.print(f"[bold]Likely fix:[/] {plain(result.hint or '')}", soft_wrap=True)
-        raise typer.Exit(result.exit_code)
-    total = sum(step.seconds for step in result.steps)
-    out.print(f"[green]✓[/] Test email sent to {plain(address)} in {total * 1000:.0f} ms.",
-              soft_wrap=True)
+    _present_probe(result, f"Test email sent to {plain(address)}")
 
 
 @app.command("test-channel")
@@ -817,14 +810,19 @@ def test_channel_command(
         settings = settings_from(config, database_url=database_url)
         engine = make_engine(settings.database_url)
         result = send_test_message(settings, name, engine=engine, on_step=_present_step)
+    _present_probe(result, f"Test message posted to {plain(name)}")
+
+
+def _present_probe(result: Any, done: str) -> None:
+    """The end of a test-email or test-channel: the failed step and the likely fix (exit
+    1), or how long it all took."""
     if result.failed_step:
         out.print(f"[bold red]✗ {plain(result.failed_step)} failed:[/] "
                   f"{plain(result.reply or '')}", soft_wrap=True)
         out.print(f"[bold]Likely fix:[/] {plain(result.hint or '')}", soft_wrap=True)
         raise typer.Exit(result.exit_code)
     total = sum(step.seconds for step in result.steps)
-    out.print(f"[green]✓[/] Test message posted to {plain(name)} in {total * 1000:.0f} ms.",
-              soft_wrap=True)
+    out.print(f"[green]✓[/] {done} in {total * 1000:.0f} ms.", soft_wrap=True)
 
 
 def _present_step(step: Any) -> None:

@@ -15,6 +15,8 @@ prints it (never a traceback) and chooses the exit status by its kind::
 
 from __future__ import annotations
 
+import socket
+
 
 class ItsmNotifyError(Exception):
     """Root of every error the tool raises on purpose."""
@@ -50,3 +52,15 @@ class UnsafeHeader(ItsmNotifyError, ValueError):
 
 class InvalidToken(ItsmNotifyError):
     """An unsubscribe token that is forged, altered, or belongs to someone else."""
+
+
+def describe_network_error(exc: BaseException) -> str:
+    """A socket-level failure in a few words (``timed out``, ``connection refused``, ...),
+    else the exception's own text."""
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found"
+    return str(exc).strip() or type(exc).__name__

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
-import socket
 import ssl
 import threading
 from collections.abc import Iterable, Iterator
 
 from ..config import Settings
-from ..errors import TransportError
+from ..errors import TransportError, describe_network_error
 from ..states import DeliveryState
 from .base import Answered, Outcome, Outgoing, RateLimiter, rate_limited
 
@@ -144,7 +143,7 @@ class SmtpSession:
             except (OSError, smtplib.SMTPException) as exc:
                 delivery.give_up_reason = (
                     f"cannot reach the SMTP server {self.settings.email_host}:"
-                    f"{self.settings.email_port} ({_describe(exc)})")
+                    f"{self.settings.email_port} ({describe_network_error(exc)})")
                 return Outcome(out.key, DeliveryState.DEFERRED, detail=delivery.give_up_reason,
                                counts_as_attempt=False)
             try:
@@ -153,7 +152,7 @@ class SmtpSession:
                 self.close()
                 if self.dropped:
                     delivery.give_up_reason = \
-                        f"the SMTP connection dropped twice ({_describe(exc)})"
+                        f"the SMTP connection dropped twice ({describe_network_error(exc)})"
                     return Outcome(out.key, DeliveryState.DEFERRED, detail=delivery.give_up_reason)
                 self.dropped = True
                 continue
@@ -291,16 +290,6 @@ def _quietly_close(smtp: smtplib.SMTP) -> None:
         smtp.close()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "host name not found"
-    return str(exc) or type(exc).__name__
-
-
 class SmtpTransport:
     """Sends over up to ``ITSM_SMTP_CONNECTIONS`` sessions kept open for the run."""
 
@@ -365,7 +354,7 @@ class SmtpTransport:
             return session.send(out, delivery)
         except Exception as exc:  # a bug must not lose the message
             return Outcome(out.key, DeliveryState.DEFERRED,
-                           detail=f"unexpected error: {_describe(exc)}")
+                           detail=f"unexpected error: {describe_network_error(exc)}")
 
     def close(self) -> None:
         for session in self.sessions:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe_network_error
 from ..storage.database import utcnow
 from .handling import (
     FailureStreak,
@@ -276,16 +275,10 @@ def _untrusted(where: str, exc: ssl.SSLCertVerificationError) -> ConfigError:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "host name not found"
-    text = str(exc).strip()
+    text = describe_network_error(exc)
     if text.startswith(("b'", 'b"')) and text.endswith(text[1]):  # imaplib's bytes repr
-        text = text[2:-1]
-    return text or type(exc).__name__
+        text = text[2:-1] or type(exc).__name__
+    return text
 
 
 def _close(client: IMAPClient, *, logout: bool) -> None:
