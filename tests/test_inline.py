@@ -139,7 +139,8 @@ def test_the_templates_inline_alike(event_type: str, title: str, description: st
     ctx = context(event_type, title, description, priority)
     recipient = EmailRecipient("bob@example.com", "Bob O'Brien", "Bob", 2)
     variables = {**RENDERER.event_variables(ctx), **recipient_variables(recipient),
-                 "unsubscribe_url": "https://desk.example.com/u/t/"}
-    template = RENDERER._template(f"{event_type}.html")
+                 "unsubscribe_url": "https://desk.example.com/u/t/",
+                 "ticket_url": "https://desk.example.com/tickets/7/"}
+    template = RENDERER.templates_for(RENDERER.language())._template(f"{event_type}.html")
     assert RENDERER.structures.render(template, variables) == \
         RENDERER.structures.inliner.inline(template.render(variables))

@@ -186,9 +186,12 @@ def _parse_queue_slug(raw: Any) -> str | None:
     return text or None
 
 
-def _setting(default: Any, env: str, parse: Callable[[Any], Any], *, repr: bool = True) -> Any:
-    """A settings field: its default, its environment name and its parser."""
-    return field(default=default, repr=repr, metadata={"env": env, "parse": parse})
+def _setting(default: Any, env: str, parse: Callable[[Any], Any], *, repr: bool = True,
+             django: str | None = None) -> Any:
+    """A settings field: its default, its environment name and its parser; ``django``:
+    Django's name for the same setting, read when the environment name is not set."""
+    return field(default=default, repr=repr,
+                 metadata={"env": env, "parse": parse, "django": django})
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,10 @@ class Settings:
     overdue_realert_hours: float = _setting(24.0, "ITSM_OVERDUE_REALERT_HOURS", _parse_float)
     send_interval_seconds: int = _setting(60, "ITSM_SEND_INTERVAL_SECONDS", _parse_int)
     overdue_cron: str = _setting("0 * * * *", "ITSM_OVERDUE_CRON", _parse_str)
-    time_zone: str | None = _setting(None, "ITSM_TIME_ZONE", _parse_optional_str)
+    time_zone: str | None = _setting(None, "ITSM_TIME_ZONE", _parse_optional_str,
+                                     django="TIME_ZONE")
+    default_locale: str = _setting("en", "ITSM_DEFAULT_LOCALE", _parse_str,
+                                   django="LANGUAGE_CODE")
     due_soon: str = _setting("", "ITSM_DUE_SOON", _parse_str)
     due_soon_cron: str = _setting("*/5 * * * *", "ITSM_DUE_SOON_CRON", _parse_str)
     due_soon_anytime_priorities: tuple[str, ...] = _setting(
@@ -338,6 +344,17 @@ def ticket_path(ticket_id: int) -> str:
 
 ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)
                              if f.metadata["env"]}
+DJANGO_NAMES: dict[str, str] = {f.name: f.metadata["django"] for f in fields(Settings)
+                                if f.metadata.get("django")}
+"""Django's names for settings the tool shares with it (LANGUAGE_CODE, TIME_ZONE)."""
+
+
+def _named(source: Mapping[str, str]) -> dict[str, str]:
+    """The settings an environment (or .env) sets, by field name: each by its own
+    environment name, else by Django's."""
+    found = {name: source[env] for name, env in DJANGO_NAMES.items() if env in source}
+    found.update({name: source[env] for name, env in ENV_NAMES.items() if env in source})
+    return found
 
 
 def config_file_path(config_path: str | Path | None, env: Mapping[str, str],
@@ -400,10 +417,8 @@ def load_settings(
     data = read_config_file(path) if path is not None else {}
     layers: list[tuple[str, Mapping[str, Any]]] = [
         ("the config file", _toml_values(path, data)),
-        (".env", {name: dotenv[env_name] for name, env_name in ENV_NAMES.items()
-                  if env_name in dotenv}),
-        ("the environment", {name: env[env_name] for name, env_name in ENV_NAMES.items()
-                             if env_name in env}),
+        (".env", _named(dotenv)),
+        ("the environment", _named(env)),
         ("the command line", {k: v for k, v in (overrides or {}).items() if v is not None}),
     ]
     values: dict[str, Any] = {}
@@ -540,6 +555,11 @@ def _validate_timing(settings: Settings) -> None:
     """The time zone, the business hours and the due-soon thresholds parse (each error
     names its setting); the holidays file is read here, once. Nothing to read when none
     is set."""
+    from .compose.i18n import language_code
+
+    if language_code(settings.default_locale) is None:
+        raise ConfigError(f"ITSM_DEFAULT_LOCALE must be a language code such as en, de or "
+                          f"pt-BR, got {settings.default_locale!r}: fix its value.")
     if settings.time_zone:
         from .timing.business_hours import parse_time_zone
 

@@ -1,14 +1,15 @@
 """How the app's data reads in an email: pure helpers shared by the event types'
-template variables and the renderer (cut text, times, durations, a ticket's view)."""
+template variables and the renderer (cut text, a priority's badge, a ticket's view)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import datetime
 from types import SimpleNamespace
 
 from ..config import Settings
 from ..events.model import Ticket, User
+from .i18n import Language
 
 
 def cut(text: str, limit: int) -> tuple[str, bool]:
@@ -20,30 +21,14 @@ def cut(text: str, limit: int) -> tuple[str, bool]:
     return (head[:space] if space > limit * 0.8 else head).rstrip() + " …", True
 
 
-def display_time(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else None
+_LEVEL = re.compile(r"\b(low|medium|high|critical)\b", re.IGNORECASE)
 
 
-def overdue_for(due_at: datetime, now: datetime) -> str:
-    """How long past due, in the largest whole unit: "3 days overdue", "1 hour overdue"."""
-    seconds = max(0, int((now - due_at).total_seconds()))
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            amount = seconds // size
-            return f"{amount} {unit}{'s' if amount != 1 else ''} overdue"
-    return "just overdue"
-
-
-def due_in(due_at: datetime, now: datetime) -> str:
-    """How long until due, in the largest whole unit: "due in 3 hours", "due in 1 day"."""
-    seconds = int((due_at - now).total_seconds())
-    if seconds <= 0:
-        return "due now"
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            amount = seconds // size
-            return f"due in {amount} {unit}{'s' if amount != 1 else ''}"
-    return "due in less than a minute"
+def priority_level(stored: str, label: str = "") -> str:
+    """The word that styles a priority's badge: low, medium, high or critical, found in
+    the stored value or the app's label ("2. High"), else unknown."""
+    found = _LEVEL.search(stored) or _LEVEL.search(label)
+    return found.group(1).lower() if found else "unknown"
 
 
 def name_of(users: Mapping[int, User], user_id: int | None, default: str = "") -> str:
@@ -52,16 +37,17 @@ def name_of(users: Mapping[int, User], user_id: int | None, default: str = "") -
 
 
 def ticket_view(ticket: Ticket, users: Mapping[int, User], project_name: str | None,
-                settings: Settings) -> SimpleNamespace:
-    """A ticket as the templates print it (its description cut to
+                settings: Settings, language: Language) -> SimpleNamespace:
+    """A ticket as the templates print it in ``language`` (its description cut to
     ``ITSM_MAX_TEXT_LENGTH``, with a flag to link to the rest)."""
     description, truncated = cut(ticket.description, settings.max_text_length)
     return SimpleNamespace(
         id=ticket.id, number=ticket.number, title=ticket.title,
         description=description, description_truncated=truncated,
         status=ticket.status_label or ticket.status,
-        priority=ticket.priority_label or ticket.priority,
+        priority=language.priority(ticket.priority, ticket.priority_label),
+        priority_level=priority_level(ticket.priority, ticket.priority_label),
         url=ticket.links.get("staff") or settings.ticket_url(ticket.id),
         requester_name=name_of(users, ticket.requester_id),
         assignee_name=name_of(users, ticket.assignee_id) or None,
-        project_name=project_name, due_at_display=display_time(ticket.due_at))
+        project_name=project_name, due_at_display=language.time(ticket.due_at))

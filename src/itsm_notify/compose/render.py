@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -28,8 +29,11 @@ from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
     Template,
+    pass_context,
     select_autoescape,
 )
+from jinja2.runtime import Context
+from markupsafe import Markup
 
 from ..config import Settings, ticket_path
 from ..events.audience import EmailRecipient
@@ -49,6 +53,7 @@ from .headers import (
     one_line,
     safe_text,
 )
+from .i18n import Language, Languages
 from .inline import StructureInliner
 from .mime import (
     _BOUNDARY_PLACEHOLDER,
@@ -97,67 +102,72 @@ class RenderedEmail:
 
 
 class Renderer:
-    """Renders the email templates; one per process, templates compiled once."""
+    """Renders the email templates; one per process, each language's templates compiled
+    once (``_LanguageTemplates``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, languages: Languages | None = None) -> None:
         self.settings = settings
         self.sender_address = sender_address(settings)
-        loaders = []
-        if settings.template_dir:
-            loaders.append(FileSystemLoader(str(Path(settings.template_dir) / "emails")))
-            loaders.append(FileSystemLoader(settings.template_dir))
-        loaders.append(FileSystemLoader(str(packaged_template_dir() / "emails")))
-        self.structures = StructureInliner(css_inline.CSSInliner(keep_at_rules=True))
-        self.env = Environment(
-            loader=ChoiceLoader(loaders),
-            autoescape=select_autoescape(["html"]),
-            trim_blocks=True,
-            lstrip_blocks=True,
-            undefined=StrictUndefined,
-            auto_reload=False,  # compiled once per process: no stat() per message
-            finalize=self.structures.finalize,  # values become markers while inlining
-        )
-        self._templates: dict[str, Template] = {}
-        self.slots = SlotRenderer(self.env, self.render)
+        self.languages = languages or Languages(settings.default_locale, settings.time_zone)
+        # One inliner for every language: a page's structure holds its words, so the
+        # languages' structures never meet.
+        self.structures = StructureInliner(css_inline.CSSInliner(keep_at_rules=True),
+                                           remembered=1024)
+        self._by_language: dict[str, _LanguageTemplates] = {}
+        self._lock = threading.Lock()
+
+    def language(self, locale: str | None = None, zone: str | None = None) -> Language:
+        """The language and time zone of a reader (the defaults when both are None)."""
+        return self.languages.get(locale, zone)
+
+    def language_of(self, recipient: EmailRecipient) -> Language:
+        return self.languages.get(recipient.locale, recipient.time_zone)
+
+    def templates_for(self, language: Language) -> _LanguageTemplates:
+        found = self._by_language.get(language.code)
+        if found is None:
+            with self._lock:
+                found = self._by_language.get(language.code)
+                if found is None:
+                    found = self._by_language[language.code] = _LanguageTemplates(
+                        language, self.settings.template_dir, self.structures)
+        return found
 
     # ------------------------------------------------------------------ rendering
 
-    def render(self, template: str, variables: Mapping[str, Any]) -> tuple[str, str]:
-        """The (text, html) pair of ``template``; the HTML with its CSS inlined."""
-        text = self._template(f"{template}.txt").render(variables)
-        return text, self.structures.render(self._template(f"{template}.html"), variables)
+    def render(self, template: str, variables: Mapping[str, Any],
+               language: Language | None = None) -> tuple[str, str]:
+        """The (text, html) pair of ``template`` in ``language`` (the default one when
+        None); the HTML with its CSS inlined."""
+        return self.templates_for(language or self.language()).render(template, variables)
 
-    def _template(self, name: str) -> Template:
-        """A compiled template, kept here: Jinja's own cache costs a lock and a lookup
-        that show in a profile of thousands of messages."""
-        found = self._templates.get(name)
-        if found is None:
-            found = self._templates[name] = self.env.get_template(name)
-        return found
-
-    def event_variables(self, ctx: EventContext) -> dict[str, Any]:
-        """The variables an event's templates share across all its recipients: the
-        site's, and its event type's (``EventType.variables``)."""
+    def event_variables(self, ctx: EventContext, language: Language | None = None
+                        ) -> dict[str, Any]:
+        """The variables an event's templates share across all its recipients who read
+        ``language``: the site's, and its event type's (``EventType.variables``)."""
+        language = language or self.language()
         return {"site_name": self.settings.site_name, "site_url": self.settings.site_url,
-                "event_type": ctx.event.event_type,
-                **event_type(ctx.event.event_type).variables(ctx, self.settings)}
+                "event_type": ctx.event.event_type, "language": language.code,
+                **event_type(ctx.event.event_type).variables(ctx, self.settings, language)}
 
-    def subject(self, ctx: EventContext) -> str:
-        """The event's subject, on one line (made header-safe when composed), after its
-        ticket's tracking tag when the source has one (a reply then joins the ticket)."""
+    def subject(self, ctx: EventContext, language: Language | None = None) -> str:
+        """The event's subject in ``language`` (the default one when None), on one line
+        (made header-safe when composed), after its ticket's tracking tag when the
+        source has one (a reply then joins the ticket)."""
         spec = event_type(ctx.event.event_type)
         tag = ctx.ticket.tag if spec.about_one_ticket(ctx) else ""
-        return one_line(tag + spec.subject(ctx), limit=300)
+        return one_line(tag + spec.subject(ctx, language or self.language()), limit=300)
 
     def render_event(self, ctx: EventContext, recipient: EmailRecipient,
                      shared: Mapping[str, Any] | None = None,
                      unsubscribe_url: str | None = None,
                      subject: str | None = None, ticket_url: str | None = None
                      ) -> RenderedEmail:
-        """One event's email for one recipient. Pass ``shared`` (from
-        ``event_variables``) and ``subject`` when rendering several recipients of one
-        event; ``ticket_url``: the ticket's link for this recipient (the source's: the
-        requester's own page, or the staff's), else the staff's."""
+        """One event's email for one recipient, in their language. Pass ``shared`` (from
+        ``event_variables``) and ``subject``, in the recipient's language, when
+        rendering several recipients of one event; ``ticket_url``: the ticket's link for
+        this recipient (the source's: the requester's own page, or the staff's), else
+        the staff's."""
         if ctx.comment is not None and ctx.comment.is_internal:
             # Belt and braces: the rules never email internal comments.
             raise ValueError("internal comments are never emailed")
@@ -165,11 +175,15 @@ class Renderer:
                     "ticket_url": ticket_url or ctx.ticket.links.get("staff")
                     or self.settings.ticket_url(ctx.ticket.id)}
         template = event_type(ctx.event.event_type).template
+        language = self.language_of(recipient)
+        templates = self.templates_for(language)
         if shared:  # the event's CSS is inlined once, not per recipient (see slots.py)
-            text, html = self.slots.render(template, shared, personal)
+            text, html = templates.slots.render(template, shared, personal)
         else:
-            text, html = self.render(template, {**self.event_variables(ctx), **personal})
-        return RenderedEmail(subject=subject or self.subject(ctx), text=text, html=html)
+            text, html = templates.render(template,
+                                          {**self.event_variables(ctx, language), **personal})
+        return RenderedEmail(subject=subject or self.subject(ctx, language), text=text,
+                             html=html)
 
     # ------------------------------------------------------------------ messages
 
@@ -327,10 +341,82 @@ def sender_address(settings: Settings) -> str:
     return getaddresses([settings.default_from_email])[0][1]
 
 
-def in_app_text(ctx: EventContext, subject: str) -> tuple[str, str, str]:
+def in_app_text(ctx: EventContext, subject: str, language: Language
+                ) -> tuple[str, str, str]:
     """(title, body, relative url) of an in-app notification row: the subject, the event
-    type's body (``EventType.in_app``), the ticket's path."""
+    type's body (``EventType.in_app``), the ticket's path; in the user's language."""
     make_body = event_type(ctx.event.event_type).in_app
-    body = make_body(ctx) if make_body is not None else subject
+    body = make_body(ctx, language) if make_body is not None else subject
     return one_line(subject, limit=500), cut(body, 400)[0], \
         ctx.ticket.links.get("in_app") or ticket_path(ctx.ticket.id)
+
+
+class _LanguageTemplates:
+    """One language's templates: a Jinja environment with its catalog installed and its
+    override folders first (``emails/<code>/``, then ``emails/<language>/`` for a
+    regional code), compiled once; and its slot renderer."""
+
+    def __init__(self, language: Language, override_dir: str | None,
+                 structures: StructureInliner) -> None:
+        loaders = []
+        if override_dir:
+            emails = Path(override_dir) / "emails"
+            for code in dict.fromkeys((language.code, language.code.split("-")[0])):
+                loaders.append(FileSystemLoader(str(emails / code)))
+            loaders += [FileSystemLoader(str(emails)), FileSystemLoader(override_dir)]
+        loaders.append(FileSystemLoader(str(packaged_template_dir() / "emails")))
+        self.structures = structures
+        self.env = Environment(
+            loader=ChoiceLoader(loaders),
+            autoescape=select_autoescape(["html"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            undefined=StrictUndefined,
+            auto_reload=False,  # compiled once per process: no stat() per message
+            finalize=structures.finalize,  # values become markers while inlining
+            extensions=["jinja2.ext.i18n"],
+        )
+        install_translations(self.env, language, structures.finalize)
+        self._templates: dict[str, Template] = {}
+        self.slots = SlotRenderer(self.env, self.render)
+
+    def render(self, template: str, variables: Mapping[str, Any]) -> tuple[str, str]:
+        text = self._template(f"{template}.txt").render(variables)
+        return text, self.structures.render(self._template(f"{template}.html"), variables)
+
+    def _template(self, name: str) -> Template:
+        """A compiled template, kept here: Jinja's own cache costs a lock and a lookup
+        that show in a profile of thousands of messages."""
+        found = self._templates.get(name)
+        if found is None:
+            found = self._templates[name] = self.env.get_template(name)
+        return found
+
+
+def install_translations(env: Environment, language: Language,
+                         finalize: Callable[[Any], Any]) -> None:
+    """Jinja's i18n extension, new style (``{{ _("Hi %(name)s,", name=x) }}``), with
+    ``language``'s catalog. Each text value put into a sentence goes through the
+    environment's ``finalize`` as a printed value does, so that while a page's structure
+    is recorded (inline.py) a sentence holds a marker, not the value: the structure of a
+    sentence about one ticket is the structure of the same sentence about another."""
+
+    def fill(text: str, autoescape: bool, variables: dict[str, Any]) -> str:
+        values = {key: finalize(value) if isinstance(value, str) else value
+                  for key, value in variables.items()}
+        return Markup(text) % values if autoescape else text % values
+
+    @pass_context
+    def gettext(context: Context, message: str, **variables: Any) -> str:
+        return fill(language.gettext(message), context.eval_ctx.autoescape, variables)
+
+    @pass_context
+    def ngettext(context: Context, singular: str, plural: str, num: int,
+                 **variables: Any) -> str:
+        variables.setdefault("num", num)
+        return fill(language.ngettext(singular, plural, num), context.eval_ctx.autoescape,
+                    variables)
+
+    env.install_gettext_callables(  # type: ignore[attr-defined]  # the i18n extension's
+        language.gettext, language.ngettext, newstyle=True)
+    env.globals.update(_=gettext, gettext=gettext, ngettext=ngettext)

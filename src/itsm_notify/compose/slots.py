@@ -78,17 +78,34 @@ def _paths(personal: Mapping[str, Any]) -> Iterator[tuple[Path, Any]]:
 
 def _uses_plainly(node: nodes.Node, values: frozenset[str], spaces: frozenset[str]) -> bool:
     """True when every use of the per-recipient ``values`` and namespaces (``spaces``)
-    under ``node`` prints a value (``{{ x }}``, ``{{ space.attr }}``) or tests it
-    (``{% if x %}``, ``not x``, ``x is none``)."""
+    under ``node`` prints a value (``{{ x }}``, ``{{ space.attr }}``), puts it into a
+    translated sentence printed as it is (``{{ _("Hi %(name)s,", name=x) }}``) or tests
+    it (``{% if x %}``, ``not x``, ``x is none``)."""
+
+    def used(child: nodes.Node) -> bool:
+        return (isinstance(child, nodes.Name) and child.name in values) or (
+            isinstance(child, nodes.Getattr) and isinstance(child.node, nodes.Name)
+            and child.node.name in spaces)
+
     for child in node.iter_child_nodes():
         if isinstance(child, nodes.EvalContextModifier):
             return False  # {% autoescape %}: the escaping is no longer known
         if isinstance(child, nodes.Name) and child.name in spaces:
             return False  # a namespace used whole
-        used = (isinstance(child, nodes.Name) and child.name in values) or (
-            isinstance(child, nodes.Getattr) and isinstance(child.node, nodes.Name)
-            and child.node.name in spaces)
-        if not used:
+        if isinstance(node, nodes.Output) and _is_sentence(child):
+            # Its values go into the translation with ``%``, escaped and otherwise as
+            # they are (render.install_translations): a slot comes out a slot. Not a
+            # count (``num``), which is formatted as a number.
+            assert isinstance(child, nodes.Call)
+            if not all(_uses_plainly(arg, values, spaces) and not used(arg)
+                       for arg in child.args):
+                return False
+            if not all((used(kw.value) and kw.key != "num")
+                       or (not used(kw.value) and _uses_plainly(kw, values, spaces))
+                       for kw in child.kwargs):
+                return False
+            continue
+        if not used(child):
             if not _uses_plainly(child, values, spaces):
                 return False
             continue
@@ -98,6 +115,16 @@ def _uses_plainly(node: nodes.Node, values: frozenset[str], spaces: frozenset[st
             continue
         return False
     return True
+
+
+_TRANSLATED = frozenset({"_", "gettext", "ngettext"})
+
+
+def _is_sentence(node: nodes.Node) -> bool:
+    """A call of the translation functions with plain arguments: ``_("...", name=x)``."""
+    return isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) \
+        and node.node.name in _TRANSLATED and node.dyn_args is None \
+        and node.dyn_kwargs is None
 
 
 class SlotRenderer:

@@ -4,7 +4,7 @@ summary (engine/summaries.py has the whole story)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ from sqlalchemy import Engine, and_, false, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ..compose.render import in_app_text
+from ..compose.render import Renderer, in_app_text
 from ..config import Settings
 from ..errors import ConfigError
 from ..events.audience import EmailRecipient
@@ -107,15 +107,15 @@ class SummaryHold:
     the item each becomes. Built per batch with the schedules of the users it mails."""
 
     def __init__(self, settings: Settings, schedules_by_user: Mapping[int, Schedule],
-                 subject: Callable[[EventContext], str]) -> None:
+                 renderer: Renderer) -> None:
         self.schedules = schedules_by_user
-        self.subject = subject
+        self.renderer = renderer
         self.bypass = {priority.lower() for priority in settings.summary_bypass_priorities}
 
     @classmethod
     def load(cls, engine: Engine, settings: Settings,
              recipients: Iterable[tuple[EventContext, Iterable[EmailRecipient]]],
-             subject: Callable[[EventContext], str]) -> SummaryHold:
+             renderer: Renderer) -> SummaryHold:
         """The hold for a batch: one query for the schedules of the users its
         summarized events would mail (none when it has no such event), one more for
         those with a schedule who turned summary emails off (the unsubscribe link of a
@@ -124,7 +124,7 @@ class SummaryHold:
                     if event_type(ctx.event.event_type).summarized
                     for recipient in emails if recipient.user_id is not None}
         if not user_ids:
-            return cls(settings, {}, subject)
+            return cls(settings, {}, renderer)
         with engine.connect() as conn:
             found = load_schedules(conn, user_ids)
             if found:  # no summaries for a user who unsubscribed from them: all at once
@@ -134,7 +134,7 @@ class SummaryHold:
                         preferences.c.enabled == false(),
                         among(conn, preferences.c.user_id, sorted(found)))).scalars():
                     found.pop(user_id, None)
-        return cls(settings, found, subject)
+        return cls(settings, found, renderer)
 
     def item(self, ctx: EventContext, recipient: EmailRecipient,
              now: datetime) -> dict[str, Any] | None:
@@ -149,7 +149,8 @@ class SummaryHold:
         if {ctx.ticket.priority.strip().lower(), ctx.ticket.priority_label.strip().lower()} \
                 & self.bypass:
             return None
-        title, body, _ = in_app_text(ctx, self.subject(ctx))
+        language = self.renderer.language_of(recipient)  # the summary's reader's
+        title, body, _ = in_app_text(ctx, self.renderer.subject(ctx, language), language)
         return {"user_id": recipient.user_id, "channel": Channel.EMAIL,
                 "event_id": ctx.event.id, "ticket_id": ctx.ticket.id,
                 "event_type": ctx.event.event_type, "title": title, "body": body,

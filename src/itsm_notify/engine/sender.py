@@ -40,11 +40,12 @@ from ..channels.base import Outcome, Outgoing, Transport
 from ..channels.chat import ChatOutgoing, ChatTransport, delivery_id
 from ..channels.messages import chat_message
 from ..channels.routes import destinations_for
+from ..compose.i18n import Language
 from ..compose.render import Renderer, address_digest, in_app_text, message_id, thread_id
 from ..config import Settings
 from ..errors import EventError, TransportError
 from ..events.addresses import address_problem
-from ..events.audience import EmailRecipient, Recipients
+from ..events.audience import EmailRecipient, Recipients, locale_of
 from ..events.model import EventContext, OutboxEvent
 from ..events.types import event_type, parse_payload
 from ..inbound.tokens import make_verp_address
@@ -371,7 +372,7 @@ class Sender:
                                                     for r in recipients.email))
         hold = SummaryHold.load(self.engine, self.settings,
                                 ((ctx, r.email) for ctx, r in resolved.values()),
-                                self.renderer.subject)
+                                self.renderer)
         plans: dict[int, _EventPlan] = {}
         for event_id, (ctx, recipients) in resolved.items():
             try:
@@ -408,11 +409,17 @@ class Sender:
         event_id = ctx.event.id
         plan = _EventPlan(_EventWork(ctx))
         work = plan.work
-        if recipients.in_app:
-            title, body, url = in_app_text(ctx, self.renderer.subject(ctx))
+        texts: dict[Language, tuple[str, str, str]] = {}  # in-app text per language
         for user_id in recipients.in_app:
             if (event_id, Channel.IN_APP, str(user_id)) in existing:
                 continue
+            user = ctx.users.get(user_id)
+            language = self.renderer.language(locale_of(ctx, user),
+                                              user.time_zone if user else None)
+            if language not in texts:
+                texts[language] = in_app_text(ctx, self.renderer.subject(ctx, language),
+                                              language)
+            title, body, url = texts[language]
             plan.notifications.append({"user_id": user_id, "ticket_id": ctx.ticket.id,
                                        "event_type": ctx.event.event_type, "title": title,
                                        "body": body, "url": url, "created_at": now})
@@ -542,18 +549,25 @@ class Sender:
         """Each email rendered; one that cannot be (a broken template override, say)
         fails that recipient with the reason, and the batch goes on."""
         renderer, settings = self.renderer, self.settings
-        current: tuple[int, dict[str, Any], str] | None = None  # one event's shared parts
+        # one event's shared parts per language its recipients read: variables, subject
+        current_event: int | None = None
+        shared: dict[Language, tuple[dict[str, Any], str]] = {}
         for ctx, recipient in to_send:
             event = ctx.event
             key = (event.id, Channel.EMAIL, recipient.key)
             try:
-                if current is None or current[0] != event.id:
-                    current = (event.id, renderer.event_variables(ctx), renderer.subject(ctx))
+                if current_event != event.id:
+                    current_event, shared = event.id, {}
+                language = renderer.language_of(recipient)
+                if language not in shared:
+                    shared[language] = (renderer.event_variables(ctx, language),
+                                        renderer.subject(ctx, language))
+                variables, subject = shared[language]
                 unsubscribe = _unsubscribe_url(settings.site_url, settings.secret_key,
                                                recipient.user_id, event.event_type)
                 rendered = renderer.render_event(
-                    ctx, recipient, current[1], unsubscribe_url=unsubscribe,
-                    subject=current[2], ticket_url=self.source.link(ctx, recipient))
+                    ctx, recipient, variables, unsubscribe_url=unsubscribe,
+                    subject=subject, ticket_url=self.source.link(ctx, recipient))
                 spec = event_type(event.event_type)
                 one_ticket = spec.about_one_ticket(ctx)
                 team_reply_to = ctx.project.reply_to if ctx.project else None
@@ -741,8 +755,8 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
                                                note=f"would fail: {ctx}"))
             continue
         recipients = source.resolve(ctx)
-        subject = renderer.subject(ctx)
         for recipient in recipients.email:
+            subject = renderer.subject(ctx, renderer.language_of(recipient))
             record = existing.get((event.id, Channel.EMAIL, recipient.key))
             note = f"already {record.state}" if record and \
                 record.state in FINAL_DELIVERY_STATES else ""
@@ -752,9 +766,11 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
             report.planned.append(PlannedEmail(event.id, event.event_type, ctx.ticket.number,
                                                Channel.EMAIL, shown, subject, note))
         for user_id in recipients.in_app:
+            user = ctx.users[user_id]
+            language = renderer.language(locale_of(ctx, user), user.time_zone)
             report.planned.append(PlannedEmail(event.id, event.event_type, ctx.ticket.number,
-                                               Channel.IN_APP, ctx.users[user_id].username,
-                                               subject))
+                                               Channel.IN_APP, user.username,
+                                               renderer.subject(ctx, language)))
     return report
 
 

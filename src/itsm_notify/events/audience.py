@@ -17,11 +17,23 @@ class EmailRecipient:
     name: str
     first_name: str = ""
     user_id: int | None = None
+    locale: str | None = None
+    """The reader's locale as the source has it (``de``, ``pt_BR``); None: the default."""
+    time_zone: str | None = None
+    """The reader's IANA time zone; None: ITSM_TIME_ZONE."""
 
     @property
     def key(self) -> str:
         """The de-duplication key: addresses compare case-insensitively."""
         return self.address.strip().lower()
+
+
+def locale_of(ctx: EventContext, user: User | None) -> str | None:
+    """A reader's locale: the user's own, else their ticket's team's (a django-helpdesk
+    queue writes to everyone in its language), else None (ITSM_DEFAULT_LOCALE)."""
+    if user is not None and user.locale:
+        return user.locale
+    return ctx.project.locale if ctx.project is not None else None
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,9 @@ class Audience:
             self.in_app.setdefault(user.id, None)
         if email and user.email and (user.id, Channel.EMAIL) not in self.ctx.opted_out:
             self._add_email(EmailRecipient(address=user.email.strip(), name=user.display_name,
-                                           first_name=user.first_name, user_id=user.id))
+                                           first_name=user.first_name, user_id=user.id,
+                                           locale=locale_of(self.ctx, user),
+                                           time_zone=user.time_zone))
 
     def users(self, user_ids: Iterable[int | None], **channels: bool) -> None:
         for user_id in user_ids:
@@ -77,7 +91,8 @@ class Audience:
         if account is not None:
             self.person(account, in_app=in_app)
         else:
-            self._add_email(EmailRecipient(address=address.strip(), name=name))
+            self._add_email(EmailRecipient(address=address.strip(), name=name,
+                                           locale=locale_of(self.ctx, None)))
 
     def requester(self) -> None:
         """The ticket's requester: the user, or the address an app stores instead

@@ -78,6 +78,9 @@ class Project:
     """Whether a ticket's own CCs are told (django-helpdesk's queue switch)."""
     reply_to: str | None = None
     """The team's own address, where replies go (a django-helpdesk queue's mailbox)."""
+    locale: str | None = None
+    """The team's language, for its people who have none of their own and for the
+    addresses it writes to (a django-helpdesk queue's locale)."""
 
 
 @dataclass(frozen=True, slots=True)

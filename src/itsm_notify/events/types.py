@@ -20,7 +20,8 @@ from enum import StrEnum
 from types import SimpleNamespace
 from typing import Any
 
-from ..compose.present import cut, display_time, due_in, name_of, overdue_for, ticket_view
+from ..compose.i18n import N_, Language
+from ..compose.present import cut, name_of, priority_level, ticket_view
 from ..config import Settings
 from ..errors import EventError
 from .addresses import address_problem
@@ -151,7 +152,8 @@ def _due_soon_digest(payload: dict[str, Any]) -> dict[str, Any]:
     return {**digest, "thresholds": [bounded_text(text, MAX_LABEL) for text in thresholds]}
 
 
-SUMMARY_KINDS = {"hourly": "Hourly summary", "daily": "Daily summary", "flush": "Summary"}
+SUMMARY_KINDS = {"hourly": N_("Hourly summary"), "daily": N_("Daily summary"),
+                 "flush": N_("Summary")}
 """What made a summary (its window's frequency, or a switch back to immediate), and the
 start of its subject."""
 SUMMARY_TEXT = 500
@@ -281,101 +283,127 @@ def _as_loaded(ticket: Ticket, payload: dict[str, Any]) -> Ticket:
 # ------------------------------------------------------------------ presentation
 
 
-def _someone(ctx: EventContext) -> str:
+def _someone(ctx: EventContext, language: Language) -> str:
     actor = ctx.actor
-    return actor.display_name if actor else "Someone"
+    return actor.display_name if actor else language.gettext("Someone")
 
 
-def _ticket_subject(template: str) -> Callable[[EventContext], str]:
-    def subject(ctx: EventContext) -> str:
+def _ticket_subject(template: str) -> Callable[[EventContext, Language], str]:
+    """A ticket event's subject: ``template`` (marked with N_) in the reader's language,
+    its ``{title}``, ``{number}`` and the payload's text fields filled in."""
+    def subject(ctx: EventContext, language: Language) -> str:
         fields = {k: v for k, v in ctx.payload.items() if isinstance(v, str)}
         if "new_status" in fields:  # as the app shows it (the stored value in the contract)
             fields["new_status"] = ctx.status_label(fields["new_status"]) or ""
-        return template.format(title=ctx.ticket.title, number=ctx.ticket.number, **fields)
+        return language.gettext(template).format(title=ctx.ticket.title,
+                                                 number=ctx.ticket.number, **fields)
     return subject
 
 
-def _digest_subject(ctx: EventContext) -> str:
+def _digest_subject(ctx: EventContext, language: Language) -> str:
     if len(ctx.tickets) == 1 and ctx.payload["total"] == 1:
-        return f"Overdue Ticket: {ctx.ticket.title} ({ctx.ticket.number})"
-    return f"Overdue Tickets: {ctx.payload['total']} tickets past due"
+        return language.gettext("Overdue Ticket: {title} ({number})").format(
+            title=ctx.ticket.title, number=ctx.ticket.number)
+    total = ctx.payload["total"]
+    return language.ngettext("Overdue Tickets: {count} ticket past due",
+                             "Overdue Tickets: {count} tickets past due", total
+                             ).format(count=total)
 
 
-def _due_soon_subject(ctx: EventContext) -> str:
+def _due_soon_subject(ctx: EventContext, language: Language) -> str:
     if len(ctx.tickets) == 1 and ctx.payload["total"] == 1:
-        return f"Due Soon: {ctx.ticket.title} ({ctx.ticket.number})"
-    return f"Due Soon: {ctx.payload['total']} tickets"
+        return language.gettext("Due Soon: {title} ({number})").format(
+            title=ctx.ticket.title, number=ctx.ticket.number)
+    total = ctx.payload["total"]
+    return language.ngettext("Due Soon: {count} ticket", "Due Soon: {count} tickets",
+                             total).format(count=total)
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def _summary_subject(ctx: EventContext) -> str:
+def _summary_subject(ctx: EventContext, language: Language) -> str:
     """"Daily summary: 5 updates on 3 tickets" (the tickets counted when every update is
     listed)."""
     items, total = ctx.payload["items"], ctx.payload["total"]
-    text = f"{SUMMARY_KINDS[ctx.payload['kind']]}: {_plural(total, 'update')}"
-    if total == len(items):
-        text += f" on {_plural(len({item['ticket_id'] for item in items}), 'ticket')}"
-    return text
+    kind = language.gettext(SUMMARY_KINDS[ctx.payload["kind"]])
+    updates = language.ngettext("{count} update", "{count} updates", total).format(count=total)
+    if total != len(items):
+        return language.gettext("{kind}: {updates}").format(kind=kind, updates=updates)
+    count = len({item["ticket_id"] for item in items})
+    tickets = language.ngettext("{count} ticket", "{count} tickets", count).format(count=count)
+    return language.gettext("{kind}: {updates} on {tickets}").format(
+        kind=kind, updates=updates, tickets=tickets)
 
 
-def no_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+def no_variables(ctx: EventContext, settings: Settings, language: Language
+                 ) -> dict[str, Any]:
     return {}
 
 
-def ticket_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+def ticket_variables(ctx: EventContext, settings: Settings, language: Language
+                     ) -> dict[str, Any]:
     """The variables every ticket event's templates share: the ticket and the actor."""
     return {"ticket": ticket_view(ctx.ticket, ctx.users,
-                                  ctx.project.name if ctx.project else None, settings),
+                                  ctx.project.name if ctx.project else None, settings,
+                                  language),
             "actor_name": ctx.actor.display_name if ctx.actor else None}
 
 
-def _assigned_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
-    return {**ticket_variables(ctx, settings),
+def _assigned_variables(ctx: EventContext, settings: Settings, language: Language
+                        ) -> dict[str, Any]:
+    return {**ticket_variables(ctx, settings, language),
             "assignee_name": name_of(ctx.users, ctx.ticket.assignee_id)}
 
 
-def _status_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
-    return {**ticket_variables(ctx, settings),
+def _status_variables(ctx: EventContext, settings: Settings, language: Language
+                      ) -> dict[str, Any]:
+    return {**ticket_variables(ctx, settings, language),
             "old_status": ctx.status_label(ctx.payload.get("old_status")),
             "new_status": ctx.status_label(ctx.payload["new_status"])}
 
 
-def _comment_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+def _comment_variables(ctx: EventContext, settings: Settings, language: Language
+                       ) -> dict[str, Any]:
     comment = ctx.comment
     assert comment is not None
     body, truncated = cut(comment.body, settings.max_text_length)
-    return {**ticket_variables(ctx, settings), "comment": SimpleNamespace(
+    return {**ticket_variables(ctx, settings, language), "comment": SimpleNamespace(
         body=body, body_truncated=truncated,
-        author_name=name_of(ctx.users, comment.author_id, "Someone"),
-        created_at_display=display_time(comment.created_at) or "",
+        author_name=name_of(ctx.users, comment.author_id, language.gettext("Someone")),
+        created_at_display=language.time(comment.created_at) or "",
         is_internal=comment.is_internal)}
 
 
-def _digest_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+def _listed(ticket: Ticket, settings: Settings, language: Language, when: str, due: str
+            ) -> SimpleNamespace:
+    """A ticket as a digest lists it: ``when`` (how overdue, or due in how long) above
+    ``due`` (its due date)."""
+    return SimpleNamespace(
+        number=ticket.number, title=ticket.title,
+        priority=language.priority(ticket.priority, ticket.priority_label),
+        priority_level=priority_level(ticket.priority, ticket.priority_label),
+        status=ticket.status_label or ticket.status,
+        url=ticket.links.get("staff") or settings.ticket_url(ticket.id), when=when, due=due)
+
+
+def _digest_variables(ctx: EventContext, settings: Settings, language: Language
+                      ) -> dict[str, Any]:
     as_of = ctx.event.created_at or datetime.now()
-    return {"count": ctx.payload["total"], "tickets": [SimpleNamespace(
-        number=t.number, title=t.title, priority=t.priority_label or t.priority,
-        status=t.status_label or t.status,
-        url=t.links.get("staff") or settings.ticket_url(t.id),
-        due_at_display=display_time(t.due_at),
-        overdue_for=overdue_for(t.due_at, as_of) if t.due_at else "")
-        for t in ctx.tickets]}
+    return {"count": ctx.payload["total"], "tickets": [_listed(
+        t, settings, language,
+        when=language.overdue_for(t.due_at, as_of) if t.due_at else "",
+        due=language.gettext("due %(date)s") % {"date": language.time(t.due_at)}
+        if t.due_at else "") for t in ctx.tickets]}
 
 
-def _due_soon_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+def _due_soon_variables(ctx: EventContext, settings: Settings, language: Language
+                        ) -> dict[str, Any]:
     as_of = ctx.event.created_at or datetime.now()
-    crossed = dict(zip(ctx.payload["ticket_ids"], ctx.payload["thresholds"], strict=True))
-    return {"count": ctx.payload["total"], "tickets": [SimpleNamespace(
-        number=t.number, title=t.title, priority=t.priority, status=t.status,
-        url=settings.ticket_url(t.id), due_at_display=display_time(t.due_at),
-        due_in=due_in(t.due_at, as_of) if t.due_at else "", threshold=crossed.get(t.id, ""))
-        for t in ctx.tickets]}
+    return {"count": ctx.payload["total"], "tickets": [_listed(
+        t, settings, language, when=language.due_in(t.due_at, as_of) if t.due_at else "",
+        due=language.time(t.due_at) or "") for t in ctx.tickets]}
 
 
-def _summary_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
+def _summary_variables(ctx: EventContext, settings: Settings, language: Language
+                       ) -> dict[str, Any]:
     """The updates grouped by ticket, the ticket with the newest update first, and each
     ticket's updates newest first."""
     tickets = {t.id: t for t in ctx.tickets}
@@ -383,7 +411,7 @@ def _summary_variables(ctx: EventContext, settings: Settings) -> dict[str, Any]:
     for item in sorted(ctx.payload["items"], key=lambda item: item["at"], reverse=True):
         groups.setdefault(item["ticket_id"], []).append(SimpleNamespace(
             text=item["text"], event_type=item["event_type"],
-            at_display=display_time(item["at"]) or ""))
+            at_display=language.time(item["at"]) or ""))
     return {"count": ctx.payload["total"], "listed": len(ctx.payload["items"]),
             "kind": ctx.payload["kind"], "groups": [_summary_group(
                 tickets.get(ticket_id), ticket_id, updates, settings)
@@ -395,28 +423,33 @@ def _summary_group(ticket: Ticket | None, ticket_id: int, updates: list[SimpleNa
     """One ticket's part of a summary; a ticket deleted meanwhile shows by its id."""
     return SimpleNamespace(
         number=ticket.number if ticket else f"#{ticket_id}",
-        title=ticket.title if ticket else "", status=ticket.status if ticket else "",
-        priority=ticket.priority if ticket else "", url=settings.ticket_url(ticket_id),
+        title=ticket.title if ticket else "",
+        status=(ticket.status_label or ticket.status) if ticket else "",
+        url=(ticket.links.get("staff") if ticket else None) or settings.ticket_url(ticket_id),
         updates=updates)
 
 
-def _created_in_app(ctx: EventContext) -> str:
-    return f"{_someone(ctx)} opened {ctx.ticket.number}: {ctx.ticket.title}"
+def _created_in_app(ctx: EventContext, language: Language) -> str:
+    return language.gettext("{someone} opened {number}: {title}").format(
+        someone=_someone(ctx, language), number=ctx.ticket.number, title=ctx.ticket.title)
 
 
-def _assigned_in_app(ctx: EventContext) -> str:
-    return f"{ctx.ticket.number} was assigned by {_someone(ctx)}"
+def _assigned_in_app(ctx: EventContext, language: Language) -> str:
+    return language.gettext("{number} was assigned by {someone}").format(
+        number=ctx.ticket.number, someone=_someone(ctx, language))
 
 
-def _status_in_app(ctx: EventContext) -> str:
-    return (f"{_someone(ctx)} changed the status of {ctx.ticket.number} to "
-            f"{ctx.status_label(ctx.payload['new_status'])}")
+def _status_in_app(ctx: EventContext, language: Language) -> str:
+    return language.gettext("{someone} changed the status of {number} to {status}").format(
+        someone=_someone(ctx, language), number=ctx.ticket.number,
+        status=ctx.status_label(ctx.payload["new_status"]))
 
 
-def _comment_in_app(ctx: EventContext) -> str:
+def _comment_in_app(ctx: EventContext, language: Language) -> str:
     assert ctx.comment is not None
-    label = "an internal note" if ctx.comment.is_internal else "a comment"
-    return f"{_someone(ctx)} added {label}: {cut(ctx.comment.body, 280)[0]}"
+    text = language.gettext("{someone} added an internal note: {text}") \
+        if ctx.comment.is_internal else language.gettext("{someone} added a comment: {text}")
+    return text.format(someone=_someone(ctx, language), text=cut(ctx.comment.body, 280)[0])
 
 
 def _about_one_ticket(ctx: EventContext) -> bool:
@@ -462,17 +495,21 @@ class EventType:
 
     rule: Callable[[EventContext, Settings], Recipients]
     """Who is told, on which channel (pure)."""
-    subject: Callable[[EventContext], str]
+    subject: Callable[[EventContext, Language], str]
+    """The subject in the reader's language (English: the contract's subjects)."""
     template: str
     """The template pair ``templates/emails/<template>.html|.txt``."""
-    variables: Callable[[EventContext, Settings], dict[str, Any]] = ticket_variables
-    """The template variables of this type, shared by all its recipients."""
+    variables: Callable[[EventContext, Settings, Language], dict[str, Any]] = \
+        ticket_variables
+    """The template variables of this type, shared by all its recipients who read one
+    language."""
     parse_payload: Callable[[dict[str, Any]], dict[str, Any]] = no_payload
     facts: Callable[[Ticket, dict[str, Any]], Ticket] = _as_loaded
     """The ticket as it was at the event, from the facts its payload carries."""
     needs: frozenset[Need] = frozenset()
-    in_app: Callable[[EventContext], str] | None = None
-    """The in-app notification's body (its title is the subject); None: no in-app rows."""
+    in_app: Callable[[EventContext, Language], str] | None = None
+    """The in-app notification's body in the user's language (its title is the subject);
+    None: no in-app rows."""
     about_one_ticket: Callable[[EventContext], bool] = _about_one_ticket
     """Whether the email threads with its ticket and names it in ``X-ITSM-Ticket``."""
     starts_thread: bool = False
@@ -487,23 +524,24 @@ class EventType:
 
 EVENT_TYPES: dict[str, EventType] = {
     "ticket_created": EventType(
-        rule=ticket_created, subject=_ticket_subject("New Ticket: {title} ({number})"),
+        rule=ticket_created, subject=_ticket_subject(N_("New Ticket: {title} ({number})")),
         template="ticket_created", parse_payload=_creation, facts=_created_facts,
         needs=frozenset({Need.TEAM, Need.MANAGERS}), in_app=_created_in_app,
         starts_thread=True, user_ids=_assignee_ids, summarized=True),
     "ticket_assigned": EventType(
-        rule=ticket_assigned, subject=_ticket_subject("Ticket Assigned: {title} ({number})"),
+        rule=ticket_assigned, subject=_ticket_subject(N_("Ticket Assigned: {title} ({number})")),
         template="ticket_assigned", variables=_assigned_variables,
         parse_payload=_assignment, facts=_assigned_facts, needs=frozenset({Need.TEAM}),
         in_app=_assigned_in_app, user_ids=_assignee_ids, summarized=True),
     "status_changed": EventType(
         rule=status_changed,
-        subject=_ticket_subject("Ticket Status Changed: {title} → {new_status}"),
+        subject=_ticket_subject(N_("Ticket Status Changed: {title} → {new_status}")),
         template="status_changed", variables=_status_variables,
         parse_payload=_status_change, facts=_status_facts, needs=frozenset({Need.TEAM}),
         in_app=_status_in_app, summarized=True),
     "comment_added": EventType(
-        rule=comment_added, subject=_ticket_subject("New Comment on Ticket: {title} ({number})"),
+        rule=comment_added,
+        subject=_ticket_subject(N_("New Comment on Ticket: {title} ({number})")),
         template="comment_added", variables=_comment_variables, parse_payload=_comment,
         needs=frozenset({Need.COMMENT, Need.TEAM, Need.COMMENTERS}), in_app=_comment_in_app,
         summarized=True),

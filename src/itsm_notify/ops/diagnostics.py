@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 from ..channels import make_transport
 from ..channels.base import Outgoing, deliver_all
 from ..compose.headers import needs_smtputf8
-from ..compose.present import display_time
 from ..compose.render import (
     RenderedEmail,
     Renderer,
@@ -124,19 +123,21 @@ def _http_backend_settings(settings: Settings) -> list[tuple[str, str]]:
             ("EMAIL_TIMEOUT", f"{settings.email_timeout:g} s")]
 
 
-def build_test_message(settings: Settings, address: str, now: datetime) -> tuple[str, bytes]:
+def build_test_message(settings: Settings, address: str, now: datetime,
+                       locale: str | None = None) -> tuple[str, bytes]:
     """The subject and bytes of the ``test_email`` template to ``address`` (never
-    redirected: it was asked for)."""
+    redirected: it was asked for), in ``locale`` (default: ITSM_DEFAULT_LOCALE)."""
     direct = dataclasses.replace(settings, debug=False)
     renderer = Renderer(direct)
-    recipient = EmailRecipient(address=address, name="")
+    language = renderer.language(locale)
+    recipient = EmailRecipient(address=address, name="", locale=locale)
     variables = {"site_name": settings.site_name, "site_url": settings.site_url,
-                 "sent_at_display": display_time(now), "backend": settings.email_backend,
+                 "sent_at_display": language.time(now), "backend": settings.email_backend,
                  "event_type": "test_email", "unsubscribe_url": None,
-                 **recipient_variables(recipient)}
-    text, html = renderer.render("test_email", variables)
-    rendered = RenderedEmail(subject=f"Test email from {settings.site_name}", text=text,
-                             html=html)
+                 "language": language.code, **recipient_variables(recipient)}
+    text, html = renderer.render("test_email", variables, language)
+    subject = language.gettext("Test email from {site}").format(site=settings.site_name)
+    rendered = RenderedEmail(subject=subject, text=text, html=html)
     return rendered.subject, renderer.compose(
         rendered, recipient, event_type_name="test_email", ticket_number=None,
         msg_id=make_msgid("itsm-notify.test", settings.from_domain), thread=None, now=now)

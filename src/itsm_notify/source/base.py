@@ -340,7 +340,8 @@ class Source:
                 notify_team=bool(row.notify_team), cc_on_create=addresses(row.cc_on_create),
                 cc_on_update=addresses(row.cc_on_update),
                 notify_ticket_ccs=bool(row.notify_ticket_ccs),
-                reply_to=bounded_text(row.reply_to, MAX_ADDRESS).strip() or None)
+                reply_to=bounded_text(row.reply_to, MAX_ADDRESS).strip() or None,
+                locale=bounded_text(row.locale, MAX_LABEL).strip() or None)
         return projects, self.team_members(conn, ids)
 
     def _commenters(self, conn: Connection, ticket_ids: set[int]) -> dict[int, list[int]]:

@@ -60,7 +60,8 @@ ENTITY_FIELDS: dict[str, dict[str, str | None]] = {
     "comment": {"id": None, "ticket_id": None, "body": None, "author_id": "NULL",
                 "is_internal": "1 = 0", "created_at": "NULL"},
     "team": {"id": None, "name": "NULL", "notify_team": "1 = 0", "cc_on_create": "NULL",
-             "cc_on_update": "NULL", "notify_ticket_ccs": "1 = 0", "reply_to": "NULL"},
+             "cc_on_update": "NULL", "notify_ticket_ccs": "1 = 0", "reply_to": "NULL",
+             "locale": "NULL"},
     "membership": {"team_id": None, "user_id": None},
     "ticket_cc": {"ticket_id": None, "user_id": "NULL", "email": "NULL"},
 }

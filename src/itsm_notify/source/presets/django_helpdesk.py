@@ -52,6 +52,7 @@ MAPPING: dict[str, Any] = {
         "cc_on_create": "q.new_ticket_cc", "cc_on_update": "q.updated_ticket_cc",
         "notify_ticket_ccs": "q.enable_notifications_on_email_events",
         "reply_to": "NULLIF(q.email_address, '')",
+        "locale": "NULLIF(q.locale, '')",  # "all correspondence in this queue" (its help)
     },
     "ticket_cc": {
         "from": "helpdesk_ticketcc c LEFT JOIN auth_user u ON u.id = c.user_id",

@@ -1,0 +1,228 @@
+"""Each reader's language and time zone: which catalog a message is written from, and how
+its times and durations read. Pure: no database, no sockets.
+
+The catalogs are gettext ``.po`` files under ``itsm_notify/locale/<code>/LC_MESSAGES``,
+managed with Babel (README: "Adding a language"), shipped compiled (``.mo``) in the
+wheel. English is the source language: its text is the templates' and the code's own.
+A locale nobody ships, or a time zone nobody knows, falls back to the default with a
+log line, never to a dropped email.
+"""
+
+from __future__ import annotations
+
+import functools
+import gettext
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import (
+    format_datetime,
+    format_timedelta,
+    get_date_format,
+    get_datetime_format,
+    get_time_format,
+)
+from babel.support import Translations
+
+log = logging.getLogger("itsm_notify.i18n")
+
+DOMAIN = "itsm_notify"
+LOCALE_DIR = Path(__file__).resolve().parents[1] / "locale"
+SOURCE_LANGUAGE = "en"
+"""The language the templates and the code are written in: it needs no catalog."""
+
+_TAG = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|\d{3}))?$")
+
+
+def N_(message: str) -> str:
+    """Marks a string for extraction, translated where it is shown."""
+    return message
+
+
+PRIORITY_WORDS = {"low": N_("Low"), "medium": N_("Medium"), "high": N_("High"),
+                  "critical": N_("Critical")}
+"""The contract's priorities as shown, when the source has no label of its own."""
+
+
+def language_code(tag: str | None) -> str | None:
+    """A locale as a BCP 47 code (``pt_BR.UTF-8`` → ``pt-BR``, ``DE`` → ``de``); None
+    when it is not one."""
+    if not tag:
+        return None
+    text = tag.strip().split(".")[0].split("@")[0]
+    match = _TAG.match(text)
+    if match is None:
+        return None
+    language, script, region = match.groups()
+    parts = [language.lower()]
+    if script:
+        parts.append(script.title())
+    if region:
+        parts.append(region.upper())
+    return "-".join(parts)
+
+
+def _catalog_name(code: str) -> str:
+    return code.replace("-", "_")
+
+
+@functools.cache
+def available_languages(locale_dir: Path = LOCALE_DIR) -> tuple[str, ...]:
+    """The languages a message can be written in: English, and every compiled catalog."""
+    found = sorted(path.parent.parent.name.replace("_", "-")
+                   for path in locale_dir.glob(f"*/LC_MESSAGES/{DOMAIN}.mo"))
+    return (SOURCE_LANGUAGE, *(code for code in found if code != SOURCE_LANGUAGE))
+
+
+def negotiate(wanted: str | None, available: tuple[str, ...], default: str) -> str | None:
+    """The available language for ``wanted``: itself, else its language without the
+    region (``pt-BR`` → ``pt``); None when neither is available (the caller then uses
+    ``default``)."""
+    code = language_code(wanted)
+    if code is None:
+        return None
+    by_lower = {known.lower(): known for known in available}
+    parts = code.split("-")
+    for size in range(len(parts), 0, -1):
+        found = by_lower.get("-".join(parts[:size]).lower())
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass(frozen=True)
+class Language:
+    """A language and a time zone: how one reader reads a message."""
+
+    code: str
+    zone: tzinfo
+    translations: gettext.NullTranslations = field(repr=False, compare=False)
+    locale: Locale = field(repr=False, compare=False)
+
+    def gettext(self, message: str) -> str:
+        return self.translations.gettext(message)
+
+    def ngettext(self, singular: str, plural: str, count: int) -> str:
+        return self.translations.ngettext(singular, plural, count)
+
+    @functools.cached_property
+    def _time_pattern(self) -> str:
+        """The locale's medium date with its short time, and the zone's abbreviation."""
+        both = str(get_datetime_format("medium", self.locale))
+        return both.format(get_time_format("short", self.locale).pattern,
+                           get_date_format("medium", self.locale).pattern) + " z"
+
+    def time(self, moment: datetime | None) -> str | None:
+        """A moment (naive: UTC, as the tool stores them) in the reader's zone and
+        words: "Dec 6, 2026, 9:25 AM UTC", "06.12.2026, 10:25 MEZ"."""
+        if moment is None:
+            return None
+        aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return format_datetime(aware, self._time_pattern, tzinfo=self.zone, locale=self.locale)
+
+    def duration(self, seconds: int) -> str:
+        """A span in its largest whole unit, in the reader's words: "3 days"."""
+        return format_timedelta(timedelta(seconds=seconds), threshold=1, locale=self.locale)
+
+    def overdue_for(self, due_at: datetime, now: datetime) -> str:
+        """How long past due: "3 days overdue"."""
+        seconds = int((now - due_at).total_seconds())
+        if seconds < 60:
+            return self.gettext("just overdue")
+        return self.gettext("%(duration)s overdue") % {"duration": self.duration(seconds)}
+
+    def due_in(self, due_at: datetime, now: datetime) -> str:
+        """How long until due: "due in 3 hours"."""
+        seconds = int((due_at - now).total_seconds())
+        if seconds <= 0:
+            return self.gettext("due now")
+        if seconds < 60:
+            return self.gettext("due in less than a minute")
+        return self.gettext("due in %(duration)s") % {"duration": self.duration(seconds)}
+
+    def priority(self, stored: str, label: str = "") -> str:
+        """A priority as shown: the source's label, else the contract's word for it in
+        this language, else the stored value."""
+        if label:
+            return label
+        word = PRIORITY_WORDS.get(stored.strip().lower())
+        return self.gettext(word) if word else stored
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    if not name:
+        return None
+    if name.strip().upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+class Languages:
+    """Every reader's ``Language``, loaded once per (language, zone) in a process.
+
+    ``default_locale`` is ITSM_DEFAULT_LOCALE (Django's LANGUAGE_CODE), for ADMINS,
+    address-only recipients and anyone whose locale is unknown; ``default_zone`` is
+    ITSM_TIME_ZONE (Django's TIME_ZONE), else UTC."""
+
+    def __init__(self, default_locale: str = SOURCE_LANGUAGE, default_zone: str | None = None,
+                 locale_dir: Path = LOCALE_DIR) -> None:
+        self.locale_dir = locale_dir
+        self.available = available_languages(locale_dir)
+        self.default = negotiate(default_locale, self.available, SOURCE_LANGUAGE) \
+            or SOURCE_LANGUAGE
+        if language_code(default_locale) and \
+                negotiate(default_locale, self.available, SOURCE_LANGUAGE) is None:
+            log.warning("the default locale %r has no catalog; writing in English",
+                        default_locale)
+        self.default_zone = _zone(default_zone) or UTC
+        self._loaded: dict[tuple[str | None, str | None], Language] = {}
+        self._warned: set[str] = set()
+
+    def get(self, locale: str | None = None, zone: str | None = None) -> Language:
+        """The language for a reader's locale (``pt-BR`` → ``pt`` → the default) and
+        time zone (unknown → the default zone); unknown values are logged once."""
+        found = self._loaded.get((locale, zone))
+        if found is None:
+            found = self._loaded[(locale, zone)] = self._load(locale, zone)
+        return found
+
+    def _load(self, locale: str | None, zone: str | None) -> Language:
+        code = negotiate(locale, self.available, self.default) if locale else None
+        if code is None:
+            code = self.default
+            if locale:
+                self._warn(f"locale {locale!r}", f"no catalog for locale {locale!r}; writing "
+                           f"in {self.default!r} (ITSM_DEFAULT_LOCALE)")
+        tz = _zone(zone)
+        if tz is None:
+            tz = self.default_zone
+            if zone:
+                self._warn(f"zone {zone!r}", f"unknown time zone {zone!r}; showing times in "
+                           f"{self.default_zone} (ITSM_TIME_ZONE)")
+        return Language(code, tz, self._translations(code), _babel_locale(code))
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    def _translations(self, code: str) -> gettext.NullTranslations:
+        if code == SOURCE_LANGUAGE:
+            return gettext.NullTranslations()
+        return Translations.load(str(self.locale_dir), [_catalog_name(code)], DOMAIN)
+
+
+@functools.cache
+def _babel_locale(code: str) -> Locale:
+    try:
+        return Locale.parse(_catalog_name(code))
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse(code.split("-")[0])
