@@ -428,7 +428,8 @@ def test_in_app_text_of_a_hostile_event_is_bounded() -> None:
         ticket=Ticket(7, "T-7", "t" * 10_000, "", "open", "high", 1, None, None, None, None),
         users={1: User(1, "u", "u@example.com")}, project=Project(1, "P"),
         comment=Comment(9, 7, 1, "b" * 100_000, False, None), manager_ids=())
+    from itsm_notify.compose.i18n import Languages
     from itsm_notify.compose.render import in_app_text
 
-    title, body, _ = in_app_text(ctx, "s" * 10_000)
+    title, body, _ = in_app_text(ctx, "s" * 10_000, Languages().get())
     assert len(title) <= 500 and len(body) <= 400

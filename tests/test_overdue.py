@@ -22,7 +22,7 @@ from contract_app import (
     smtp_env,
 )
 from contract_app import utcnow as helpdesk_now
-from itsm_notify.compose.present import overdue_for
+from itsm_notify.compose.i18n import Languages
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.engine import scans
 from itsm_notify.engine.overdue import overdue_scan
@@ -397,8 +397,8 @@ def test_long_digest_lists_the_most_overdue_and_counts_the_rest(
     assert message.subject == "Overdue Tickets: 3 tickets past due"
     text = text_of(message)
     assert "TKT-903" in text and "TKT-902" in text and "TKT-901" not in text
-    assert "and 1 more overdue tickets" in text
-    assert "and 1 more overdue tickets" in html_of(message)
+    assert "and 1 more overdue ticket in" in text
+    assert "and 1 more overdue ticket in" in html_of(message)
 
 
 # ----------------------------------------------------------------- the command
@@ -465,7 +465,7 @@ def test_command_exits_1_when_the_server_is_down(sqlite_url: str, smtp_sink: Smt
     (timedelta(seconds=20), "just overdue"),
 ])
 def test_overdue_for(age: timedelta, expected: str) -> None:
-    assert overdue_for(NOW - age, NOW) == expected
+    assert Languages().get().overdue_for(NOW - age, NOW) == expected
 
 
 def test_query_walks_the_due_date_index(sqlite_url: str) -> None:

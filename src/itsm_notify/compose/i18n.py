@@ -15,19 +15,19 @@ import gettext
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import (
     format_datetime,
-    format_timedelta,
     get_date_format,
     get_datetime_format,
     get_time_format,
 )
 from babel.support import Translations
+from babel.units import format_unit
 
 log = logging.getLogger("itsm_notify.i18n")
 
@@ -126,8 +126,12 @@ class Language:
         return format_datetime(aware, self._time_pattern, tzinfo=self.zone, locale=self.locale)
 
     def duration(self, seconds: int) -> str:
-        """A span in its largest whole unit, in the reader's words: "3 days"."""
-        return format_timedelta(timedelta(seconds=seconds), threshold=1, locale=self.locale)
+        """A span of at least a minute in its largest whole unit (days, hours or
+        minutes: never rounded up), in the reader's words: "3 days", "3 Tage"."""
+        unit, size = next(((unit, size) for unit, size in (("day", 86400), ("hour", 3600))
+                           if seconds >= size), ("minute", 60))
+        return format_unit(seconds // size, f"duration-{unit}", length="long",
+                           locale=self.locale)
 
     def overdue_for(self, due_at: datetime, now: datetime) -> str:
         """How long past due: "3 days overdue"."""
@@ -168,14 +172,19 @@ def _zone(name: str | None) -> tzinfo | None:
 class Languages:
     """Every reader's ``Language``, loaded once per (language, zone) in a process.
 
+    ``also``: languages that have templates of their own but no catalog (an override
+    folder ``emails/<code>/``): their readers get those templates, and English for any
+    text the templates take from the code (subjects, in-app text).
+
     ``default_locale`` is ITSM_DEFAULT_LOCALE (Django's LANGUAGE_CODE), for ADMINS,
     address-only recipients and anyone whose locale is unknown; ``default_zone`` is
     ITSM_TIME_ZONE (Django's TIME_ZONE), else UTC."""
 
     def __init__(self, default_locale: str = SOURCE_LANGUAGE, default_zone: str | None = None,
-                 locale_dir: Path = LOCALE_DIR) -> None:
+                 locale_dir: Path = LOCALE_DIR, *, also: tuple[str, ...] = ()) -> None:
         self.locale_dir = locale_dir
-        self.available = available_languages(locale_dir)
+        self.available = (*available_languages(locale_dir),
+                          *(code for code in also if code not in available_languages(locale_dir)))
         self.default = negotiate(default_locale, self.available, SOURCE_LANGUAGE) \
             or SOURCE_LANGUAGE
         if language_code(default_locale) and \
@@ -226,3 +235,14 @@ def _babel_locale(code: str) -> Locale:
         return Locale.parse(_catalog_name(code))
     except (UnknownLocaleError, ValueError):
         return Locale.parse(code.split("-")[0])
+
+
+def template_languages(override_dir: str | None) -> tuple[str, ...]:
+    """The languages an override folder has templates for: ``emails/<code>/``."""
+    if not override_dir:
+        return ()
+    emails = Path(override_dir) / "emails"
+    if not emails.is_dir():
+        return ()
+    return tuple(sorted(code for path in emails.iterdir()
+                        if path.is_dir() and (code := language_code(path.name)) is not None))

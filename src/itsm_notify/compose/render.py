@@ -53,7 +53,7 @@ from .headers import (
     one_line,
     safe_text,
 )
-from .i18n import Language, Languages
+from .i18n import Language, Languages, template_languages
 from .inline import StructureInliner
 from .mime import (
     _BOUNDARY_PLACEHOLDER,
@@ -108,7 +108,9 @@ class Renderer:
     def __init__(self, settings: Settings, languages: Languages | None = None) -> None:
         self.settings = settings
         self.sender_address = sender_address(settings)
-        self.languages = languages or Languages(settings.default_locale, settings.time_zone)
+        self.languages = languages or Languages(
+            settings.default_locale, settings.time_zone,
+            also=template_languages(settings.template_dir))
         # One inliner for every language: a page's structure holds its words, so the
         # languages' structures never meet.
         self.structures = StructureInliner(css_inline.CSSInliner(keep_at_rules=True),
@@ -168,9 +170,9 @@ class Renderer:
         rendering several recipients of one event; ``ticket_url``: the ticket's link for
         this recipient (the source's: the requester's own page, or the staff's), else
         the staff's."""
-        if ctx.comment is not None and ctx.comment.is_internal:
-            # Belt and braces: the rules never email internal comments.
-            raise ValueError("internal comments are never emailed")
+        if ctx.comment is not None and ctx.comment.is_internal and not recipient.is_staff:
+            # Belt and braces: the rules never email internal comments outside staff.
+            raise ValueError("internal comments are never emailed outside staff")
         personal = {**recipient_variables(recipient), "unsubscribe_url": unsubscribe_url,
                     "ticket_url": ticket_url or ctx.ticket.links.get("staff")
                     or self.settings.ticket_url(ctx.ticket.id)}

@@ -21,6 +21,10 @@ class EmailRecipient:
     """The reader's locale as the source has it (``de``, ``pt_BR``); None: the default."""
     time_zone: str | None = None
     """The reader's IANA time zone; None: ITSM_TIME_ZONE."""
+    is_staff: bool = False
+    """Whether the source says the reader is staff (django-helpdesk's ``is_staff``):
+    only staff may be emailed an internal comment, and only where the source's rules
+    say so (django-helpdesk tells a ticket's owner of a private follow-up)."""
 
     @property
     def key(self) -> str:
@@ -77,7 +81,8 @@ class Audience:
             self._add_email(EmailRecipient(address=user.email.strip(), name=user.display_name,
                                            first_name=user.first_name, user_id=user.id,
                                            locale=locale_of(self.ctx, user),
-                                           time_zone=user.time_zone))
+                                           time_zone=user.time_zone,
+                                           is_staff=bool(user.extra.get("is_staff"))))
 
     def users(self, user_ids: Iterable[int | None], **channels: bool) -> None:
         for user_id in user_ids:
