@@ -97,8 +97,9 @@ def test_one_event_is_rendered_once_for_all_its_recipients() -> None:
     ctx = context("ticket_created")
     shared = renderer.event_variables(ctx)
     calls: list[str] = []
-    render_directly = renderer.templates_for(renderer.language()).slots.direct
-    with mock.patch.object(renderer.templates_for(renderer.language()).slots, "direct", lambda name, variables: (
+    slots = renderer.templates_for(renderer.language()).slots
+    render_directly = slots.direct
+    with mock.patch.object(slots, "direct", lambda name, variables: (
             calls.append(name), render_directly(name, variables))[1]):
         people = [EmailRecipient(f"p{i}@example.com", f"Person {i}", f"P{i}", i)
                   for i in range(10)]
@@ -137,7 +138,8 @@ def test_a_template_that_transforms_a_recipient_value_renders_directly(tmp_path:
         assert fast.text == f"Hello {first.upper()}!"
         assert f">{first[:3]}</p>" in fast.html
         assert fast == renderer.render_event(ctx, recipient)
-    assert list(renderer.templates_for(renderer.language()).slots._plain.values()) == [False]  # checked once, never slotted
+    slots = renderer.templates_for(renderer.language()).slots
+    assert list(slots._plain.values()) == [False]  # checked once, never slotted
 
 
 # ------------------------------------------------------------------- the MIME bytes
