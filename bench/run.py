@@ -115,18 +115,26 @@ def drop_all(engine: Engine) -> None:
 WORKLOADS = ("shared", "one-recipient")
 
 
-def make_dataset(n_events: int, workload: str = "shared", *, seed: int = 5) -> Dataset:
-    """The generated help desk and its N pending events, for ``workload``."""
+LANGUAGES = ("en", "de", "fr", "es")
+"""The languages --languages spreads the users over, in this order."""
+
+
+def make_dataset(n_events: int, workload: str = "shared", *, seed: int = 5,
+                 languages: int = 1) -> Dataset:
+    """The generated help desk and its N pending events, for ``workload``; its users'
+    locales spread over the first ``languages`` of LANGUAGES."""
     if workload == "one-recipient":
-        return make_one_recipient_dataset(n_events, seed=seed)
-    return make_shared_dataset(n_events, seed=seed)
+        return make_one_recipient_dataset(n_events, seed=seed, languages=languages)
+    return make_shared_dataset(n_events, seed=seed, languages=languages)
 
 
-def _users(rng: random.Random, n_users: int) -> list[dict[str, Any]]:
-    """Users 1 and 2 are managers (in-app only); the rest plain staff and customers."""
+def _users(rng: random.Random, n_users: int, languages: int = 1) -> list[dict[str, Any]]:
+    """Users 1 and 2 are managers (in-app only); the rest plain staff and customers,
+    user i reading LANGUAGES[i % languages]."""
     return [{"id": i, "username": f"user{i}", "email": f"user{i}@example.com",
              "first_name": rng.choice(FIRST), "last_name": rng.choice(LAST),
-             "is_active": True, "is_manager": i <= 2}
+             "is_active": True, "is_manager": i <= 2,
+             "locale": LANGUAGES[i % languages] if languages > 1 else None}
             for i in range(1, n_users + 1)]
 
 
@@ -145,12 +153,13 @@ def _projects() -> list[dict[str, Any]]:
     return [{"id": i, "name": f"Project {i}", "notify_team": False} for i in range(1, 11)]
 
 
-def make_shared_dataset(n_events: int, *, seed: int = 5, n_users: int = 500) -> Dataset:
+def make_shared_dataset(n_events: int, *, seed: int = 5, n_users: int = 500,
+                        languages: int = 1) -> Dataset:
     """A help desk: users (two of them managers: in-app only), ten projects, one ticket
     per ticket_created event, and status changes on some of those tickets. Recipients
     share a lot: 500 users, each event's page rendered for 2 or 3 of them."""
     rng = random.Random(seed)
-    users = _users(rng, n_users)
+    users = _users(rng, n_users, languages)
     n_created = max(1, round(n_events * 0.7))
     tickets = [_ticket(rng, i, *rng.sample(range(3, n_users + 1), 2))
                for i in range(1, n_created + 1)]
@@ -165,14 +174,15 @@ def make_shared_dataset(n_events: int, *, seed: int = 5, n_users: int = 500) -> 
     return Dataset(users, _projects(), tickets, events)
 
 
-def make_one_recipient_dataset(n_events: int, *, seed: int = 5) -> Dataset:
+def make_one_recipient_dataset(n_events: int, *, seed: int = 5, languages: int = 1
+                               ) -> Dataset:
     """Each event mails one person and shares nothing with any other: one
     ``ticket_assigned`` event per ticket, each ticket with a requester and an assignee
     of its own (2 N users, plus the two managers), actor None. ticket_assigned tells the
     new assignee alone (the payload names them, as django-helpdesk's receiver writes
     it), so there is one email per event and the per-event cost is all."""
     rng = random.Random(seed)
-    users = _users(rng, 2 + 2 * n_events)
+    users = _users(rng, 2 + 2 * n_events, languages)
     tickets = [_ticket(rng, i, requester=2 + 2 * i, assignee=1 + 2 * i)
                for i in range(1, n_events + 1)]
     events = [{"event_type": "ticket_assigned", "ticket_id": t["id"], "actor_id": None,
@@ -501,9 +511,10 @@ def database_urls(args: argparse.Namespace, workdir: Path) -> list[tuple[str, st
 
 def throughput(args: argparse.Namespace, sink: SinkProcess, workdir: Path, check: Check,
                *, n_events: int, connections: int, latency: float, label: str,
-               dbs: list[tuple[str, str]]) -> list[Row]:
-    data = make_dataset(n_events, args.workload)
-    print(f"\n== {label}: {n_events} events ({args.workload}), K={connections}, sink latency "
+               dbs: list[tuple[str, str]], languages: int = 1) -> list[Row]:
+    data = make_dataset(n_events, args.workload, languages=languages)
+    workload = args.workload if languages == 1 else f"{args.workload}, {languages} languages"
+    print(f"\n== {label}: {n_events} events ({workload}), K={connections}, sink latency "
           f"{latency * 1000:.0f} ms", flush=True)
     messages, render_cpu_ms = prerender(data, workdir)
     print(f"  send-pending without SMTP (SQLite, a transport that keeps the bytes): "
@@ -532,7 +543,7 @@ def throughput(args: argparse.Namespace, sink: SinkProcess, workdir: Path, check
             after, base_cpu_after = baseline(check, label, sink, messages, connections)
             base_seconds = (before + after) / 2
             batches = max(1, -(-n_events // args.batch_size))
-            row = Row(label, args.workload, name, connections, round(latency * 1000),
+            row = Row(label, workload, name, connections, round(latency * 1000),
                       len(expected), result["emails_sent"] / result["elapsed"],
                       len(messages) / base_seconds,
                       result["maxrss_mb"], result["statements"] / n_events,
@@ -562,6 +573,27 @@ def throughput(args: argparse.Namespace, sink: SinkProcess, workdir: Path, check
                   f"({', '.join(f'{r:.2f}' for r in median.ratios)})", flush=True)
         rows.append(median)
     return rows
+
+
+def languages_versus_english(args: argparse.Namespace, sink: SinkProcess, workdir: Path,
+                             check: Check, dbs: list[tuple[str, str]]) -> list[Row]:
+    """The same events with the recipients spread over --languages languages, and with
+    everyone reading English, one after the other in this run: the ratios to bare
+    smtplib must stay within 10 % of each other (issue 16)."""
+    english = throughput(args, sink, workdir, check, n_events=args.events,
+                         connections=args.connections, latency=0.0,
+                         label="English only", dbs=dbs)
+    spread = throughput(args, sink, workdir, check, n_events=args.events,
+                        connections=args.connections, latency=0.0,
+                        label=f"{args.languages} languages", dbs=dbs, languages=args.languages)
+    for plain, mixed in zip(english, spread, strict=True):
+        change = mixed.ratio / plain.ratio - 1
+        print(f"  {plain.db}: ratio {plain.ratio:.2f} in English, {mixed.ratio:.2f} in "
+              f"{args.languages} languages ({change:+.1%}); CPU/email "
+              f"{plain.tool_cpu_ms:.2f} ms and {mixed.tool_cpu_ms:.2f} ms", flush=True)
+        check.expect(change >= -0.10, f"{plain.db}: {args.languages} languages cost "
+                                      f"{-change:.1%} of the English ratio (limit 10 %)")
+    return [*english, *spread]
 
 
 def print_profile(path: str) -> None:
@@ -786,6 +818,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sink-without-pipelining", action="store_true",
                         help="the sink does not offer PIPELINING (aiosmtpd's default): "
                              "send-pending then waits for each reply, as smtplib does")
+    parser.add_argument("--languages", type=int, choices=range(1, len(LANGUAGES) + 1),
+                        default=1, metavar="N",
+                        help="also run the throughput with the users' locales spread over "
+                             "N of en, de, fr, es, against an English-only run (the first "
+                             "--db): the two ratios must stay within 10 %%")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile send-pending's main thread and print the top functions")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
@@ -837,6 +874,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows += throughput(args, sink, workdir, check, n_events=args.latency_events,
                                        connections=k, latency=0.02, label="20 ms latency",
                                        dbs=dbs[:1])
+            if args.languages > 1:
+                rows += languages_versus_english(args, sink, workdir, check, dbs[:1])
         if rows:
             print_summary(rows)
         results["throughput"] = [row.__dict__ | {"ratio": row.ratio} for row in rows]
