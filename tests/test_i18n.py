@@ -248,7 +248,8 @@ def test_a_contract_help_desk_writes_to_each_user_in_their_language(
     assert got["nobody@example.com"].subject == "New Ticket: VPN down (TKT-1)"
     # no zone in the contract's users table: ITSM_TIME_ZONE
     assert "06.12.2026, 10:25 MEZ" in text_of(got["klaus@example.com"])
-    assert "Dec 6, 2026, 10:25\u202fAM CET" in text_of(got["ada@example.com"])
+    assert "Dec 6, 2026, 10:25\u202fAM +0100" in text_of(got["ada@example.com"])  # CLDR: no
+    # "CET" in English (not commonly used there), the offset instead
     with engine.connect() as conn:
         titles = dict(conn.execute(sa.select(schema.app_notifications.c.user_id,
                                              schema.app_notifications.c.title)).all())
