@@ -584,6 +584,57 @@ def demo_command(
     raise typer.Exit(status)
 
 
+@app.command("preview")
+def preview_command(
+    folder: Annotated[Path, typer.Option("--out", help="The folder to write the pages to.")] =
+    Path("itsm-notify-preview"),
+    language: Annotated[str | None, typer.Option(
+        "--language", help="Only this language (default: every language with a catalog).",
+        show_default=False)] = None,
+    event: Annotated[int | None, typer.Option(
+        "--event", min=1, max=2**63 - 1, show_default=False,
+        help="Render this outbox event, for each of its recipients, instead of the "
+             "samples.")] = None,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="Then serve the pages on http://127.0.0.1:PORT/ until Ctrl-C.")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="With --serve (0: any free port).")] = 8025,
+    as_json: Annotated[bool, typer.Option("--json", help="List the pages written as "
+                                          "JSON.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Render every email (each event type, and test-email) in each language into a
+    folder of HTML pages with an index: headers, HTML and text side by side. Sample data
+    (no database, no mail), or a real event with --event ID."""
+    from .ops.preview import GalleryServer, choose_languages, make_gallery, wait_for_stop
+
+    with friendly_errors():
+        settings = settings_from(config, database_url=database_url)
+        languages = choose_languages(language)
+        engine = engine_for(settings) if event is not None else None
+        gallery = make_gallery(settings, folder, languages=languages, now=utcnow(),
+                               event_id=event, engine=engine)
+    if as_json:
+        sys.stdout.write(json.dumps(gallery.as_json()) + "\n")
+        sys.stdout.flush()
+    for problem in gallery.problems:
+        err.print(f"[bold red]Problem:[/] {plain(problem)}", soft_wrap=True)
+    emails = len({page.key for page in gallery.pages})
+    err.print(f"Wrote {emails} email{'s' if emails != 1 else ''} in {len(languages)} "
+              f"language{'s' if len(languages) != 1 else ''} to {plain(gallery.index)}.",
+              soft_wrap=True)
+    if serve:
+        with friendly_errors():
+            server = GalleryServer(folder, port)
+        with server:
+            err.print(f"Serving the preview on {server.url} (stop with Ctrl-C).",
+                      markup=False, soft_wrap=True)
+            wait_for_stop()
+    raise typer.Exit(1 if gallery.problems else 0)
+
+
 # --------------------------------------------- overdue-scan, scheduler, test-email
 
 

@@ -41,7 +41,14 @@ from ..channels.chat import ChatOutgoing, ChatTransport, delivery_id
 from ..channels.messages import chat_message
 from ..channels.routes import destinations_for
 from ..compose.i18n import Language
-from ..compose.render import Renderer, address_digest, in_app_text, message_id, thread_id
+from ..compose.render import (
+    RenderedEmail,
+    Renderer,
+    address_digest,
+    in_app_text,
+    message_id,
+    thread_id,
+)
 from ..config import Settings
 from ..errors import EventError, TransportError
 from ..events.addresses import address_problem
@@ -179,6 +186,27 @@ def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
 
 # Pure functions called per email; a run meets the same users and addresses again.
 _unsubscribe_url = functools.lru_cache(maxsize=4096)(unsubscribe_url)
+
+
+def compose_email(renderer: Renderer, ctx: EventContext, recipient: EmailRecipient,
+                  rendered: RenderedEmail, *, msg_id: str, domain: str,
+                  unsubscribe_url: str | None, tags_replies: bool,
+                  now: datetime | None = None) -> bytes:
+    """The bytes of one event's email to one recipient, as send-pending sends them (and
+    ``preview`` shows them): threaded with its ticket when it is about one, with the
+    team's Reply-To, else the recipient's signed one where replies become comments
+    (``tags_replies``)."""
+    spec = event_type(ctx.event.event_type)
+    one_ticket = spec.about_one_ticket(ctx)
+    team_reply_to = ctx.project.reply_to if ctx.project else None
+    return renderer.compose(
+        rendered, recipient, event_type_name=ctx.event.event_type,
+        ticket_number=ctx.ticket.number if one_ticket else None, msg_id=msg_id,
+        thread=thread_id(ctx.ticket.id, domain) if one_ticket else None,
+        is_thread_start=spec.starts_thread, unsubscribe_url=unsubscribe_url,
+        reply_to=team_reply_to, now=now,
+        personal_reply_to=None if team_reply_to else renderer.reply_to_for(
+            ctx.ticket.id if one_ticket and tags_replies else None, recipient.user_id))
 
 
 Slot = tuple[str, str]
@@ -568,19 +596,10 @@ class Sender:
                 rendered = renderer.render_event(
                     ctx, recipient, variables, unsubscribe_url=unsubscribe,
                     subject=subject, ticket_url=self.source.link(ctx, recipient))
-                spec = event_type(event.event_type)
-                one_ticket = spec.about_one_ticket(ctx)
-                team_reply_to = ctx.project.reply_to if ctx.project else None
-                data = renderer.compose(
-                    rendered, recipient, event_type_name=event.event_type,
-                    ticket_number=ctx.ticket.number if one_ticket else None,
-                    msg_id=self._message_id(ctx, recipient),
-                    thread=thread_id(ctx.ticket.id, self.domain) if one_ticket else None,
-                    is_thread_start=spec.starts_thread, unsubscribe_url=unsubscribe,
-                    reply_to=team_reply_to,
-                    personal_reply_to=None if team_reply_to else renderer.reply_to_for(
-                        ctx.ticket.id if one_ticket and self.tags_replies else None,
-                        recipient.user_id))
+                data = compose_email(renderer, ctx, recipient, rendered,
+                                     msg_id=self._message_id(ctx, recipient),
+                                     domain=self.domain, unsubscribe_url=unsubscribe,
+                                     tags_replies=self.tags_replies)
             except Exception as exc:  # any template error must fail one email, not the queue
                 pipeline.settle(Outcome(key, DeliveryState.FAILED, detail=(
                     f"could not render the email ({describe_exception(exc)})")))

@@ -115,6 +115,14 @@ def peek_events(engine: Engine, *, limit: int, now: datetime) -> list[OutboxEven
     return [_row_to_event(row) for row in rows]
 
 
+def load_event(engine: Engine, event_id: int) -> OutboxEvent | None:
+    """One outbox row by id, whatever its state (for ``preview --event``); None when
+    there is none."""
+    with engine.connect() as conn:
+        row = conn.execute(select(*_EVENT_COLUMNS).where(outbox.c.id == event_id)).first()
+    return _row_to_event(row) if row is not None else None
+
+
 @dataclass(frozen=True)
 class EventOutcome:
     """How one claimed event ends this run."""
