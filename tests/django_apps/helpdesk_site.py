@@ -216,8 +216,10 @@ def _reset_rows(url: str) -> bool:
     # Queue.save() makes a queue_access_<slug> permission for every queue it creates
     Permission.objects.filter(codename__startswith="queue_access_").delete()
     removed = _removed_templates.pop(url, None)
-    if removed:
-        EmailTemplate.objects.bulk_create(EmailTemplate(**row) for row in removed)
+    if removed:  # ignore_conflicts: the database may have been built again meanwhile
+        # (another test dropped every table), its templates seeded anew by the migration
+        EmailTemplate.objects.bulk_create((EmailTemplate(**row) for row in removed),
+                                          ignore_conflicts=True)
     return EmailTemplate.objects.exists()
 
 

@@ -47,6 +47,7 @@ def N_(message: str) -> str:
 PRIORITY_WORDS = {"low": N_("Low"), "medium": N_("Medium"), "high": N_("High"),
                   "critical": N_("Critical")}
 """The contract's priorities as shown, when the source has no label of its own."""
+_PRIORITY_LABELS = frozenset(PRIORITY_WORDS.values())
 
 
 def language_code(tag: str | None) -> str | None:
@@ -150,10 +151,11 @@ class Language:
         return self.gettext("due in %(duration)s") % {"duration": self.duration(seconds)}
 
     def priority(self, stored: str, label: str = "") -> str:
-        """A priority as shown: the source's label, else the contract's word for it in
-        this language, else the stored value."""
+        """A priority as shown: the source's label (translated when it is one of the
+        contract's words, as django-spire's "High" is), else the contract's word for it
+        in this language, else the stored value."""
         if label:
-            return label
+            return self.gettext(label) if label in _PRIORITY_LABELS else label
         word = PRIORITY_WORDS.get(stored.strip().lower())
         return self.gettext(word) if word else stored
 
