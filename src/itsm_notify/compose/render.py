@@ -12,7 +12,7 @@ import functools
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
@@ -25,15 +25,11 @@ from typing import Any
 import css_inline
 from jinja2 import (
     ChoiceLoader,
-    Environment,
     FileSystemLoader,
     StrictUndefined,
     Template,
-    pass_context,
     select_autoescape,
 )
-from jinja2.runtime import Context
-from markupsafe import Markup
 
 from ..config import Settings, ticket_path
 from ..events.audience import EmailRecipient
@@ -65,6 +61,7 @@ from .mime import (
 )
 from .present import cut
 from .slots import SlotRenderer
+from .translated import TranslatedEnvironment
 
 
 def packaged_template_dir() -> Path:
@@ -105,8 +102,13 @@ class Renderer:
     """Renders the email templates; one per process, each language's templates compiled
     once (``_LanguageTemplates``)."""
 
-    def __init__(self, settings: Settings, languages: Languages | None = None) -> None:
+    def __init__(self, settings: Settings, languages: Languages | None = None, *,
+                 compile_words: bool = True) -> None:
+        """``compile_words``: translate the templates' words when they are compiled (the
+        fast path); False: at each rendering, as Jinja's i18n extension does (the plain
+        path, which tests/test_fast_paths.py holds the fast one to)."""
         self.settings = settings
+        self.compile_words = compile_words
         self.sender_address = sender_address(settings)
         self.languages = languages or Languages(
             settings.default_locale, settings.time_zone,
@@ -132,7 +134,8 @@ class Renderer:
                 found = self._by_language.get(language.code)
                 if found is None:
                     found = self._by_language[language.code] = _LanguageTemplates(
-                        language, self.settings.template_dir, self.structures)
+                        language, self.settings.template_dir, self.structures,
+                        compile_words=self.compile_words)
         return found
 
     # ------------------------------------------------------------------ rendering
@@ -163,13 +166,15 @@ class Renderer:
     def render_event(self, ctx: EventContext, recipient: EmailRecipient,
                      shared: Mapping[str, Any] | None = None,
                      unsubscribe_url: str | None = None,
-                     subject: str | None = None, ticket_url: str | None = None
-                     ) -> RenderedEmail:
+                     subject: str | None = None, ticket_url: str | None = None,
+                     alone: bool = False) -> RenderedEmail:
         """One event's email for one recipient, in their language. Pass ``shared`` (from
         ``event_variables``) and ``subject``, in the recipient's language, when
         rendering several recipients of one event; ``ticket_url``: the ticket's link for
         this recipient (the source's: the requester's own page, or the staff's), else
-        the staff's."""
+        the staff's. ``alone``: no other recipient of the event reads it in this
+        language (with this shape of link): rendered directly, since the slots would
+        save nothing for one email."""
         if ctx.comment is not None and ctx.comment.is_internal and not recipient.is_staff:
             # Belt and braces: the rules never email internal comments outside staff.
             raise ValueError("internal comments are never emailed outside staff")
@@ -179,8 +184,10 @@ class Renderer:
         template = event_type(ctx.event.event_type).template
         language = self.language_of(recipient)
         templates = self.templates_for(language)
-        if shared:  # the event's CSS is inlined once, not per recipient (see slots.py)
+        if shared and not alone:  # rendered once for all the event's readers (slots.py)
             text, html = templates.slots.render(template, shared, personal)
+        elif shared:
+            text, html = templates.render(template, {**shared, **personal})
         else:
             text, html = templates.render(template,
                                           {**self.event_variables(ctx, language), **personal})
@@ -359,7 +366,7 @@ class _LanguageTemplates:
     regional code), compiled once; and its slot renderer."""
 
     def __init__(self, language: Language, override_dir: str | None,
-                 structures: StructureInliner) -> None:
+                 structures: StructureInliner, *, compile_words: bool = True) -> None:
         loaders = []
         if override_dir:
             emails = Path(override_dir) / "emails"
@@ -368,7 +375,8 @@ class _LanguageTemplates:
             loaders += [FileSystemLoader(str(emails)), FileSystemLoader(override_dir)]
         loaders.append(FileSystemLoader(str(packaged_template_dir() / "emails")))
         self.structures = structures
-        self.env = Environment(
+        self.env = TranslatedEnvironment(
+            language, compile_words=compile_words,
             loader=ChoiceLoader(loaders),
             autoescape=select_autoescape(["html"]),
             trim_blocks=True,
@@ -376,9 +384,7 @@ class _LanguageTemplates:
             undefined=StrictUndefined,
             auto_reload=False,  # compiled once per process: no stat() per message
             finalize=structures.finalize,  # values become markers while inlining
-            extensions=["jinja2.ext.i18n"],
         )
-        install_translations(self.env, language, structures.finalize)
         self._templates: dict[str, Template] = {}
         self.slots = SlotRenderer(self.env, self.render)
 
@@ -393,32 +399,3 @@ class _LanguageTemplates:
         if found is None:
             found = self._templates[name] = self.env.get_template(name)
         return found
-
-
-def install_translations(env: Environment, language: Language,
-                         finalize: Callable[[Any], Any]) -> None:
-    """Jinja's i18n extension, new style (``{{ _("Hi %(name)s,", name=x) }}``), with
-    ``language``'s catalog. Each text value put into a sentence goes through the
-    environment's ``finalize`` as a printed value does, so that while a page's structure
-    is recorded (inline.py) a sentence holds a marker, not the value: the structure of a
-    sentence about one ticket is the structure of the same sentence about another."""
-
-    def fill(text: str, autoescape: bool, variables: dict[str, Any]) -> str:
-        values = {key: finalize(value) if isinstance(value, str) else value
-                  for key, value in variables.items()}
-        return Markup(text) % values if autoescape else text % values
-
-    @pass_context
-    def gettext(context: Context, message: str, **variables: Any) -> str:
-        return fill(language.gettext(message), context.eval_ctx.autoescape, variables)
-
-    @pass_context
-    def ngettext(context: Context, singular: str, plural: str, num: int,
-                 **variables: Any) -> str:
-        variables.setdefault("num", num)
-        return fill(language.ngettext(singular, plural, num), context.eval_ctx.autoescape,
-                    variables)
-
-    env.install_gettext_callables(  # type: ignore[attr-defined]  # the i18n extension's
-        language.gettext, language.ngettext, newstyle=True)
-    env.globals.update(_=gettext, gettext=gettext, ngettext=ngettext)

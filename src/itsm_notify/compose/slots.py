@@ -34,6 +34,8 @@ from typing import Any
 
 from jinja2 import Environment, nodes
 
+from .translated import TRANSLATED
+
 Render = Callable[[str, Mapping[str, Any]], tuple[str, str]]
 Path = tuple[str, ...]  # ("greeting_name",) or ("recipient", "email")
 
@@ -117,13 +119,12 @@ def _uses_plainly(node: nodes.Node, values: frozenset[str], spaces: frozenset[st
     return True
 
 
-_TRANSLATED = frozenset({"_", "gettext", "ngettext"})
 
 
 def _is_sentence(node: nodes.Node) -> bool:
     """A call of the translation functions with plain arguments: ``_("...", name=x)``."""
     return isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) \
-        and node.node.name in _TRANSLATED and node.dyn_args is None \
+        and node.node.name in TRANSLATED and node.dyn_args is None \
         and node.dyn_kwargs is None
 
 

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -577,6 +578,10 @@ class Sender:
         """Each email rendered; one that cannot be (a broken template override, say)
         fails that recipient with the reason, and the batch goes on."""
         renderer, settings = self.renderer, self.settings
+        # how many of an event's recipients read one language with or without a link of
+        # their own (the shapes the slots render once for several readers)
+        readers = Counter((ctx.event.id, renderer.language_of(recipient),
+                           recipient.user_id is not None) for ctx, recipient in to_send)
         # one event's shared parts per language its recipients read: variables, subject
         current_event: int | None = None
         shared: dict[Language, tuple[dict[str, Any], str]] = {}
@@ -595,7 +600,8 @@ class Sender:
                                                recipient.user_id, event.event_type)
                 rendered = renderer.render_event(
                     ctx, recipient, variables, unsubscribe_url=unsubscribe,
-                    subject=subject, ticket_url=self.source.link(ctx, recipient))
+                    subject=subject, ticket_url=self.source.link(ctx, recipient),
+                    alone=readers[(event.id, language, recipient.user_id is not None)] == 1)
                 data = compose_email(renderer, ctx, recipient, rendered,
                                      msg_id=self._message_id(ctx, recipient),
                                      domain=self.domain, unsubscribe_url=unsubscribe,
