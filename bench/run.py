@@ -874,8 +874,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows += throughput(args, sink, workdir, check, n_events=args.latency_events,
                                        connections=k, latency=0.02, label="20 ms latency",
                                        dbs=dbs[:1])
-            if args.languages > 1:
-                rows += languages_versus_english(args, sink, workdir, check, dbs[:1])
+        if args.languages > 1:
+            rows += languages_versus_english(args, sink, workdir, check,
+                                             database_urls(args, workdir)[:1])
         if rows:
             print_summary(rows)
         results["throughput"] = [row.__dict__ | {"ratio": row.ratio} for row in rows]
