@@ -174,25 +174,23 @@ def _zone(name: str | None) -> tzinfo | None:
 class Languages:
     """Every reader's ``Language``, loaded once per (language, zone) in a process.
 
-    ``also``: languages that have templates of their own but no catalog (an override
-    folder ``emails/<code>/``): their readers get those templates, and English for any
-    text the templates take from the code (subjects, in-app text).
-
     ``default_locale`` is ITSM_DEFAULT_LOCALE (Django's LANGUAGE_CODE), for ADMINS,
     address-only recipients and anyone whose locale is unknown; ``default_zone`` is
-    ITSM_TIME_ZONE (Django's TIME_ZONE), else UTC."""
+    ITSM_TIME_ZONE (Django's TIME_ZONE), else UTC. ``also``: languages that have
+    templates of their own but no catalog (an override folder ``emails/<code>/``):
+    their readers get those templates, and English for any text the templates take
+    from the code (subjects, in-app text)."""
 
     def __init__(self, default_locale: str = SOURCE_LANGUAGE, default_zone: str | None = None,
                  locale_dir: Path = LOCALE_DIR, *, also: tuple[str, ...] = ()) -> None:
         self.locale_dir = locale_dir
-        self.available = (*available_languages(locale_dir),
-                          *(code for code in also if code not in available_languages(locale_dir)))
-        self.default = negotiate(default_locale, self.available, SOURCE_LANGUAGE) \
-            or SOURCE_LANGUAGE
-        if language_code(default_locale) and \
-                negotiate(default_locale, self.available, SOURCE_LANGUAGE) is None:
+        catalogs = available_languages(locale_dir)
+        self.available = (*catalogs, *(code for code in also if code not in catalogs))
+        found = negotiate(default_locale, self.available, SOURCE_LANGUAGE)
+        if found is None:
             log.warning("the default locale %r has no catalog; writing in English",
                         default_locale)
+        self.default = found or SOURCE_LANGUAGE
         self.default_zone = _zone(default_zone) or UTC
         self._loaded: dict[tuple[str | None, str | None], Language] = {}
         self._warned: set[str] = set()
@@ -233,10 +231,14 @@ class Languages:
 
 @functools.cache
 def _babel_locale(code: str) -> Locale:
-    try:
-        return Locale.parse(_catalog_name(code))
-    except (UnknownLocaleError, ValueError):
-        return Locale.parse(code.split("-")[0])
+    """Babel's data for a language (its formats), else its language's, else English's
+    (a language an override folder adds that CLDR does not know)."""
+    for name in (_catalog_name(code), code.split("-")[0]):
+        try:
+            return Locale.parse(name)
+        except (UnknownLocaleError, ValueError):
+            continue
+    return Locale.parse(SOURCE_LANGUAGE)
 
 
 def template_languages(override_dir: str | None) -> tuple[str, ...]:
