@@ -6,6 +6,9 @@
 * ``compose`` writes the message's bytes from remembered header fields and body lines:
   they must equal what the email package's ``build_message`` (``msg[name] = value``,
   ``set_content``, ``add_alternative``) and ``as_bytes`` make.
+* The templates' words translated when they are compiled (compose/translated.py) give
+  what translating them at each rendering, as Jinja's i18n extension does, gives: in
+  every language, for any ticket text and reader.
 * The delivery log's cheaper rollover test still rotates at its size.
 
 Pure: no database, no socket.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import email
 import json
 import logging
+from dataclasses import replace
 from datetime import datetime
 from email import policy, quoprimime
 from email.headerregistry import HeaderRegistry
@@ -30,6 +34,7 @@ from hypothesis import strategies as st
 from itsm_notify.compose import headers as header_module
 from itsm_notify.compose import mime
 from itsm_notify.compose import render as render_module
+from itsm_notify.compose.i18n import available_languages
 from itsm_notify.compose.render import RenderedEmail, Renderer
 from itsm_notify.config import Settings, load_settings
 from itsm_notify.events.audience import EmailRecipient
@@ -73,6 +78,33 @@ def context(event_type: str) -> EventContext:
         if event_type == "comment_added" else None
     return EventContext(event=event, payload=parse_payload(event_type, raw), ticket=TICKET,
                         users=USERS, project=Project(1, "Network"), comment=comment, manager_ids=())
+
+
+# ------------------------------------------------------------ words compiled in
+
+PLAIN_WORDS = Renderer(make_settings(), compile_words=False)
+DIGEST = {"recipient": {"user_id": 2}, "ticket_ids": [TICKET.id]}
+
+
+@settings(max_examples=120, deadline=None)
+@given(event_type=st.sampled_from([*sorted(PAYLOADS), "overdue"]),
+       language=st.sampled_from(available_languages()), title=names, first=names,
+       total=st.integers(1, 150), link=links)
+def test_words_compiled_in_equal_words_translated_at_rendering(
+        event_type: str, language: str, title: str, first: str, total: int,
+        link: str | None) -> None:
+    ticket = replace(TICKET, title=title, due_at=NOW)
+    if event_type == "overdue":
+        raw = json.dumps({**DIGEST, "total": total})
+        ctx = EventContext(event=OutboxEvent(8, "overdue", None, None, raw, created_at=NOW),
+                           payload=parse_payload("overdue", raw), ticket=ticket,
+                           users=USERS, manager_ids=())
+    else:
+        ctx = replace(context(event_type), ticket=ticket)
+    reader = EmailRecipient("bob@example.com", "Bob", first, 2, locale=language)
+    compiled = RENDERER.render_event(ctx, reader, unsubscribe_url=link)
+    assert compiled == PLAIN_WORDS.render_event(ctx, reader, unsubscribe_url=link)
+    assert RENDERER.language_of(reader).code == language
 
 
 # ------------------------------------------------------------ render once, fill in
