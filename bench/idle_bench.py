@@ -191,17 +191,17 @@ def import_profile(stderr: str, top: int = 25) -> dict[str, Any]:
             for m in sorted(modules, key=lambda m: -m.cumulative_us)
             if m.package != OURS and m.parent is not None and m.parent.package == OURS][:top],
         "at_run_time": [{"module": m.name, "cumulative_ms": m.cumulative_us / 1000}
-                        for m in sorted(_after_cli(roots), key=lambda m: -m.cumulative_us)
+                        for m in sorted(_after_entry(roots), key=lambda m: -m.cumulative_us)
                         if m.cumulative_us >= 1000],
     }
 
 
-def _after_cli(roots: list[Imported]) -> list[Imported]:
+def _after_entry(roots: list[Imported]) -> list[Imported]:
     """The imports made while the command ran: after the console script's own import
-    of the CLI module (before it: the interpreter's start-up, site and encodings)."""
+    of its entry module (before it: the interpreter's start-up, site and encodings)."""
     names = [m.name for m in roots]
-    cli = f"{OURS}.cli"
-    return roots[names.index(cli) + 1:] if cli in names else []
+    entry = f"{OURS}.entry"
+    return roots[names.index(entry) + 1:] if entry in names else []
 
 
 def _name(module: Imported | None) -> str:
@@ -278,12 +278,14 @@ def measure(name: str, url: str, runs: int, workdir: Path, check: Checker) -> di
     check.expect(profiled.returncode == 0,
                  f"idle {name}: send-pending under -X importtime exited {profiled.returncode}")
     profile = import_profile(profiled.stderr)
-    check.expect(any(m["module"] == f"{OURS}.cli" for m in profile["top_cumulative"]),
-                 f"idle {name}: -X importtime showed no {OURS}.cli import")
+    check.expect(any(m["module"] == f"{OURS}.entry" for m in profile["ours"]),
+                 f"idle {name}: -X importtime showed no {OURS}.entry import")
     stdlib_only = workdir / "pycache-stdlib-only"
     left_out = without_installed_bytecode(cache, stdlib_only)
-    check.expect(left_out > 100, f"idle {name}: only {left_out} cached files of installed "
-                                 "packages found to leave out")
+    # the idle path imports few installed packages (the driver, python-dotenv, Babel's
+    # core): a few dozen files, but never none
+    check.expect(left_out > 10, f"idle {name}: only {left_out} cached files of installed "
+                                "packages found to leave out")
     uncompiled = timed_runs(f"{name} (no bytecode)", argv, env | {
         "PYTHONPYCACHEPREFIX": str(stdlib_only), "PYTHONDONTWRITEBYTECODE": "1"}, cwd, runs,
         check)

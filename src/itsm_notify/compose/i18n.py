@@ -17,17 +17,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel import Locale, UnknownLocaleError
-from babel.dates import (
-    format_datetime,
-    get_date_format,
-    get_datetime_format,
-    get_time_format,
-)
-from babel.support import Translations
-from babel.units import format_unit
+if TYPE_CHECKING:
+    from babel import Locale
+# Babel itself is imported where a message is written: an idle cron run, which only
+# checks the settings (language_code), needs none of it.
 
 log = logging.getLogger("itsm_notify.i18n")
 
@@ -114,6 +110,8 @@ class Language:
     @functools.cached_property
     def _time_pattern(self) -> str:
         """The locale's medium date with its short time, and the zone's abbreviation."""
+        from babel.dates import get_date_format, get_datetime_format, get_time_format
+
         both = str(get_datetime_format("medium", self.locale))
         return both.format(get_time_format("short", self.locale).pattern,
                            get_date_format("medium", self.locale).pattern) + " z"
@@ -123,12 +121,16 @@ class Language:
         words: "Dec 6, 2026, 9:25 AM UTC", "06.12.2026, 10:25 MEZ"."""
         if moment is None:
             return None
+        from babel.dates import format_datetime
+
         aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         return format_datetime(aware, self._time_pattern, tzinfo=self.zone, locale=self.locale)
 
     def duration(self, seconds: int) -> str:
         """A span of at least a minute in its largest whole unit (days, hours or
         minutes: never rounded up), in the reader's words: "3 days", "3 Tage"."""
+        from babel.units import format_unit
+
         unit, size = next(((unit, size) for unit, size in (("day", 86400), ("hour", 3600))
                            if seconds >= size), ("minute", 60))
         return format_unit(seconds // size, f"duration-{unit}", length="long",
@@ -226,6 +228,8 @@ class Languages:
     def _translations(self, code: str) -> gettext.NullTranslations:
         if code == SOURCE_LANGUAGE:
             return gettext.NullTranslations()
+        from babel.support import Translations
+
         return Translations.load(str(self.locale_dir), [_catalog_name(code)], DOMAIN)
 
 
@@ -233,6 +237,8 @@ class Languages:
 def _babel_locale(code: str) -> Locale:
     """Babel's data for a language (its formats), else its language's, else English's
     (a language an override folder adds that CLDR does not know)."""
+    from babel import Locale, UnknownLocaleError
+
     for name in (_catalog_name(code), code.split("-")[0]):
         try:
             return Locale.parse(name)
