@@ -28,7 +28,9 @@ from .wall_clock import as_utc
 
 SETTING = "ITSM_DUE_SOON"
 
-_LEAD = re.compile(r"(?:(\d{1,5})d)?(?:(\d{1,6})h)?(?:(\d{1,8})m)?", re.ASCII)
+# Bounded (no lead time of centuries); the hours' seven digits hold the canonical
+# spelling of the longest lead the three allow (99999d999999h99999999m is 5,066,641h).
+_LEAD = re.compile(r"(?:(\d{1,5})d)?(?:(\d{1,7})h)?(?:(\d{1,8})m)?", re.ASCII)
 _SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%", re.ASCII)
 
 
