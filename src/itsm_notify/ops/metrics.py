@@ -19,7 +19,6 @@ drop, which Prometheus reads as a counter reset: ``purge`` deleting old rows, an
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import ConfigError, DatabaseUnavailable
 from ..states import FINAL_DELIVERY_STATES, Channel, DeliveryState, EventState, InboundOutcome
 from ..storage import schema
+from .serving import ServedInThread
 
 logger = logging.getLogger("itsm_notify.metrics")
 
@@ -225,32 +225,13 @@ def _folded(counts: Mapping[str, int], known: tuple[str, ...]) -> list[tuple[str
 # ------------------------------------------------------------------------- serving
 
 
-class MetricsServer:
+class MetricsServer(ServedInThread):
     """A running ``/metrics`` endpoint on the loopback interface; ``stop`` ends it."""
-
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
-        self._server, self._thread = server, thread
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
 
     @property
     def url(self) -> str:
         host = self._server.server_address[0]  # what the socket is bound to
         return f"http://{host!s}:{self.port}/metrics"
-
-    def stop(self) -> None:
-        """Stop serving and release the port; returns when the server thread has ended."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -283,7 +264,4 @@ def serve_metrics(port: int, snapshot_fn: Callable[[], MetricsSnapshot]) -> Metr
     except OSError as exc:
         raise ConfigError(f"Cannot serve metrics on 127.0.0.1:{port} ({exc.strerror or exc}): "
                           "choose a free port with --metrics-port.") from None
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                              name="itsm-notify-metrics", daemon=True)
-    thread.start()
-    return MetricsServer(server, thread)
+    return MetricsServer(server, "itsm-notify-metrics")

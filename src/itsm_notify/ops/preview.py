@@ -47,6 +47,7 @@ from ..source import load_source, replies_become_comments
 from ..storage.database import database_errors, describe_exception
 from ..storage.outbox import load_event
 from .diagnostics import build_test_message
+from .serving import ServedInThread
 from .unsubscribe import unsubscribe_url
 
 PAGES = Path(__file__).resolve().with_name("preview_pages")
@@ -465,38 +466,23 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         """No access log: the terminal shows the URL and nothing else."""
 
 
-class GalleryServer:
+class GalleryServer(ServedInThread):
     """The gallery served over HTTP on the loopback interface, from a thread."""
 
     def __init__(self, folder: Path, port: int) -> None:
         handler = partial(_QuietHandler, directory=str(folder))
         try:
-            self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+            server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         except OSError as exc:
             raise ConfigError(f"Cannot serve the preview on 127.0.0.1:{port} "
                               f"({exc.strerror or exc}): choose a free port with --port "
                               "(0: any).") from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="itsm-notify-preview", daemon=True)
-        self._thread.start()
+        server.daemon_threads = True
+        super().__init__(server, "itsm-notify-preview")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/"
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> GalleryServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return f"http://127.0.0.1:{self.port}/"
 
 
 def wait_for_stop() -> None:
