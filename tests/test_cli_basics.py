@@ -78,6 +78,9 @@ def test_demo_in_an_empty_folder_prints_real_emails(tmp_path: Path) -> None:
     assert "Subject: New Ticket: New laptop for onboarding (TKT-002)" in out
     assert "X-ITSM-Event: comment_added" in out and "Auto-Submitted: auto-generated" in out
     assert "Hi Alice," in out and "http://localhost:8000/tickets/1/" in out
+    # Carol reads German (users.locale): her copy of the same event is in German
+    assert "Subject: Neues Ticket: VPN drops every 10 minutes (TKT-001)" in out
+    assert "Hallo Carol," in out
     assert out.count("Envelope: ") >= 6
     # The internal note is in the demo's data but never in an email.
     assert "idle-timeout" not in out

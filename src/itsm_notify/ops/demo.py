@@ -33,12 +33,12 @@ from ..storage.schema import (
 )
 
 USERS = [
-    # id, username, email, first, last, is_manager
-    (1, "alice", "alice@example.com", "Alice", "Lopez", False),   # requester
-    (2, "bob", "bob@example.com", "Bob", "Okafor", False),        # agent / assignee
-    (3, "carol", "carol@example.com", "Carol", "Nguyen", False),  # network team
-    (4, "dave", "dave@example.com", "Dave", "Schmidt", True),     # service-desk manager
-    (5, "erin", "erin@example.com", "Erin", "Kowalski", False),   # another requester
+    # id, username, email, first, last, is_manager, locale
+    (1, "alice", "alice@example.com", "Alice", "Lopez", False, None),   # requester
+    (2, "bob", "bob@example.com", "Bob", "Okafor", False, None),        # agent / assignee
+    (3, "carol", "carol@example.com", "Carol", "Nguyen", False, "de"),  # network team, reads German
+    (4, "dave", "dave@example.com", "Dave", "Schmidt", True, None),     # service-desk manager
+    (5, "erin", "erin@example.com", "Erin", "Kowalski", False, None),   # another requester
 ]
 
 
@@ -48,7 +48,7 @@ def seed(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(insert(users), [
             {"id": i, "username": u, "email": e, "first_name": f, "last_name": last,
-             "is_manager": m} for i, u, e, f, last, m in USERS])
+             "is_manager": m, "locale": locale} for i, u, e, f, last, m, locale in USERS])
         conn.execute(insert(projects), [{"id": 1, "name": "Network", "notify_team": True}])
         conn.execute(insert(project_members), [{"project_id": 1, "user_id": 2},
                                                   {"project_id": 1, "user_id": 3}])
