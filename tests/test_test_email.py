@@ -20,6 +20,7 @@ import trustme
 from typer.testing import Result
 
 from contract_app import run_cli
+from itsm_notify.compose.i18n import Languages
 from smtp_server import SmtpSink
 
 USER = "helpdesk@example.com"
@@ -113,6 +114,19 @@ def test_from_override_and_debug_does_not_redirect(tls_sink: SmtpSink,
     assert message.message["From"] == "Alerts <alerts@example.com>"
     assert message.rcpt_tos == ["ops@example.com"]
     assert "test-email sends to the address given" in result.stdout
+
+
+def test_the_test_email_in_another_language(tls_sink: SmtpSink, ca_bundle_path: Path) -> None:
+    result = run_test_email(smtp_settings(tls_sink, ca_bundle_path), "ops@example.com",
+                            "--language", "de-AT")
+    assert result.exit_code == 0, result.output
+    [message] = tls_sink.messages
+    german = Languages().get("de")
+    assert message.subject == german.gettext("Test email from {site}").format(site="Help Desk")
+    body = message.message.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert german.gettext("This is a one-off test message; no action is needed.") in \
+        body.get_content()
 
 
 def test_implicit_tls_success(server_tls_context: ssl.SSLContext, ca_bundle_path: Path) -> None:
@@ -248,6 +262,9 @@ def test_usage_errors_exit_2() -> None:
     bad_address = run_test_email({}, "not-an-address")
     assert bad_address.exit_code == 2
     assert "not-an-address" in bad_address.stderr
+    bad_language = run_test_email({}, "ops@example.com", "--language", "xx")
+    assert bad_language.exit_code == 2 and "Traceback" not in bad_language.output
+    assert "There is no catalog for the language 'xx'" in bad_language.stderr
     bad_backend = run_test_email({}, "ops@example.com", "--backend", "carrier-pigeon")
     assert bad_backend.exit_code == 2
     assert "EMAIL_BACKEND" in bad_backend.stderr

@@ -827,15 +827,20 @@ def test_email_command(
         show_default=False)] = None,
     from_address: Annotated[str | None, typer.Option(
         "--from", help="The sender (overrides DEFAULT_FROM_EMAIL).", show_default=False)] = None,
+    language: Annotated[str | None, typer.Option(
+        "--language", help="Write it in this language (default: ITSM_DEFAULT_LOCALE).",
+        show_default=False)] = None,
     config: ConfigOption = None,
 ) -> None:
     """Send one test email through the configured backend, showing each step."""
+    from .compose.i18n import catalog_language
     from .events.addresses import address_problem
     from .ops.diagnostics import effective_settings, send_test_email
 
     with friendly_errors():
         settings = settings_from(config, email_backend=backend,
-                                 default_from_email=from_address)
+                                 default_from_email=from_address,
+                                 default_locale=language and catalog_language(language))
     if problem := address_problem(address):
         err.print(f"[bold red]Error:[/] {plain(address)} is {problem}: give a valid address.",
                   soft_wrap=True)

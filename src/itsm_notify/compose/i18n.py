@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     from babel import Locale
 # Babel itself is imported where a message is written: an idle cron run, which only
@@ -74,6 +76,18 @@ def available_languages(locale_dir: Path = LOCALE_DIR) -> tuple[str, ...]:
     found = sorted(path.parent.parent.name.replace("_", "-")
                    for path in locale_dir.glob(f"*/LC_MESSAGES/{DOMAIN}.mo"))
     return (SOURCE_LANGUAGE, *(code for code in found if code != SOURCE_LANGUAGE))
+
+
+def catalog_language(wanted: str) -> str:
+    """The available language ``wanted`` names (``pt-BR`` is ``pt`` when only ``pt`` has
+    a catalog), for a language asked for by name (``--language``), where falling back
+    to the default would hide a typo: ConfigError naming the available ones."""
+    available = available_languages()
+    found = negotiate(wanted, available, SOURCE_LANGUAGE)
+    if found is None:
+        raise ConfigError(f"There is no catalog for the language {wanted!r}: use one of "
+                          f"{', '.join(available)}.")
+    return found
 
 
 def negotiate(wanted: str | None, available: tuple[str, ...], default: str) -> str | None:

@@ -35,7 +35,7 @@ from babel import Locale, UnknownLocaleError
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateSyntaxError
 from sqlalchemy import Engine
 
-from ..compose.i18n import Language, available_languages, negotiate
+from ..compose.i18n import Language, available_languages, catalog_language
 from ..compose.render import Renderer, in_app_text, message_id
 from ..config import Settings
 from ..engine.sender import compose_email, load_batch
@@ -89,14 +89,7 @@ class PreviewPage:
 def choose_languages(wanted: str | None) -> tuple[str, ...]:
     """Every language a message can be written in, or the one ``wanted`` names (``pt-BR``
     is ``pt`` when only ``pt`` has a catalog); ConfigError when none has its catalog."""
-    available = available_languages()
-    if wanted is None:
-        return available
-    found = negotiate(wanted, available, available[0])
-    if found is None:
-        raise ConfigError(f"There is no catalog for the language {wanted!r}: use one of "
-                          f"{', '.join(available)}, or leave --language out for all.")
-    return (found,)
+    return available_languages() if wanted is None else (catalog_language(wanted),)
 
 
 def language_name(code: str) -> str:
