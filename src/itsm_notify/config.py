@@ -365,18 +365,24 @@ def config_file_path(config_path: str | Path | None, env: Mapping[str, str],
     return Path(path) if path else None
 
 
+def read_toml(path: Path, what: str, when_missing: str) -> dict[str, Any]:
+    """A TOML file the tool is pointed at (the config file, a source mapping); one
+    sentence, naming ``what`` it is, when it is missing (``when_missing``: the fix) or
+    not valid TOML."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist: {when_missing}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML ({exc}): fix its syntax.") from None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The config file's TOML; ConfigError for a missing file, bad syntax or a table that
     is neither [itsm_notify] nor [chat.<name>]."""
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"The config file {path} does not exist: "
-                          "give an existing file with --config or ITSM_NOTIFY_CONFIG.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"The config file {path} is not valid TOML ({exc}): "
-                          "fix the syntax.") from None
+    data = read_toml(path, "The config file",
+                     "give an existing file with --config or ITSM_NOTIFY_CONFIG.")
     tables = sorted(k for k, v in data.items() if isinstance(v, dict) and k not in CONFIG_TABLES)
     if tables:
         raise ConfigError(f"The config file {path} has unknown table [{tables[0]}]: settings go "

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import re
 import string
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..config import read_toml
 from ..errors import ConfigError
 
 #: per entity: its fields and the expression each reads when the mapping does not say
@@ -185,13 +185,6 @@ def _labels(table: Any, where: str) -> dict[str, str]:
 
 
 def load_mapping_file(path: Path) -> SourceMapping:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"The source mapping {path} does not exist: set ITSM_SOURCE to "
-                          "contract, django-helpdesk, django-spire or a mapping file.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"The source mapping {path} is not valid TOML ({exc}): fix its "
-                          "syntax.") from None
+    data = read_toml(path, "The source mapping", "set ITSM_SOURCE to contract, "
+                     "django-helpdesk, django-spire or a mapping file.")
     return parse_mapping(path.stem, data, f"The source mapping {path}")
