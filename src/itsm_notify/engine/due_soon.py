@@ -43,7 +43,7 @@ from ..events.model import Ticket, User
 from ..events.types import MAX_LISTED
 from ..source.base import naive_utc
 from ..storage.database import among, database_errors, make_engine, utcnow
-from ..storage.deliveries import insert_many
+from ..storage.deliveries import insert_many, load_opted_out
 from ..storage.schema import due_soon_warnings
 from ..timing.business_hours import BusinessCalendar
 from ..timing.thresholds import Threshold, ThresholdHit, due_warnings
@@ -55,7 +55,6 @@ from .scans import (
     admin_recipients,
     digest_event,
     load_admin_accounts,
-    load_opted_out,
     recipient_of,
 )
 

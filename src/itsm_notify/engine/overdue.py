@@ -48,7 +48,7 @@ from ..events.model import User
 from ..source import Source
 from ..source.base import naive_utc
 from ..storage.database import among, database_errors, make_engine, utcnow
-from ..storage.deliveries import insert_many
+from ..storage.deliveries import insert_many, load_opted_out
 from ..storage.schema import overdue_alerts
 from .scans import (
     CHUNK,
@@ -58,7 +58,6 @@ from .scans import (
     admin_recipients,
     digest_event,
     load_admin_accounts,
-    load_opted_out,
     recipient_of,
 )
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, false, insert, select
+from sqlalchemy import Connection, Engine, insert
 
 from ..channels.base import Transport
 from ..config import Settings
@@ -28,10 +28,10 @@ from ..events.model import User
 from ..events.types import MAX_LISTED
 from ..source import Source, load_source
 from ..source.base import naive_utc
-from ..states import Channel, EventState
-from ..storage.database import among, hold_lock
+from ..states import EventState
+from ..storage.database import hold_lock
 from ..storage.deliveries import suppressed_among
-from ..storage.schema import outbox, preferences
+from ..storage.schema import outbox
 from .sender import RunReport, Sender
 
 Item = TypeVar("Item")
@@ -103,18 +103,6 @@ def load_admin_accounts(source: Source, conn: Connection) -> dict[str, User]:
     is greeted by name, gets an unsubscribe link and has their preferences honoured."""
     admins = [admin.email for admin in source.settings.admins]
     return source.admin_accounts(source.users(conn, (), emails=admins)) if admins else {}
-
-
-def load_opted_out(conn: Connection, event_type: str, user_ids: Iterable[int]) -> set[int]:
-    """The users among ``user_ids`` who turned ``event_type`` email off."""
-    ids = sorted(set(user_ids))
-    opted_out: set[int] = set()
-    for start in range(0, len(ids), CHUNK):
-        opted_out.update(conn.execute(select(preferences.c.user_id).where(
-            preferences.c.event_type == event_type, preferences.c.channel == Channel.EMAIL,
-            preferences.c.enabled == false(),
-            among(conn, preferences.c.user_id, ids[start:start + CHUNK]))).scalars())
-    return opted_out
 
 
 def digest_event(event_type: str, recipient: EmailRecipient, ticket_ids: Sequence[int],

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, false, insert, select, update
+from sqlalchemy import Engine, and_, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -21,7 +21,8 @@ from ..events.model import EventContext
 from ..events.types import event_type
 from ..states import Channel
 from ..storage.database import among
-from ..storage.schema import preferences, schedules
+from ..storage.deliveries import USER_CHUNK, load_opted_out
+from ..storage.schema import schedules
 from ..timing.business_hours import parse_time_zone
 from ..timing.windows import Frequency, parse_frequency
 
@@ -29,7 +30,6 @@ log = logging.getLogger("itsm_notify")
 
 DEFAULT_DAILY_HOUR = 8
 SUMMARY_EVENT_TYPE = "summary"
-_CHUNK = 500  # user ids per IN list
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,10 @@ def load_schedules(conn: Connection, user_ids: Iterable[int],
     """The schedules of ``user_ids`` on ``channel`` (users without a row are absent)."""
     ids = sorted(set(user_ids))
     found: dict[int, Schedule] = {}
-    for start in range(0, len(ids), _CHUNK):
+    for start in range(0, len(ids), USER_CHUNK):
         for row in conn.execute(select(schedules).where(
                 schedules.c.channel == channel,
-                among(conn, schedules.c.user_id, ids[start:start + _CHUNK]))):
+                among(conn, schedules.c.user_id, ids[start:start + USER_CHUNK]))):
             found[row.user_id] = schedule_from_row(row.user_id, row.frequency, row.daily_hour,
                                            row.time_zone)
     return found
@@ -127,13 +127,9 @@ class SummaryHold:
             return cls(settings, {}, renderer)
         with engine.connect() as conn:
             found = load_schedules(conn, user_ids)
-            if found:  # no summaries for a user who unsubscribed from them: all at once
-                for user_id in conn.execute(select(preferences.c.user_id).where(
-                        preferences.c.event_type == SUMMARY_EVENT_TYPE,
-                        preferences.c.channel == Channel.EMAIL,
-                        preferences.c.enabled == false(),
-                        among(conn, preferences.c.user_id, sorted(found)))).scalars():
-                    found.pop(user_id, None)
+            # no summaries for a user who unsubscribed from them: all at once
+            for user_id in load_opted_out(conn, SUMMARY_EVENT_TYPE, found):
+                found.pop(user_id, None)
         return cls(settings, found, renderer)
 
     def item(self, ctx: EventContext, recipient: EmailRecipient,

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
+    false,
     func,
     insert,
     or_,
@@ -64,6 +65,24 @@ def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
         return {a.lower() for a in conn.execute(
             select(suppressions.c.address).where(among(conn, suppressions.c.address, wanted))
         ).scalars()}
+
+
+USER_CHUNK = 500
+"""User ids per IN list."""
+
+
+def load_opted_out(conn: Connection, event_type: str, user_ids: Iterable[int]) -> set[int]:
+    """The users among ``user_ids`` who turned ``event_type`` email off."""
+    ids = sorted(set(user_ids))
+    opted_out: set[int] = set()
+    for start in range(0, len(ids), USER_CHUNK):
+        opted_out.update(conn.execute(select(schema.preferences.c.user_id).where(
+            schema.preferences.c.event_type == event_type,
+            schema.preferences.c.channel == Channel.EMAIL,
+            schema.preferences.c.enabled == false(),
+            among(conn, schema.preferences.c.user_id, ids[start:start + USER_CHUNK])
+        )).scalars())
+    return opted_out
 
 
 def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
