@@ -33,7 +33,7 @@ from itsm_notify.compose.i18n import Languages, available_languages, language_co
 from itsm_notify.compose.render import Renderer, in_app_text
 from itsm_notify.config import load_settings
 from itsm_notify.errors import ConfigError
-from itsm_notify.events.audience import EmailRecipient
+from itsm_notify.events.audience import EmailRecipient, locale_of
 from itsm_notify.events.model import EventContext, OutboxEvent, Project, Ticket, User
 from itsm_notify.events.types import parse_payload
 from itsm_notify.storage import schema
@@ -109,11 +109,37 @@ def test_an_unknown_locale_or_zone_is_the_default_with_one_log_line(
         caplog: pytest.LogCaptureFixture) -> None:
     languages = Languages("de", "Europe/Berlin")
     with caplog.at_level(logging.WARNING, "itsm_notify.i18n"):
-        for _ in range(3):
-            klingon = languages.get("tlh", "Mars/Olympus_Mons")
-    assert klingon.code == "de" and str(klingon.zone) == "Europe/Berlin"
-    assert len(caplog.records) == 2  # one per unknown value, not one per email
-    assert "'tlh'" in caplog.text and "Mars/Olympus_Mons" in caplog.text
+        # the same unknown locale beside other zones, the same unknown zone beside other
+        # locales: each is named once, however many readers hold it
+        for other in ("UTC", "Europe/Paris", "America/New_York"):
+            klingon = languages.get("tlh", other)
+        for other in ("fr", "es", None):
+            mars = languages.get(other, "Mars/Olympus_Mons")
+    assert klingon.code == "de" and mars.zone == languages.default_zone
+    assert sum("'tlh'" in r.getMessage() for r in caplog.records) == 1
+    assert sum("Mars/Olympus_Mons" in r.getMessage() for r in caplog.records) == 1
+    assert len(caplog.records) == 2
+
+
+@pytest.mark.parametrize("value", ["../../etc/passwd", "de\x00", "x" * 10_000, " ", "UTC\n",
+                                   "Etc/../../x", "/etc/localtime", "de/../fr", "\udcff",
+                                   "Europe", "."])
+def test_a_hostile_locale_or_zone_is_the_default(value: str) -> None:
+    languages = Languages("en", "Europe/Berlin")
+    language = languages.get(value, value)
+    assert language.code in available_languages()
+    assert language.time(DUE)  # writes a time, whatever the zone said
+    assert language_code(value) in (None, "utc")
+
+
+def test_many_distinct_values_are_remembered_within_bounds() -> None:
+    languages = Languages("en")
+    for n in range(3000):
+        languages.get(f"x{n}", None)
+    assert len(languages._loaded) <= 1024 and len(languages._warned) <= 1024
+    # the catalogs are loaded once per language, whatever the spelling of the locale
+    spellings = [languages.get(tag) for tag in ("de", "DE", "de_DE", "de-de", "de_CH.UTF-8")]
+    assert len({id(language.translations) for language in spellings}) == 1
 
 
 def test_the_default_locale_and_zone_take_djangos_names_too() -> None:
@@ -195,6 +221,15 @@ def test_in_app_text_is_in_the_users_language() -> None:
     assert body == GERMAN.gettext("{someone} changed the status of {number} to {status}"
                                   ).format(someone="Ada Lovelace", number="TKT-7",
                                            status="resolved")
+
+
+def test_a_reader_without_a_usable_locale_of_their_own_reads_the_teams() -> None:
+    team = Project(1, "Berlin", locale="de")
+    for own in (None, "   ", "../../etc"):
+        reader = User(3, "sam", "sam@example.com", locale=language_code(own) if own else None)
+        assert locale_of(context("ticket_created", project=team), reader) == "de"
+    french_reader = User(3, "sam", "sam@example.com", locale="fr")
+    assert locale_of(context("ticket_created", project=team), french_reader) == "fr"
 
 
 def test_a_template_override_per_language_wins_for_that_language(tmp_path: Path) -> None:

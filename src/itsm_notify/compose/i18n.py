@@ -187,6 +187,10 @@ def _zone(name: str | None) -> tzinfo | None:
         return None
 
 
+_REMEMBERED = 1024
+"""Distinct (locale, zone) values, and unknown values warned about, kept per process."""
+
+
 class Languages:
     """Every reader's ``Language``, loaded once per (language, zone) in a process.
 
@@ -208,14 +212,19 @@ class Languages:
                         default_locale)
         self.default = found or SOURCE_LANGUAGE
         self.default_zone = _zone(default_zone) or UTC
+        # by the values as the app stores them; bounded (an app's table may hold any
+        # number of distinct values), the catalogs loaded once per language
         self._loaded: dict[tuple[str | None, str | None], Language] = {}
         self._warned: set[str] = set()
+        self._catalogs: dict[str, gettext.NullTranslations] = {}
 
     def get(self, locale: str | None = None, zone: str | None = None) -> Language:
         """The language for a reader's locale (``pt-BR`` → ``pt`` → the default) and
         time zone (unknown → the default zone); unknown values are logged once."""
         found = self._loaded.get((locale, zone))
         if found is None:
+            if len(self._loaded) >= _REMEMBERED:
+                self._loaded.clear()
             found = self._loaded[(locale, zone)] = self._load(locale, zone)
         return found
 
@@ -236,15 +245,23 @@ class Languages:
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
+            if len(self._warned) >= _REMEMBERED:
+                self._warned.clear()
             self._warned.add(key)
             log.warning(message)
 
     def _translations(self, code: str) -> gettext.NullTranslations:
-        if code == SOURCE_LANGUAGE:
-            return gettext.NullTranslations()
-        from babel.support import Translations
+        found = self._catalogs.get(code)
+        if found is None:
+            if code == SOURCE_LANGUAGE:
+                found = gettext.NullTranslations()
+            else:
+                from babel.support import Translations
 
-        return Translations.load(str(self.locale_dir), [_catalog_name(code)], DOMAIN)
+                found = Translations.load(str(self.locale_dir), [_catalog_name(code)],
+                                          DOMAIN)
+            self._catalogs[code] = found
+        return found
 
 
 @functools.cache

@@ -53,6 +53,7 @@ class User:
     is_active: bool = True
     is_manager: bool = False
     locale: str | None = None
+    """A language code (``pt-BR``), as the source read it; None when it holds none."""
     time_zone: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
     """Fields the source maps beyond these (django-helpdesk's email switches)."""

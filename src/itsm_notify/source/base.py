@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, bindparam, false, select, text
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import TextClause
 
+from ..compose.i18n import language_code
 from ..config import Settings
 from ..errors import DatabaseUnavailable, EventError
 from ..events.audience import EmailRecipient, Recipients
@@ -167,8 +168,8 @@ class Source:
                     first_name=bounded_text(row.first_name, MAX_NAME),
                     last_name=bounded_text(row.last_name, MAX_NAME),
                     is_active=bool(row.is_active), is_manager=bool(row.is_manager),
-                    locale=bounded_text(row.locale, MAX_LABEL) or None,
-                    time_zone=bounded_text(row.time_zone, MAX_LABEL) or None,
+                    locale=language_code(bounded_text(row.locale, MAX_LABEL)),
+                    time_zone=bounded_text(row.time_zone, MAX_LABEL).strip() or None,
                     extra={name: getattr(row, name) for name in entity.extra})
 
     def _ticket(self, row: Any) -> Ticket:
@@ -341,7 +342,7 @@ class Source:
                 cc_on_update=addresses(row.cc_on_update),
                 notify_ticket_ccs=bool(row.notify_ticket_ccs),
                 reply_to=bounded_text(row.reply_to, MAX_ADDRESS).strip() or None,
-                locale=bounded_text(row.locale, MAX_LABEL).strip() or None)
+                locale=language_code(bounded_text(row.locale, MAX_LABEL)))
         return projects, self.team_members(conn, ids)
 
     def _commenters(self, conn: Connection, ticket_ids: set[int]) -> dict[int, list[int]]:
