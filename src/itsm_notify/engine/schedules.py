@@ -13,6 +13,7 @@ from sqlalchemy import Engine, and_, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from ..compose.i18n import Language
 from ..compose.render import Renderer, in_app_text
 from ..config import Settings
 from ..errors import ConfigError
@@ -110,6 +111,8 @@ class SummaryHold:
                  renderer: Renderer) -> None:
         self.schedules = schedules_by_user
         self.renderer = renderer
+        self._texts: dict[tuple[int, Language], tuple[str, str, str]] = {}
+        """An event's in-app text per language, made once for all its held readers."""
         self.bypass = {priority.lower() for priority in settings.summary_bypass_priorities}
 
     @classmethod
@@ -146,7 +149,11 @@ class SummaryHold:
                 & self.bypass:
             return None
         language = self.renderer.language_of(recipient)  # the summary's reader's
-        title, body, _ = in_app_text(ctx, self.renderer.subject(ctx, language), language)
+        key = (ctx.event.id, language)
+        if key not in self._texts:
+            self._texts[key] = in_app_text(ctx, self.renderer.subject(ctx, language),
+                                           language)
+        title, body, _ = self._texts[key]
         return {"user_id": recipient.user_id, "channel": Channel.EMAIL,
                 "event_id": ctx.event.id, "ticket_id": ctx.ticket.id,
                 "event_type": ctx.event.event_type, "title": title, "body": body,
