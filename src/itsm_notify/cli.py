@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -653,16 +653,22 @@ def overdue_scan_command(
         settings, engine = open_database(config, database_url)
         report = overdue_scan(settings, dry_run=dry_run, engine=engine)
     if dry_run:
-        _present_planned_digests(report)
+        _present_planned_digests("overdue-scan", report)
         return
-    present_run("overdue-scan", report.summary(), report.problems, report.digests > 0)
+    _end_scan("overdue-scan", report, did_work=report.digests > 0)
+
+
+def _end_scan(command: str, report: Any, *, did_work: bool) -> NoReturn:
+    """The end of a scan that queued and sent events (digests, warnings, summaries): its
+    summary, exit 2 when a channel refused the configuration, else its exit code."""
+    present_run(command, report.summary(), report.problems, did_work)
     stop_on_config_error(report.delivery.config_error)
     raise typer.Exit(report.exit_code)
 
 
-def _present_planned_digests(report: Any) -> None:
+def _present_planned_digests(command: str, report: Any) -> None:
     if interactive():
-        table = Table(title="overdue-scan --dry-run: nothing was changed")
+        table = Table(title=f"{command} --dry-run: nothing was changed")
         for column in ("recipient", "tickets", "subject", "note"):
             table.add_column(column, overflow="fold")
         for row in report.planned:
@@ -729,11 +735,9 @@ def due_soon_scan_command(
                               "set the thresholds, e.g. '4h, 80%'.")
         report = due_soon_scan(settings, dry_run=dry_run, engine=engine)
     if dry_run:
-        _present_planned_digests(report)
+        _present_planned_digests("due-soon-scan", report)
         return
-    present_run("due-soon-scan", report.summary(), report.problems, report.warnings_queued > 0)
-    stop_on_config_error(report.delivery.config_error)
-    raise typer.Exit(report.exit_code)
+    _end_scan("due-soon-scan", report, did_work=report.warnings_queued > 0)
 
 
 @app.command("send-summaries")
@@ -747,9 +751,7 @@ def send_summaries_command(config: ConfigOption = None,
     with friendly_errors():
         settings, engine = open_database(config, database_url)
         report = send_summaries(settings, engine=engine)
-    present_run("send-summaries", report.summary(), report.problems, report.summaries_made > 0)
-    stop_on_config_error(report.delivery.config_error)
-    raise typer.Exit(report.exit_code)
+    _end_scan("send-summaries", report, did_work=report.summaries_made > 0)
 
 
 @preference_app.command("frequency")
