@@ -37,7 +37,6 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.engine import Connection
 
 from ..channels.base import Transport
-from ..compose.headers import one_line
 from ..config import Settings
 from ..events.model import Ticket, User
 from ..events.types import MAX_LISTED
@@ -176,13 +175,6 @@ def plan_warnings(crossings: Iterable[Crossing], settings: Settings, users: dict
     return list(warnings.values()), told
 
 
-def warning_subject(warning: Warning) -> str:
-    """What the warning's event will be sent with (shown by a dry run)."""
-    if len(warning.tickets) == 1:
-        ticket = warning.tickets[0][0]
-        return f"Due Soon: {one_line(ticket.title)} ({one_line(ticket.number)})"
-    return f"Due Soon: {len(warning.tickets)} tickets"
-
 
 def claim_warnings(conn: Connection, told: Sequence[Crossing], now: datetime) -> None:
     """Remember the warnings sent (ticket, threshold, due date), replacing the rows of
@@ -247,8 +239,8 @@ class DueSoonScan(DigestScan[Warned, DueSoonReport]):
                             len(digest.tickets), self.now,
                             thresholds=[text for _, text in digest.tickets[:MAX_LISTED]])
 
-    def subject(self, digest: Warning) -> str:
-        return warning_subject(digest)
+    def listed(self, digest: Warning) -> list[Ticket]:
+        return [ticket for ticket, _ in digest.tickets]
 
 
 def due_soon_scan(settings: Settings, *, dry_run: bool = False, engine: Engine | None = None,

@@ -42,9 +42,8 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.engine import Connection
 
 from ..channels.base import Transport
-from ..compose.headers import one_line
 from ..config import Settings
-from ..events.model import User
+from ..events.model import Ticket, User
 from ..source import Source
 from ..source.base import naive_utc
 from ..storage.database import among, database_errors, make_engine, utcnow
@@ -188,13 +187,6 @@ def plan_digests(overdue: Iterable[OverdueTicket], settings: Settings, history: 
     return list(digests.values())
 
 
-def digest_subject(digest: OverdueDigest) -> str:
-    """Contract §3: the ticket's subject for one, a count for several."""
-    if len(digest.tickets) == 1:
-        ticket = digest.tickets[0]
-        return f"Overdue Ticket: {one_line(ticket.title)} ({one_line(ticket.number)})"
-    return f"Overdue Tickets: {len(digest.tickets)} tickets past due"
-
 
 def record_alerts(conn: Connection, digests: Sequence[OverdueDigest], now: datetime) -> None:
     """Remember that each digest's recipient is told of its tickets (and their due dates)
@@ -240,8 +232,10 @@ class OverdueScan(DigestScan[OverdueTicket, OverdueReport]):
         return digest_event(EVENT_TYPE, digest.recipient, [t.id for t in digest.tickets],
                             len(digest.tickets), self.now)
 
-    def subject(self, digest: OverdueDigest) -> str:
-        return digest_subject(digest)
+    def listed(self, digest: OverdueDigest) -> list[Ticket]:
+        return [Ticket(t.id, t.number, t.title, "", t.status, t.priority, None,
+                       t.assignee.id if t.assignee else None, None, t.due_at, None)
+                for t in digest.tickets]
 
     def run(self) -> OverdueReport:
         report = super().run()

@@ -21,11 +21,12 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection, Engine, insert
 
 from ..channels.base import Transport
+from ..compose.render import Renderer
 from ..config import Settings
 from ..events.addresses import address_problem
 from ..events.audience import EmailRecipient
-from ..events.model import User
-from ..events.types import MAX_LISTED
+from ..events.model import EventContext, OutboxEvent, Ticket, User
+from ..events.types import MAX_LISTED, parse_payload
 from ..source import Source, load_source
 from ..source.base import naive_utc
 from ..states import EventState
@@ -89,7 +90,8 @@ def recipient_of(user: User | None) -> EmailRecipient | None:
     if user is None or not user.is_active or not address:
         return None
     return EmailRecipient(address=address, name=user.display_name,
-                          first_name=user.first_name, user_id=user.id)
+                          first_name=user.first_name, user_id=user.id, locale=user.locale,
+                          time_zone=user.time_zone)
 
 
 def admin_recipients(settings: Settings, accounts: dict[str, User]) -> list[EmailRecipient]:
@@ -136,6 +138,7 @@ class DigestScan(ABC, Generic[Item, Report]):
         self.now = naive_utc(now) or now
         self.transport = transport
         self.source = load_source(settings)
+        self.renderer = Renderer(settings)
 
     @abstractmethod
     def new_report(self) -> Report: ...
@@ -153,8 +156,19 @@ class DigestScan(ABC, Generic[Item, Report]):
         """The outbox row of one digest."""
 
     @abstractmethod
+    def listed(self, digest: Digest[Item]) -> list[Ticket]:
+        """The digest's tickets, in the order it lists them."""
+
     def subject(self, digest: Digest[Item]) -> str:
-        """What the digest's event will be sent with (shown by a dry run)."""
+        """What the digest's event will be sent with (shown by a dry run and in the
+        scan's record): its event type's subject, in its reader's language."""
+        row = self.event_row(digest)
+        tickets = self.listed(digest)[:MAX_LISTED]
+        ctx = EventContext(
+            event=OutboxEvent(0, row["event_type"], row["ticket_id"], None, row["payload"]),
+            payload=parse_payload(row["event_type"], row["payload"]), ticket=tickets[0],
+            tickets=tuple(tickets), users={})
+        return self.renderer.subject(ctx, self.renderer.language_of(digest.recipient))
 
     def preview(self) -> Report:
         """What a scan would send now, changing nothing."""
