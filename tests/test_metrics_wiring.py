@@ -10,9 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from contract_app import add_event, cli_env, create_schema, run_cli, seed_helpdesk, smtp_env
 from itsm_notify.storage import schema
 from smtp_server import SmtpSink
+from tool_process import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -58,14 +57,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
 
 def test_the_scheduler_serves_metrics_while_it_runs(sqlite_url: str, smtp_sink: SmtpSink,
                                                    tmp_path: Path) -> None:
@@ -83,12 +74,14 @@ def test_the_scheduler_serves_metrics_while_it_runs(sqlite_url: str, smtp_sink: 
             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=errors)
         try:
             url = f"http://127.0.0.1:{port}/metrics"
-            assert wait_until(lambda: f"Serving metrics on {url}." in stderr.read_text()), \
+            assert wait_until(lambda: f"Serving metrics on {url}." in stderr.read_text(),
+                              timeout=20.0), \
                 stderr.read_text()
             assert smtp_sink.wait_for(2), stderr.read_text()  # bob and carol
             assert "Scheduled due-soon-scan on cron '* * * * * *'" in stderr.read_text()
             assert wait_until(lambda: all(f"{job}: " in stderr.read_text() for job in (
-                "send-pending", "send-summaries", "due-soon-scan"))), stderr.read_text()
+                "send-pending", "send-summaries", "due-soon-scan")), timeout=20.0), \
+                stderr.read_text()
             with urllib.request.urlopen(url, timeout=10) as response:
                 parsed = samples(response.read().decode())
             assert parsed[("itsm_notify_database_up", ())] == 1

@@ -6,16 +6,10 @@ every second here instead of once a minute.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
 
 import pytest
 
@@ -32,43 +26,15 @@ from contract_app import (
 from itsm_notify.errors import ConfigError
 from itsm_notify.ops.scheduler import overdue_trigger
 from smtp_server import SmtpSink
-
-
-class SchedulerProcess:
-    """``python -m itsm_notify scheduler`` with its output in files (never a full pipe)."""
-
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
-        self.stdout_path, self.stderr_path = folder / "stdout.txt", folder / "stderr.txt"
-        self._files: list[IO[bytes]] = [self.stdout_path.open("wb"), self.stderr_path.open("wb")]
-        self.proc = subprocess.Popen([sys.executable, "-m", "itsm_notify", "scheduler"],
-                                     env={**os.environ, **env}, cwd=folder,
-                                     stdout=self._files[0], stderr=self._files[1])
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def stop(self, timeout: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds it took to exit)."""
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        return code, time.monotonic() - started
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for handle in self._files:
-            handle.close()
+from tool_process import ToolProcess, wait_until
 
 
 @pytest.fixture
-def start_scheduler(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], SchedulerProcess]]:
-    started: list[SchedulerProcess] = []
+def start_scheduler(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ToolProcess]]:
+    started: list[ToolProcess] = []
 
-    def start(env: dict[str, str]) -> SchedulerProcess:
-        process = SchedulerProcess(env, tmp_path)
+    def start(env: dict[str, str]) -> ToolProcess:
+        process = ToolProcess(["scheduler"], env, tmp_path)
         started.append(process)
         return process
 
@@ -77,18 +43,10 @@ def start_scheduler(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Sched
         process.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
 
 def test_both_jobs_deliver_and_sigterm_exits_cleanly(
         sqlite_url: str, smtp_sink: SmtpSink,
-        start_scheduler: Callable[[dict[str, str]], SchedulerProcess]) -> None:
+        start_scheduler: Callable[[dict[str, str]], ToolProcess]) -> None:
     engine = create_schema(sqlite_url)
     alice, bob = add_user(engine, "alice"), add_user(engine, "bob")
     vpn = add_ticket(engine, "TKT-001", "VPN drops", alice, assignee_id=bob,
@@ -133,7 +91,7 @@ def test_both_jobs_deliver_and_sigterm_exits_cleanly(
 
 def test_sigterm_finishes_the_batch_in_hand_then_exits(
         sqlite_url: str, smtp_sink: SmtpSink,
-        start_scheduler: Callable[[dict[str, str]], SchedulerProcess]) -> None:
+        start_scheduler: Callable[[dict[str, str]], ToolProcess]) -> None:
     engine = create_schema(sqlite_url)
     alice, bob = add_user(engine, "alice"), add_user(engine, "bob")
     vpn = add_ticket(engine, "TKT-001", "VPN drops", alice, assignee_id=bob)

@@ -9,17 +9,13 @@ lockstep (novu #2569 and #1633 are this race, lost)."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,6 +28,7 @@ from itsm_notify.engine.sender import send_pending
 from itsm_notify.storage import schema
 from itsm_notify.timing.windows import Frequency, closed_windows
 from smtp_server import SmtpSink
+from tool_process import ToolProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -40,51 +37,18 @@ RUN_LINE = re.compile(r"send-summaries: (\d+) users with updates waiting; (\d+) 
                       r"\((\d+) updates\).*?; (\d+) made by another run")
 
 
-class Process:
-    """An ``itsm-notify`` command with its output in files (never a full pipe)."""
-
-    def __init__(self, args: list[str], env: dict[str, str], folder: Path) -> None:
-        folder.mkdir()
-        self.stderr_path = folder / "stderr.txt"
-        self._files: list[IO[bytes]] = [(folder / "stdout.txt").open("wb"),
-                                        self.stderr_path.open("wb")]
-        self.proc = subprocess.Popen([sys.executable, "-m", "itsm_notify", *args],
-                                     env={**os.environ, **env}, cwd=folder,
-                                     stdout=self._files[0], stderr=self._files[1])
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for handle in self._files:
-            handle.close()
-
-
 @pytest.fixture
-def processes() -> Iterator[Callable[[list[str], dict[str, str], Path], Process]]:
-    started: list[Process] = []
+def processes() -> Iterator[Callable[[list[str], dict[str, str], Path], ToolProcess]]:
+    started: list[ToolProcess] = []
 
-    def start(args: list[str], env: dict[str, str], folder: Path) -> Process:
-        started.append(Process(args, env, folder))
+    def start(args: list[str], env: dict[str, str], folder: Path) -> ToolProcess:
+        started.append(ToolProcess(args, env, folder))
         return started[-1]
 
     yield start
     for process in started:
         process.close()
 
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0,
-               every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every)
-    return condition()
 
 
 def blocked_inserts(engine: sa.Engine) -> int:
@@ -103,7 +67,7 @@ def blocked_inserts(engine: sa.Engine) -> int:
 
 def test_two_schedulers_and_a_cron_run_make_exactly_one_summary_per_window(
         database_url: str, smtp_sink: SmtpSink, tmp_path: Path,
-        processes: Callable[[list[str], dict[str, str], Path], Process]) -> None:
+        processes: Callable[[list[str], dict[str, str], Path], ToolProcess]) -> None:
     if database_url.startswith("sqlite"):
         pytest.skip("SQLite's writers take turns (BEGIN IMMEDIATE): the race is a server's")
     engine = create_schema(database_url)
@@ -141,7 +105,8 @@ def test_two_schedulers_and_a_cron_run_make_exactly_one_summary_per_window(
         runs = [processes(["scheduler"], env, tmp_path / "scheduler-1"),
                 processes(["scheduler"], env, tmp_path / "scheduler-2"),
                 processes(["send-summaries"], env, tmp_path / "cron")]
-        all_waiting = wait_until(lambda: blocked_inserts(engine) >= 3, every=0.25)
+        all_waiting = wait_until(lambda: blocked_inserts(engine) >= 3, timeout=30.0,
+                                every=0.25)
         hold.rollback()
     assert all_waiting, [run.stderr for run in runs]
 
@@ -149,7 +114,8 @@ def test_two_schedulers_and_a_cron_run_make_exactly_one_summary_per_window(
     cron = runs[2]
     assert cron.proc.wait(timeout=30) == 0, cron.stderr
     for scheduler in runs[:2]:
-        assert wait_until(lambda s=scheduler: "send-summaries: " in s.stderr), scheduler.stderr
+        assert wait_until(lambda s=scheduler: "send-summaries: " in s.stderr,
+                          timeout=30.0), scheduler.stderr
         scheduler.proc.send_signal(signal.SIGTERM)
         assert scheduler.proc.wait(timeout=15) == 0, scheduler.stderr
     time.sleep(0.5)  # anything sent twice would have arrived by now
