@@ -263,6 +263,19 @@ def test_a_line_left_as_it_is_is_what_the_encoder_writes(line: bytes) -> None:
     assert mime._qp_line.__wrapped__(line) == encoded.encode("ascii")
 
 
+@settings(max_examples=1500, deadline=None)
+@given(line=st.binary(max_size=400).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+       | st.text(st.sampled_from(list("ab =\t\xe9\x7f.")), max_size=400).map(str.encode)
+       | st.lists(st.sampled_from([b'<a href="https://x.example/?a=1&amp;b=2" style="color: #2563eb;">',
+                                   b"x" * 75, b"=", b" ", b"\t", b"\xc3\xa9", b"ab", b"==",
+                                   b"\x00", b"\x85", b"\x0b"]), max_size=30).map(b"".join))
+def test_the_line_encoder_is_the_email_packages(line: bytes) -> None:
+    """_qp_encode (escapes by replace, the package's cutting on bytes) writes what
+    quoprimime.body_encode writes, soft breaks and escaped trailing white space alike."""
+    encoded = quoprimime.body_encode(line.decode("latin-1"), 78).replace("\n", "\r\n")
+    assert mime._qp_encode(line) == encoded.encode("ascii")
+
+
 def test_long_lines_trailing_space_and_crlf_encode_alike() -> None:
     text = ("word " * 40 + "\r\n" + "é" * 100 + " \n\tTab line\t\n" + "=" * 90 + "\n\n.\n"
             + "x" * 77 + " \r")
