@@ -103,8 +103,7 @@ def admin_recipients(settings: Settings, accounts: dict[str, User]) -> list[Emai
 def load_admin_accounts(source: Source, conn: Connection) -> dict[str, User]:
     """Active user accounts behind ADMINS addresses, by lower-case address: such an admin
     is greeted by name, gets an unsubscribe link and has their preferences honoured."""
-    admins = [admin.email for admin in source.settings.admins]
-    return source.admin_accounts(source.users(conn, (), emails=admins)) if admins else {}
+    return source.admin_accounts(source.admin_users(conn))
 
 
 def digest_event(event_type: str, recipient: EmailRecipient, ticket_ids: Sequence[int],

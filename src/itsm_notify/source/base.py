@@ -92,6 +92,8 @@ class Source:
     path: str = ""
     """Where the app's pages are mounted: ``{path}`` in the mapping's links."""
     _queries: dict[tuple[str, str, str], Executable] = field(default_factory=dict, repr=False)
+    _admins: dict[int, User] | None = field(default=None, repr=False)
+    """The ADMINS' accounts, once looked up (``admin_users``)."""
 
     @property
     def name(self) -> str:
@@ -209,25 +211,35 @@ class Source:
 
     def users(self, conn: Connection, ids: Iterable[int], *, managers: bool = False,
               emails: Iterable[str] = ()) -> dict[int, User]:
-        """Users by id, the managers, and the users with one of ``emails`` (lower case)."""
+        """Users by id, the managers, and the users with one of ``emails`` (lower case).
+        The ids are looked up on their own, by the key: the managers and the addresses
+        have no index to use in an app's users table, and joined to the ids by OR they
+        made every lookup read the whole table."""
         entity = self.mapping.entities["user"]
         wanted, addresses_ = {i for i in ids if i is not None}, {e.lower() for e in emails}
-        conditions = []
+        found: dict[int, User] = {}
         if wanted:
-            conditions.append(f"{entity.fields['id']} IN :ids")
+            found.update((user.id, user) for user in map(self._user, self._rows(
+                conn, entity, f"{entity.fields['id']} IN :ids", ids=wanted)))
+        conditions = []
         if managers:
             conditions.append(f"({entity.fields['is_manager']})")
         if addresses_:
             conditions.append(f"LOWER({entity.fields['email']}) IN :emails")
-        if not conditions:
-            return {}
-        params: dict[str, Any] = {}
-        if wanted:
-            params["ids"] = wanted
-        if addresses_:
-            params["emails"] = addresses_
-        return {user.id: user for user in map(self._user, self._rows(
-            conn, entity, " OR ".join(conditions), **params))}
+        if conditions:
+            params: dict[str, Any] = {"emails": addresses_} if addresses_ else {}
+            found.update((user.id, user) for user in map(self._user, self._rows(
+                conn, entity, " OR ".join(conditions), **params)))
+        return found
+
+    def admin_users(self, conn: Connection) -> dict[int, User]:
+        """The accounts behind ADMINS addresses, looked up once per Source (one per run):
+        every batch needs them, and finding users by address reads the whole users
+        table (no index to use)."""
+        if self._admins is None:
+            emails = {a.email for a in self.settings.admins}
+            self._admins = self.users(conn, (), emails=emails) if emails else {}
+        return self._admins
 
     def admin_accounts(self, users: Mapping[int, User]) -> dict[str, User]:
         """The active accounts behind ADMINS addresses, by lower-case address."""
@@ -238,8 +250,8 @@ class Source:
                       ) -> dict[int, EventContext | EventError]:
         """Build each event's context, as its type needs it (``EventType.needs``); an
         event whose ticket or comment is missing gets an EventError instead, so the rest
-        of the batch goes on. ``ADMINS``' accounts are loaded for every batch, so that no
-        event's recipients depend on its neighbours."""
+        of the batch goes on. Every batch has ``ADMINS``' accounts (``admin_users``), so that
+        no event's recipients depend on its neighbours."""
         if not batch:
             return {}
         kinds = {event.id: EVENT_TYPES[event.event_type] for event, _ in batch}
@@ -273,11 +285,11 @@ class Source:
             for members in (*team.values(), *commenters.values()):
                 user_ids.update(members)
             user_ids.update(c.user_id for cs in ccs.values() for c in cs if c.user_id)
-            emails = {a.email for a in self.settings.admins}
-            emails.update(t.requester_email for t in ticket_by_id.values() if t.requester_email)
+            emails = {t.requester_email for t in ticket_by_id.values() if t.requester_email}
             emails.update(c.email for cs in ccs.values() for c in cs if c.email)
-            user_by_id = self.users(conn, user_ids, managers=Need.MANAGERS in needs,
-                                    emails=emails)
+            user_by_id = {**self.admin_users(conn),
+                          **self.users(conn, user_ids, managers=Need.MANAGERS in needs,
+                                       emails=emails)}
             by_type = self._opted_out(conn, {e.event_type for e, _ in batch}, user_by_id)
         manager_ids = tuple(sorted(u.id for u in user_by_id.values()
                                    if u.is_manager and u.is_active))
