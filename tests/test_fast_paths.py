@@ -32,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from itsm_notify.compose import headers as header_module
+from itsm_notify.compose import inline
 from itsm_notify.compose import mime
 from itsm_notify.compose import render as render_module
 from itsm_notify.compose.i18n import available_languages
@@ -274,6 +275,49 @@ def test_the_line_encoder_is_the_email_packages(line: bytes) -> None:
     quoprimime.body_encode writes, soft breaks and escaped trailing white space alike."""
     encoded = quoprimime.body_encode(line.decode("latin-1"), 78).replace("\n", "\r\n")
     assert mime._qp_encode(line) == encoded.encode("ascii")
+
+
+page_text = st.text(st.sampled_from(list("ab =\t\r\n\xe9<>&")), max_size=120) \
+    | st.sampled_from(["", "\n", "\r\n", "\r", "x" * 80, "<td style=\"color: #fff\">"])
+
+
+@settings(max_examples=800, deadline=None)
+@given(texts=st.lists(page_text, min_size=1, max_size=8),
+       values=st.lists(st.text(st.sampled_from(list("ab =\t\r\n\xe9&\"")), max_size=90),
+                       min_size=1, max_size=4),
+       holes=st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=7))
+def test_a_page_encoded_from_its_structure_is_the_page_encoded_whole(
+        texts: list[str], values: list[str], holes: list[tuple[int, bool]]) -> None:
+    """EncodedPage (the structure's lines without a value encoded once) writes what
+    _qp_part writes for the filled page, or declines (None)."""
+    escapes = (inline.escape_text, inline.escape_attribute)
+    pieces: list[Any] = [texts[0]]
+    for (index, attribute), text in zip(holes, [*texts[1:], *[""] * len(holes)]):
+        pieces += [(index % len(values), escapes[attribute]), text]
+    page = inline._Inlined(tuple(pieces)).fill(values)
+    encoded = page.quoted_printable()
+    if all(values) and not any("\r" in v or "\n" in v for v in values):
+        assert encoded is not None
+    assert encoded is None or encoded == mime._qp_part(page)
+    assert mime.body_of(page) == mime._qp_part(page) == mime.body_of(str(page))
+
+
+@settings(max_examples=60, deadline=None)
+@given(event_type=st.sampled_from(sorted(PAYLOADS)), title=names, first=names, link=links)
+def test_a_rendered_page_composes_as_the_email_package_writes_it(
+        event_type: str, title: str, first: str, link: str | None) -> None:
+    """An email rendered directly (its HTML a page filled from an inlined structure,
+    encoded from the structure's) is the message the email package builds from it."""
+    ctx = replace(context(event_type), ticket=replace(TICKET, title=title))
+    recipient = EmailRecipient("bob@example.com", "Bob", first, 2)
+    rendered = RENDERER.render_event(ctx, recipient, RENDERER.event_variables(ctx),
+                                     unsubscribe_url=link, alone=True)
+    if not any(c in title + first for c in "\r\n\x00"):  # else encoded whole (None)
+        assert isinstance(rendered.html, inline.FilledPage)
+        assert rendered.html.quoted_printable() is not None
+    fields = headers(link)
+    assert RENDERER.compose(rendered, recipient, **fields) == \
+        wanted(RENDERER, rendered, recipient, fields)
 
 
 def test_long_lines_trailing_space_and_crlf_encode_alike() -> None:

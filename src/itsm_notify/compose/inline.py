@@ -27,6 +27,7 @@ its class is one of five known words, printed ``|safe`` so that it stays structu
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import threading
@@ -38,6 +39,8 @@ from typing import Any, Protocol
 
 from jinja2 import Template
 from markupsafe import Markup, escape
+
+from .mime import EncodedPage, Hole
 
 
 class _Inliner(Protocol):
@@ -79,10 +82,28 @@ def escape_attribute(value: str) -> str:
 class _Inlined:
     """An inlined structure cut at its markers: literal text, and (value index, escape)."""
 
-    pieces: tuple[str | tuple[int, Callable[[str], str]], ...]
+    pieces: tuple[str | Hole, ...]
 
-    def fill(self, values: list[str]) -> str:
-        return "".join(p if isinstance(p, str) else p[1](values[p[0]]) for p in self.pieces)
+    def fill(self, values: list[str]) -> FilledPage:
+        page = FilledPage("".join(p if isinstance(p, str) else p[1](values[p[0]])
+                                  for p in self.pieces))
+        page.inlined, page.values = self, values
+        return page
+
+    @functools.cached_property
+    def encoded(self) -> EncodedPage:
+        return EncodedPage(self.pieces)
+
+
+class FilledPage(str):
+    """A page filled in from an inlined structure: the page's text, and the way to its
+    quoted-printable body from the structure's (``mime.EncodedPage``)."""
+
+    inlined: _Inlined
+    values: list[str]
+
+    def quoted_printable(self) -> bytes | None:
+        return self.inlined.encoded.encode(self.values)
 
 
 class StructureInliner:
@@ -160,7 +181,7 @@ class StructureInliner:
         needs; None when a marker sits where a value could change the styling or the
         way the page parses. One pass over the page's markup."""
         attribute_selectors = any("[" in css for css in _STYLE_BLOCK.findall(html))
-        pieces: list[str | tuple[int, Callable[[str], str]]] = []
+        pieces: list[str | Hole] = []
         start = 0  # the end of the last piece taken
 
         def take(marker: re.Match[str], escaper: Callable[[str], str]) -> None:

@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from .headers import SMTP_POLICY, fold_header
 
@@ -79,6 +81,70 @@ def _qp_part(text: str) -> bytes:
     template's) recur from email to email, so each line's encoding is remembered."""
     lines = text.encode("utf-8").splitlines()
     return b"\r\n".join(map(_qp_line, lines)) + b"\r\n" if lines else b"\r\n"
+
+
+Hole = tuple[int, Callable[[str], str]]
+"""A value's place in a page: its index among the page's values, and its escaping."""
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # where bytes.splitlines cuts
+
+
+class EncodedPage:
+    """The quoted-printable body of the pages made from one page structure, which differ
+    only in the values in their holes (inline.py): the structure's lines without a hole
+    are encoded once, here, and a page's lines with one as it is filled. That skips
+    splitting, looking up and joining again the eighty-odd lines of a page that never
+    change, a third of composing a message that shares nothing with another.
+
+    ``encode(values)`` is ``_qp_part`` of the filled page, or None when a value is empty
+    or holds a line break (the page's lines would not be the structure's): the page is
+    then encoded whole. tests/test_fast_paths.py holds the two equal."""
+
+    def __init__(self, pieces: Sequence[str | Hole]) -> None:
+        parts: list[bytes | tuple[str | Hole, ...]] = []
+        encoded: list[bytes] = []  # lines without a hole, not yet in parts
+        line: list[str | Hole] = []
+
+        def end_line() -> None:
+            if all(isinstance(piece, str) for piece in line):
+                encoded.append(_qp_line("".join(cast(list[str], line)).encode()) + b"\r\n")
+            else:
+                if encoded:
+                    parts.append(b"".join(encoded))
+                    encoded.clear()
+                parts.append(tuple(line))
+            line.clear()
+
+        for piece in pieces:
+            if isinstance(piece, str):
+                first, *rest = _LINE_BREAK.split(piece)
+                line.append(first)
+                for text in rest:
+                    end_line()
+                    line.append(text)
+            else:
+                line.append(piece)
+        if any(piece != "" for piece in line):  # splitlines drops a last empty line
+            end_line()
+        if encoded:
+            parts.append(b"".join(encoded))
+        self.parts = tuple(parts) or (b"\r\n",)  # an empty page: one empty line
+
+    def encode(self, values: Sequence[str]) -> bytes | None:
+        if not all(values) or any("\n" in value or "\r" in value for value in values):
+            return None
+        return b"".join(
+            part if isinstance(part, bytes) else _qp_line("".join(
+                piece if isinstance(piece, str) else piece[1](values[piece[0]])
+                for piece in part).encode()) + b"\r\n"
+            for part in self.parts)
+
+
+def body_of(text: str) -> bytes:
+    """A text part's quoted-printable body: a filled page's from its structure's encoding
+    (``EncodedPage``), any other text's line by line (``_qp_part``)."""
+    encode = getattr(text, "quoted_printable", None)
+    body = encode() if encode is not None else None
+    return body if body is not None else _qp_part(text)
 
 
 _BOUNDARY_KEY = secrets.token_bytes(16)

@@ -58,6 +58,7 @@ from .mime import (
     _TEXT_PART_HEAD,
     _boundary,
     _qp_part,
+    body_of,
 )
 from .present import cut
 from .slots import SlotRenderer
@@ -311,7 +312,8 @@ class Renderer:
         rendering the templates: each header field is folded by the policy on its own (as
         the generator does) and remembered, since most recur from email to email (the
         fields an event's recipients share, a user's To...); each body line's
-        quoted-printable encoding is remembered too (see ``_qp_part``); and the MIME
+        quoted-printable encoding is remembered too (see ``_qp_part``; a page filled
+        from an inlined structure has the structure's encoding, ``body_of``); and the MIME
         structure around them is the fixed one ``set_content`` and ``add_alternative``
         make. tests/test_fast_paths.py holds the two byte for byte against each other."""
         if needs_smtputf8(self.sender_address, self.settings.redirect_to or recipient.address):
@@ -332,7 +334,7 @@ class Renderer:
               self._personal_fields(recipient, msg_id, unsubscribe_url, personal_reply_to)),
             _MULTIPART_HEAD.replace(_BOUNDARY_PLACEHOLDER, boundary), b"\r\n",
             b"--", boundary, b"\r\n", _TEXT_PART_HEAD, _qp_part(rendered.text),
-            b"\r\n--", boundary, b"\r\n", _HTML_PART_HEAD, _qp_part(rendered.html),
+            b"\r\n--", boundary, b"\r\n", _HTML_PART_HEAD, body_of(rendered.html),
             b"\r\n--", boundary, b"--\r\n"])
 
 
