@@ -32,8 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from itsm_notify.compose import headers as header_module
-from itsm_notify.compose import inline
-from itsm_notify.compose import mime
+from itsm_notify.compose import inline, mime
 from itsm_notify.compose import render as render_module
 from itsm_notify.compose.i18n import available_languages
 from itsm_notify.compose.render import RenderedEmail, Renderer
@@ -267,7 +266,7 @@ def test_a_line_left_as_it_is_is_what_the_encoder_writes(line: bytes) -> None:
 @settings(max_examples=1500, deadline=None)
 @given(line=st.binary(max_size=400).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
        | st.text(st.sampled_from(list("ab =\t\xe9\x7f.")), max_size=400).map(str.encode)
-       | st.lists(st.sampled_from([b'<a href="https://x.example/?a=1&amp;b=2" style="color: #2563eb;">',
+       | st.lists(st.sampled_from([b'<a href="https://x.example/?a=1&amp;b=2" style="c: #2;">',
                                    b"x" * 75, b"=", b" ", b"\t", b"\xc3\xa9", b"ab", b"==",
                                    b"\x00", b"\x85", b"\x0b"]), max_size=30).map(b"".join))
 def test_the_line_encoder_is_the_email_packages(line: bytes) -> None:
@@ -292,7 +291,8 @@ def test_a_page_encoded_from_its_structure_is_the_page_encoded_whole(
     _qp_part writes for the filled page, or declines (None)."""
     escapes = (inline.escape_text, inline.escape_attribute)
     pieces: list[Any] = [texts[0]]
-    for (index, attribute), text in zip(holes, [*texts[1:], *[""] * len(holes)]):
+    for (index, attribute), text in zip(holes, [*texts[1:], *[""] * len(holes)][:len(holes)],
+                                        strict=True):
         pieces += [(index % len(values), escapes[attribute]), text]
     page = inline._Inlined(tuple(pieces)).fill(values)
     encoded = page.quoted_printable()

@@ -24,6 +24,7 @@ from contract_app import (
     add_event,
     add_ticket,
     add_user,
+    app_notifications,
     cli_env,
     create_schema,
     deliveries,
@@ -113,6 +114,32 @@ def test_an_events_recipients_never_depend_on_what_else_is_in_its_batch(
     assert together[events["overdue"]] == (["ops@example.com"], [])
     assert together[events["due_soon"]] == (["ops@example.com"], [])
     assert together[events["summary"]] == (["bob@example.com"], [])
+
+
+def test_the_admins_account_is_theirs_in_every_batch_of_a_run(
+        database_url: str, smtp_sink: SmtpSink) -> None:
+    """The ADMINS' accounts are looked up once per run (finding users by address reads
+    the whole users table): every batch still has them, one event per batch here."""
+    engine = create_schema(database_url)
+    ops = add_user(engine, "ops", "Ops@Example.com", first_name="Olga")
+    alice = add_user(engine, "alice", "alice@example.com")
+    for number in ("TKT-1", "TKT-2", "TKT-3"):
+        add_event(engine, "ticket_created", add_ticket(engine, number, "VPN", alice), None, {})
+    env = smtp_env(database_url, smtp_sink, ADMINS="Ops <ops@example.com>",
+                   ITSM_BATCH_SIZE="1")
+    result = run_cli(["send-pending"], env)
+    assert result.exit_code == 0, result.stderr
+    to_ops = [m for m in smtp_sink.messages if m.rcpt_tos[0].lower() == "ops@example.com"]
+    assert len(to_ops) == 3
+    assert all("Hi Olga," in m.message.get_body(preferencelist=("plain",)).get_content()
+               for m in to_ops)  # greeted as the user
+    assert sorted(n["ticket_id"] for n in app_notifications(engine)
+                  if n["user_id"] == ops) == sorted(t for t in _ticket_ids(engine))
+
+
+def _ticket_ids(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(schema.tickets.c.id)).scalars())
 
 
 def _users(engine: Engine) -> list[dict[str, Any]]:
