@@ -42,13 +42,6 @@ WRITE_WITHIN = 0.2
 """Seconds an answer waits at most to be written when fewer than WRITE_AT wait."""
 QUEUE_AHEAD = 64
 """Rendered messages waiting for a session: enough to cover planning the next batch."""
-HANDED_TOGETHER = 4
-"""Rendered messages handed to the sessions at a time. Each hand-over wakes a session,
-and a woken thread preempts the main thread on their one CPU only to find the GIL held:
-one message at a time, those wakeups cost a tenth of send-pending's CPU when every
-email is rendered on its own (bench/README.md, issue 13); four at a time keep the
-sessions fed (the relay answers four messages in about the time four render)."""
-"""Rendered messages waiting for a session: enough to cover planning the next batch."""
 
 @contextmanager
 def on_one_cpu(enabled: bool) -> Iterator[None]:
@@ -138,12 +131,10 @@ class Pipeline(Generic[B]):
         self._route, self._write, self._finish = route, write, finish
         self._renew_every = renew_every
         self.permits = threading.Semaphore(MAX_UNRECORDED + sessions)
-        self._queue: queue.Queue[list[Outgoing] | None] = queue.Queue(
-            maxsize=QUEUE_AHEAD // HANDED_TOGETHER)
+        self._queue: queue.Queue[Outgoing | None] = queue.Queue(maxsize=QUEUE_AHEAD)
         self._state: _Shared[B] = _Shared()
         self._changed = threading.Condition()
         self.failure: BaseException | None = None
-        self._dropping = False  # interrupted: what is queued stays for a later run
         self._recorder = threading.Thread(target=self._record, name="itsm-notify-recorder",
                                           daemon=True)
         self._sender = threading.Thread(target=self._deliver, args=(limiter,),
@@ -168,23 +159,16 @@ class Pipeline(Generic[B]):
             self._changed.notify_all()
 
     def send(self, messages: Iterable[Outgoing]) -> None:
-        """Queue messages for the sessions as ``messages`` renders them, HANDED_TOGETHER
-        at a time (the last ones of ``messages`` at once); waits while the queue is
-        full."""
-        group: list[Outgoing] = []
+        """Queue messages for the sessions as ``messages`` renders them; waits while the
+        queue is full."""
         for message in messages:
-            group.append(message)
-            if len(group) == HANDED_TOGETHER:
-                self._put(group)
-                group = []
-                # Rendering holds the GIL, and a session whose server answered waits for
-                # it: let it have the GIL now (by default it would wait for the
-                # interpreter's 5 ms switch interval, the server idle meanwhile).
-                time.sleep(0)
-        if group:
-            self._put(group)
+            self._put(message)
+            # Rendering holds the GIL, and a session whose server answered waits for it:
+            # let it have the GIL between two messages (by default it would wait for the
+            # interpreter's 5 ms switch interval, the server idle meanwhile).
+            time.sleep(0)
 
-    def _put(self, item: list[Outgoing] | None) -> None:
+    def _put(self, item: Outgoing | None) -> None:
         """Queue messages (None: the end), waiting while the queue is full; messages are
         refused once another stage failed, the end never is."""
         while True:
@@ -229,7 +213,6 @@ class Pipeline(Generic[B]):
         run), write every answer, finish every batch; then raise what went wrong in
         another stage, if anything did."""
         try:
-            self._dropping = not send_queued
             while not send_queued:
                 try:
                     self._queue.get_nowait()
@@ -251,13 +234,11 @@ class Pipeline(Generic[B]):
     # ------------------------------------------------------------ the sessions
 
     def _messages(self) -> Iterator[Outgoing]:
-        while (group := self._queue.get()) is not None:
-            for message in group:
-                self.permits.acquire()
-                if self.failure is not None or self._dropping:
-                    return  # its answer could not be recorded (or the run was interrupted):
-                    # it stays for a later run
-                yield message
+        while (message := self._queue.get()) is not None:
+            self.permits.acquire()
+            if self.failure is not None:
+                return  # its answer could not be recorded: it stays for a later run
+            yield message
 
     def _deliver(self, limiter: RateLimiter) -> None:
         try:
