@@ -44,6 +44,7 @@ from itsm_notify.events.types import EVENT_TYPES
 from itsm_notify.source import load_source
 from itsm_notify.storage import deliveries as delivery_store
 from itsm_notify.storage import schema
+from itsm_notify.storage.database import IDS_PER_LIST, in_lists
 from itsm_notify.storage.outbox import claim_events
 from smtp_server import SmtpSink
 
@@ -135,6 +136,21 @@ def test_the_admins_account_is_theirs_in_every_batch_of_a_run(
                for m in to_ops)  # greeted as the user
     assert sorted(n["ticket_id"] for n in app_notifications(engine)
                   if n["user_id"] == ops) == sorted(t for t in _ticket_ids(engine))
+
+
+def test_ids_past_one_in_list_are_read_in_several(database_url: str) -> None:
+    """Queries that take any number of ids read them IDS_PER_LIST at a time
+    (``in_lists``): every list's rows come back, whatever the order and repeats."""
+    engine = create_schema(database_url)
+    count = 2 * IDS_PER_LIST + 1
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schema.preferences), [
+            {"user_id": i, "event_type": "status_changed", "channel": "email",
+             "enabled": i % 3 != 0, "updated_at": utcnow()} for i in range(1, count + 1)])
+        wanted = [*range(count, 0, -1), 1, 2]
+        assert [len(ids) for ids in in_lists(wanted)] == [IDS_PER_LIST, IDS_PER_LIST, 1]
+        assert delivery_store.load_opted_out(conn, "status_changed", wanted) == \
+            {i for i in range(1, count + 1) if i % 3 == 0}
 
 
 def _ticket_ids(engine: Engine) -> list[int]:

@@ -41,13 +41,12 @@ from ..config import Settings
 from ..events.model import Ticket, User
 from ..events.types import MAX_LISTED
 from ..source.base import naive_utc
-from ..storage.database import among, database_errors, make_engine, utcnow
+from ..storage.database import among, database_errors, in_lists, make_engine, utcnow
 from ..storage.deliveries import insert_many, load_opted_out
 from ..storage.schema import due_soon_warnings
 from ..timing.business_hours import BusinessCalendar
 from ..timing.thresholds import Threshold, ThresholdHit, due_warnings
 from .scans import (
-    CHUNK,
     Digest,
     DigestScan,
     ScanReport,
@@ -98,10 +97,9 @@ Claimed = set[tuple[int, str, datetime]]
 def load_claimed(conn: Connection, ticket_ids: Sequence[int]) -> Claimed:
     """The warnings sent for these tickets."""
     claimed: Claimed = set()
-    ids = sorted(set(ticket_ids))
-    for start in range(0, len(ids), CHUNK):
+    for ids in in_lists(ticket_ids):
         for row in conn.execute(select(due_soon_warnings).where(
-                among(conn, due_soon_warnings.c.ticket_id, ids[start:start + CHUNK]))):
+                among(conn, due_soon_warnings.c.ticket_id, ids))):
             claimed.add((row.ticket_id, row.threshold, naive_utc(row.due_at) or row.due_at))
     return claimed
 

@@ -46,11 +46,10 @@ from ..config import Settings
 from ..events.model import Ticket, User
 from ..source import Source
 from ..source.base import naive_utc
-from ..storage.database import among, database_errors, make_engine, utcnow
+from ..storage.database import among, database_errors, in_lists, make_engine, utcnow
 from ..storage.deliveries import insert_many, load_opted_out
 from ..storage.schema import overdue_alerts
 from .scans import (
-    CHUNK,
     Digest,
     DigestScan,
     ScanReport,
@@ -141,10 +140,9 @@ AlertHistory = dict[tuple[int, str], tuple[datetime, datetime]]
 def load_history(conn: Connection, ticket_ids: Sequence[int]) -> AlertHistory:
     """The alert history of the tickets overdue now."""
     history: AlertHistory = {}
-    ids = sorted(set(ticket_ids))
-    for start in range(0, len(ids), CHUNK):
+    for ids in in_lists(ticket_ids):
         for r in conn.execute(select(overdue_alerts).where(
-                among(conn, overdue_alerts.c.ticket_id, ids[start:start + CHUNK]))):
+                among(conn, overdue_alerts.c.ticket_id, ids))):
             history[(r.ticket_id, r.recipient)] = (naive_utc(r.due_at) or r.due_at,
                                                    naive_utc(r.alerted_at) or r.alerted_at)
     return history
@@ -194,11 +192,10 @@ def record_alerts(conn: Connection, digests: Sequence[OverdueDigest], now: datet
     if not digests:
         return
     for digest in digests:
-        for start in range(0, len(digest.tickets), CHUNK):
-            chunk = digest.tickets[start:start + CHUNK]
+        for ids in in_lists(t.id for t in digest.tickets):
             conn.execute(delete(overdue_alerts).where(
                 overdue_alerts.c.recipient == digest.key,
-                among(conn, overdue_alerts.c.ticket_id, [t.id for t in chunk])))
+                among(conn, overdue_alerts.c.ticket_id, ids)))
     insert_many(conn, overdue_alerts, [
         {"ticket_id": t.id, "recipient": digest.key, "due_at": t.due_at, "alerted_at": now}
         for digest in digests for t in digest.tickets])

@@ -36,8 +36,6 @@ from ..storage.schema import outbox
 from .sender import RunReport, Sender
 
 Item = TypeVar("Item")
-CHUNK = 500
-"""Ids per IN list."""
 
 
 @dataclass

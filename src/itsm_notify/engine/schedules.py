@@ -21,8 +21,8 @@ from ..events.audience import EmailRecipient
 from ..events.model import EventContext
 from ..events.types import event_type
 from ..states import Channel
-from ..storage.database import among
-from ..storage.deliveries import USER_CHUNK, load_opted_out
+from ..storage.database import among, in_lists
+from ..storage.deliveries import load_opted_out
 from ..storage.schema import schedules
 from ..timing.business_hours import parse_time_zone
 from ..timing.windows import Frequency, parse_frequency
@@ -65,12 +65,10 @@ def schedule_from_row(user_id: int, frequency: str | None, daily_hour: int | Non
 def load_schedules(conn: Connection, user_ids: Iterable[int],
                    channel: str = Channel.EMAIL) -> dict[int, Schedule]:
     """The schedules of ``user_ids`` on ``channel`` (users without a row are absent)."""
-    ids = sorted(set(user_ids))
     found: dict[int, Schedule] = {}
-    for start in range(0, len(ids), USER_CHUNK):
+    for ids in in_lists(user_ids):
         for row in conn.execute(select(schedules).where(
-                schedules.c.channel == channel,
-                among(conn, schedules.c.user_id, ids[start:start + USER_CHUNK]))):
+                schedules.c.channel == channel, among(conn, schedules.c.user_id, ids))):
             found[row.user_id] = schedule_from_row(row.user_id, row.frequency, row.daily_hour,
                                            row.time_zone)
     return found

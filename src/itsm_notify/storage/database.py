@@ -143,6 +143,17 @@ def database_errors(url: str) -> Iterator[None]:
         raise DatabaseUnavailable(describe_db_error(exc, url)) from None
 
 
+IDS_PER_LIST = 500
+"""Values per IN list (``among``) where a query may take any number of ids."""
+
+
+def in_lists(values: Iterable[Any]) -> Iterator[list[Any]]:
+    """``values`` sorted, without repeats, IDS_PER_LIST at a time: one ``among`` each."""
+    ordered = sorted(set(values))
+    for start in range(0, len(ordered), IDS_PER_LIST):
+        yield ordered[start:start + IDS_PER_LIST]
+
+
 def among(conn: Connection, column: ColumnElement[Any],
           values: Iterable[Any]) -> ColumnElement[bool]:
     """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one parameter.

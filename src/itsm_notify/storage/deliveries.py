@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..states import Channel, DeliveryState, EventState
 from . import schema
-from .database import RowUpdate, among
+from .database import RowUpdate, among, in_lists
 from .schema import app_notifications, deliveries, outbox, suppressions
 
 DeliveryKey = tuple[int, str, str]  # (event id, channel, recipient)
@@ -67,21 +67,15 @@ def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
         ).scalars()}
 
 
-USER_CHUNK = 500
-"""User ids per IN list."""
-
-
 def load_opted_out(conn: Connection, event_type: str, user_ids: Iterable[int]) -> set[int]:
     """The users among ``user_ids`` who turned ``event_type`` email off."""
-    ids = sorted(set(user_ids))
     opted_out: set[int] = set()
-    for start in range(0, len(ids), USER_CHUNK):
+    for ids in in_lists(user_ids):
         opted_out.update(conn.execute(select(schema.preferences.c.user_id).where(
             schema.preferences.c.event_type == event_type,
             schema.preferences.c.channel == Channel.EMAIL,
             schema.preferences.c.enabled == false(),
-            among(conn, schema.preferences.c.user_id, ids[start:start + USER_CHUNK])
-        )).scalars())
+            among(conn, schema.preferences.c.user_id, ids))).scalars())
     return opted_out
 
 
