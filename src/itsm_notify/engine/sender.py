@@ -578,20 +578,20 @@ class Sender:
         """Each email rendered; one that cannot be (a broken template override, say)
         fails that recipient with the reason, and the batch goes on."""
         renderer, settings = self.renderer, self.settings
-        # how many of an event's recipients read one language with or without a link of
-        # their own (the shapes the slots render once for several readers)
-        readers = Counter((ctx.event.id, renderer.language_of(recipient),
-                           recipient.user_id is not None) for ctx, recipient in to_send)
+        # each email's shape: its event, its reader's language, with or without a link of
+        # their own; how many share one is what the slots render once for several readers
+        shapes = [(ctx.event.id, renderer.language_of(recipient), recipient.user_id is not None)
+                  for ctx, recipient in to_send]
+        readers = Counter(shapes)
         # one event's shared parts per language its recipients read: variables, subject
         current_event: int | None = None
         shared: dict[Language, tuple[dict[str, Any], str]] = {}
-        for ctx, recipient in to_send:
-            event = ctx.event
+        for (ctx, recipient), shape in zip(to_send, shapes, strict=True):
+            event, language = ctx.event, shape[1]
             key = (event.id, Channel.EMAIL, recipient.key)
             try:
                 if current_event != event.id:
                     current_event, shared = event.id, {}
-                language = renderer.language_of(recipient)
                 if language not in shared:
                     shared[language] = (renderer.event_variables(ctx, language),
                                         renderer.subject(ctx, language))
@@ -601,7 +601,7 @@ class Sender:
                 rendered = renderer.render_event(
                     ctx, recipient, variables, unsubscribe_url=unsubscribe,
                     subject=subject, ticket_url=self.source.link(ctx, recipient),
-                    alone=readers[(event.id, language, recipient.user_id is not None)] == 1)
+                    alone=readers[shape] == 1)
                 data = compose_email(renderer, ctx, recipient, rendered,
                                      msg_id=self._message_id(ctx, recipient),
                                      domain=self.domain, unsubscribe_url=unsubscribe,
