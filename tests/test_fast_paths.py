@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,6 +106,52 @@ def test_words_compiled_in_equal_words_translated_at_rendering(
     compiled = RENDERER.render_event(ctx, reader, unsubscribe_url=link)
     assert compiled == PLAIN_WORDS.render_event(ctx, reader, unsubscribe_url=link)
     assert RENDERER.language_of(reader).code == language
+
+
+OVERRIDE_SENTENCES = (
+    '{{ _("%(n)s, again %(n)s", n=ticket.number) }}',          # a value used twice
+    '{{ _("only %(a)s", a=ticket.number, b=ticket.title) }}',  # a value never used
+    '{{ _("100%% of %(t)s", t=ticket.title) }}',               # a literal percent
+    '{{ _("<b>%(t)s</b>", t=ticket.title)|upper }}',           # a sentence in an expression
+    '{{ _("%(c)d tickets", c=ticket.id) }}',                   # another conversion
+    '{{ _("%(t)s", t=ticket.title) }} {{ _("%(t)r", t=ticket.title) }}',
+    '{{ _("Hi %(name)s, <em>%(t)s</em>", name=greeting_name, t=ticket.title) }}',
+)
+
+
+@pytest.mark.parametrize("sentence", OVERRIDE_SENTENCES)
+def test_an_override_templates_sentences_compile_to_what_they_render(
+        tmp_path: Path, sentence: str) -> None:
+    """An operator's override templates hold sentences of any shape: those the compiler
+    cannot splice are left to ``%`` at rendering; every one renders as the plain path
+    renders it, a hostile title included."""
+    emails = tmp_path / "emails"
+    emails.mkdir()
+    (emails / "ticket_created.txt").write_text(sentence + "\n")
+    (emails / "ticket_created.html").write_text(f"<html><body><p>{sentence}</p></body></html>")
+    settings = make_settings(template_dir=str(tmp_path))
+    ctx = replace(context("ticket_created"),
+                  ticket=replace(TICKET, title="<script>&\"'%s 100%"))
+    reader = EmailRecipient("bob@example.com", "Bob", "B<o>b", 2)
+    compiled = Renderer(settings).render_event(ctx, reader)
+    assert compiled == Renderer(settings, compile_words=False).render_event(ctx, reader)
+    assert "<script>" not in compiled.html
+
+
+def test_a_stray_percent_in_an_override_fails_alike_on_both_paths(tmp_path: Path) -> None:
+    emails = tmp_path / "emails"
+    emails.mkdir()
+    sentence = '{{ _("50 % off %(t)s", t=ticket.title) }}'
+    (emails / "ticket_created.txt").write_text(sentence)
+    (emails / "ticket_created.html").write_text(sentence)
+    settings = make_settings(template_dir=str(tmp_path))
+    errors = []
+    for compile_words in (True, False):
+        with pytest.raises(TypeError) as raised:  # "% o": an octal conversion of the dict
+            Renderer(settings, compile_words=compile_words).render_event(
+                context("ticket_created"), EmailRecipient("bob@example.com", "Bob", "Bob", 2))
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1]
 
 
 # ------------------------------------------------------------ render once, fill in

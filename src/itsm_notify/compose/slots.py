@@ -34,7 +34,7 @@ from typing import Any
 
 from jinja2 import Environment, nodes
 
-from .translated import TRANSLATED
+from .translated import is_sentence_call
 
 Render = Callable[[str, Mapping[str, Any]], tuple[str, str]]
 Path = tuple[str, ...]  # ("greeting_name",) or ("recipient", "email")
@@ -123,9 +123,8 @@ def _uses_plainly(node: nodes.Node, values: frozenset[str], spaces: frozenset[st
 
 def _is_sentence(node: nodes.Node) -> bool:
     """A call of the translation functions with plain arguments: ``_("...", name=x)``."""
-    return isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) \
-        and node.node.name in TRANSLATED and node.dyn_args is None \
-        and node.dyn_kwargs is None
+    return is_sentence_call(node) and isinstance(node, nodes.Call) \
+        and node.dyn_args is None and node.dyn_kwargs is None
 
 
 class SlotRenderer:

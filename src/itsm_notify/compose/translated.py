@@ -43,33 +43,12 @@ class TranslatedEnvironment(Environment):
         super().__init__(extensions=["jinja2.ext.i18n"], **options)
         self.language = language
         self.compile_words = compile_words
-        finalize: Callable[[Any], Any] = options.get("finalize") or (lambda value: value)
-
-        def fill(text: str, autoescape: bool, variables: dict[str, Any]) -> str:
-            if not variables and "%" not in text:
-                return Markup(text) if autoescape else text
-            values = {key: finalize(value) if isinstance(value, str) else value
-                      for key, value in variables.items()}
-            return Markup(text) % values if autoescape else text % values
-
-        @pass_context
-        def gettext(context: Context, message: str, **variables: Any) -> str:
-            return fill(language.gettext(message), context.eval_ctx.autoescape, variables)
-
-        @pass_context
-        def filled(context: Context, translated: str, **variables: Any) -> str:
-            return fill(translated, context.eval_ctx.autoescape, variables)
-
-        @pass_context
-        def ngettext(context: Context, singular: str, plural: str, num: int,
-                     **variables: Any) -> str:
-            variables.setdefault("num", num)
-            return fill(language.ngettext(singular, plural, num),
-                        context.eval_ctx.autoescape, variables)
-
+        finalize: Callable[[Any], Any] = options.get("finalize") or _as_it_is
         self.install_gettext_callables(  # type: ignore[attr-defined]  # the extension's
             language.gettext, language.ngettext, newstyle=True)
-        self.globals.update(_=gettext, gettext=gettext, ngettext=ngettext, _filled=filled)
+        self.globals.update(_sentences(language, finalize))
+        self.globals.update({_IN_EXPRESSIONS[name]: function for name, function
+                             in _sentences(language, _as_it_is).items()})
 
     def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
         """A template's globals as one dict, where Jinja makes a ChainMap over the
@@ -80,13 +59,84 @@ class TranslatedEnvironment(Environment):
         return {**self.globals, **(d or {})}
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        """The template's syntax tree, its words translated when ``compile_words``.
+        """The template's syntax tree, its words translated when ``compile_words``, and
+        its sentences that an expression goes on with told apart (``_InExpressions``).
         (``_parse`` is where Jinja turns source into the tree that ``parse`` returns and
         ``compile`` compiles: the one place both go through.)"""
         tree = super()._parse(source, name, filename)
         if self.compile_words:
             tree = _WordsTranslated(self.language).visit(tree)
-        return tree
+        return _InExpressions().visit(tree)
+
+
+def _as_it_is(value: Any) -> Any:
+    return value
+
+
+def _sentences(language: Language, finalize: Callable[[Any], Any]
+               ) -> dict[str, Callable[..., str]]:
+    """The functions sentences are written with, each text value put in through
+    ``finalize``."""
+
+    def fill(text: str, autoescape: bool, variables: dict[str, Any]) -> str:
+        if not variables and "%" not in text:
+            return Markup(text) if autoescape else text
+        values = {key: finalize(value) if isinstance(value, str) else value
+                  for key, value in variables.items()}
+        return Markup(text) % values if autoescape else text % values
+
+    @pass_context
+    def gettext(context: Context, message: str, **variables: Any) -> str:
+        return fill(language.gettext(message), context.eval_ctx.autoescape, variables)
+
+    @pass_context
+    def filled(context: Context, translated: str, **variables: Any) -> str:
+        return fill(translated, context.eval_ctx.autoescape, variables)
+
+    @pass_context
+    def ngettext(context: Context, singular: str, plural: str, num: int,
+                 **variables: Any) -> str:
+        variables.setdefault("num", num)
+        return fill(language.ngettext(singular, plural, num), context.eval_ctx.autoescape,
+                    variables)
+
+    return {"_": gettext, "gettext": gettext, "ngettext": ngettext, "_filled": filled}
+
+
+_IN_EXPRESSIONS = {name: f"_{name.strip('_')}_in_expression" for name in TRANSLATED}
+"""The twin of each sentence function for a sentence an expression goes on with: its
+values put in as they are."""
+
+
+class _InExpressions(NodeTransformer):
+    """A sentence printed as it is puts its values in through ``finalize``, so that the
+    page's structure holds markers (inline.py); one whose result an expression goes on
+    with (``{{ _("%(t)s", t=x)|upper }}``, an argument, a ``{% set %}``) calls its twin,
+    which puts them in as they are: the expression would change a marker, which then
+    could not be filled in (the page is then its own structure, inlined as it is)."""
+
+    def visit_Output(self, node: nodes.Output) -> nodes.Node:
+        # Calls are renamed in place (no node is replaced).
+        for child in node.nodes:
+            if is_sentence_call(child):  # printed as it is: its arguments may not be
+                self.generic_visit(child)
+            else:
+                self.visit(child)
+        return node
+
+    def visit_Call(self, node: nodes.Call) -> nodes.Node:
+        self.generic_visit(node)
+        if is_sentence_call(node):
+            assert isinstance(node.node, nodes.Name)
+            node.node = nodes.Name(_IN_EXPRESSIONS[node.node.name], "load",
+                                   lineno=node.node.lineno)
+        return node
+
+
+def is_sentence_call(node: nodes.Node) -> bool:
+    """A call of a function sentences are written with (``TRANSLATED``)."""
+    return isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) \
+        and node.node.name in TRANSLATED
 
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%|%")
