@@ -45,7 +45,7 @@ def _qp_encode(line: bytes) -> bytes:
     if _QP_ESCAPED_BUT_EQUALS.search(line) is None:
         line = line.replace(b"=", b"=3D")
     else:
-        line = _QP_ESCAPED.sub(lambda byte: _QP_ESCAPES[byte[0]], line)
+        line = _QP_ESCAPED.sub(lambda match: _QP_ESCAPES[match[0]], line)
     if not line:
         return line
     pieces: list[bytes] = []
