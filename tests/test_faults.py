@@ -362,8 +362,9 @@ def test_a_worker_whose_lease_ran_out_cannot_undo_the_new_owners_work(
     engine, ids = desk
     event = add_event(engine, "ticket_created", ids["vpn"], None, {})
     t0 = utcnow()
-    (claimed,) = outbox_queue.claim_events(engine, worker_id="stalled", limit=10, now=t0,
-                                 lease=timedelta(seconds=1))
+    with engine.connect() as conn:
+        (claimed,) = outbox_queue.claim_events(conn, worker_id="stalled", limit=10, now=t0,
+                                               lease=timedelta(seconds=1))
     assert claimed.id == event
 
     # The lease runs out; another worker takes the event over and delivers it.
@@ -446,7 +447,7 @@ def test_a_plan_that_collides_with_another_workers_hands_the_events_back_unsent(
 
     # A stale read: the delivery rows another worker wrote meanwhile are not seen, so
     # this worker's plan collides with them.
-    monkeypatch.setattr(sender, "load_deliveries", lambda engine, event_ids: {})
+    monkeypatch.setattr(sender, "load_deliveries", lambda conn, event_ids: {})
     collided = run_at(settings, engine, t0 + timedelta(hours=2))
     assert (collided.events_retrying, collided.emails_sent) == (1, 0)
     row = event_row(engine, event)

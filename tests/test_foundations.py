@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from contract_app import (
     add_comment,
@@ -44,7 +44,7 @@ from itsm_notify.events.types import EVENT_TYPES
 from itsm_notify.source import load_source
 from itsm_notify.storage import deliveries as delivery_store
 from itsm_notify.storage import schema
-from itsm_notify.storage.database import IDS_PER_LIST, in_lists
+from itsm_notify.storage.database import IDS_PER_LIST, in_lists, reads
 from itsm_notify.storage.outbox import claim_events
 from smtp_server import SmtpSink
 
@@ -84,10 +84,13 @@ def _one_event_of_each_type(engine: Engine, ids: dict[str, int]) -> dict[str, in
 
 
 def _recipients(engine: Engine, settings: Settings, event_ids: list[int]) -> dict[int, Any]:
-    events = claim_events(engine, worker_id="t", limit=100, now=utcnow() + timedelta(seconds=1),
-                          lease=timedelta(seconds=0))  # a lease of 0: free again at once
-    chosen = [e for e in events if e.id in event_ids]
-    loaded = load_batch(load_source(settings), engine, chosen)
+    with engine.connect() as conn:
+        events = claim_events(conn, worker_id="t", limit=100,
+                              now=utcnow() + timedelta(seconds=1),
+                              lease=timedelta(seconds=0))  # a lease of 0: free again at once
+        chosen = [e for e in events if e.id in event_ids]
+        with reads(conn):
+            loaded = load_batch(load_source(settings), conn, chosen)
     result = {}
     for event, ctx in loaded:
         assert isinstance(ctx, EventContext), ctx
@@ -151,6 +154,40 @@ def test_ids_past_one_in_list_are_read_in_several(database_url: str) -> None:
         assert [len(ids) for ids in in_lists(wanted)] == [IDS_PER_LIST, IDS_PER_LIST, 1]
         assert delivery_store.load_opted_out(conn, "status_changed", wanted) == \
             {i for i in range(1, count + 1) if i % 3 == 0}
+
+
+def test_a_batchs_reads_share_one_transaction_that_outlives_a_failed_read(
+        database_url: str) -> None:
+    """``reads``: a batch's reads on one connection; a read that fails (aborting the
+    transaction, on PostgreSQL) is rolled back and the next read works; a writer on
+    another connection is not kept waiting meanwhile (SQLite: begun DEFERRED, not
+    IMMEDIATE); nothing is left open on leaving."""
+    engine = create_schema(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schema.suppressions), [
+            {"address": "gone@example.com", "reason": "bounced", "created_at": utcnow()}])
+    with engine.connect() as conn:
+        with reads(conn):
+            assert delivery_store.suppressed_among(conn, ["Gone@example.com", "x@y.z"]) == \
+                {"gone@example.com"}
+            with pytest.raises(sa.exc.DBAPIError):
+                conn.execute(sa.text("SELECT no_such_column FROM notification_outbox"))
+            conn.rollback()
+            assert delivery_store.load_deliveries(conn, [1, 2]) == {}
+            if engine.dialect.name == "sqlite":
+                writer = engine.raw_connection()
+                try:
+                    writer.driver_connection.execute("PRAGMA busy_timeout = 200")
+                    writer.driver_connection.execute("BEGIN IMMEDIATE")  # "locked" if held
+                    writer.driver_connection.execute("ROLLBACK")
+                finally:
+                    writer.close()
+            else:
+                with engine.begin() as other:
+                    other.execute(sa.delete(schema.suppressions))
+        assert not conn.in_transaction()
+        with conn.begin():  # a write on the same connection afterwards (IMMEDIATE again)
+            conn.execute(sa.delete(schema.suppressions))
 
 
 def _ticket_ids(engine: Engine) -> list[int]:
@@ -232,10 +269,10 @@ def test_a_fault_at_any_stage_fails_that_event_alone(
         from itsm_notify.source import Source
         real_load = Source.load_contexts
 
-        def load(self: Source, engine: Engine, batch: Any) -> Any:
+        def load(self: Source, conn: Connection, batch: Any) -> Any:
             if any(e.id == poison for e, _ in batch):
                 raise boom
-            return real_load(self, engine, batch)
+            return real_load(self, conn, batch)
         monkeypatch.setattr(Source, "load_contexts", load)
     elif stage == "plan":
         from itsm_notify.source import Source

@@ -390,12 +390,12 @@ def test_a_value_the_database_refuses_fails_that_event_alone(
     events = [add_event(engine, "ticket_created", ticket, None, {}) for _ in range(3)]
     real = sender_module.write_plan
 
-    def refusing(engine: sa.Engine, rows: list[dict[str, Any]],
+    def refusing(conn: sa.Connection, rows: list[dict[str, Any]],
                  notifications: list[dict[str, Any]], write_in_app: Any = None,
                  summary_items: Any = ()) -> None:
         if any(row["event_id"] == events[1] for row in rows):
             raise sa.exc.DataError("INSERT", {}, ValueError("value out of range"))
-        real(engine, rows, notifications, write_in_app, summary_items)
+        real(conn, rows, notifications, write_in_app, summary_items)
 
     monkeypatch.setattr(sender_module, "write_plan", refusing)
     settings = load_settings(environ=smtp_env(database_url, smtp_sink), dotenv_path=None)

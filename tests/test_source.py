@@ -25,7 +25,7 @@ from itsm_notify.events.model import OutboxEvent
 from itsm_notify.source import load_source
 from itsm_notify.source.mapping import fill, parse_mapping
 from itsm_notify.storage import schema
-from itsm_notify.storage.database import make_engine
+from itsm_notify.storage.database import make_engine, reads
 from itsm_notify.storage.migrations import init_database
 from smtp_server import SmtpSink
 
@@ -256,7 +256,8 @@ def _count_loading_queries(engine: Engine, mapping: Path, events: list[OutboxEve
     try:
         from itsm_notify.engine.sender import load_batch
 
-        contexts = load_batch(source, engine, events)
+        with engine.connect() as conn, reads(conn):
+            contexts = load_batch(source, conn, events)
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
     assert all(not isinstance(c, Exception) for _, c in contexts), contexts

@@ -172,8 +172,8 @@ class DigestScan(ABC, Generic[Item, Report]):
         report = self.new_report()
         with self.engine.connect() as conn:
             digests = self.plan(conn, report)
+            suppressed = suppressed_among(conn, (d.key for d in digests))
         report.digests_queued = len(digests)
-        suppressed = suppressed_among(self.engine, (d.key for d in digests))
         redirect = self.settings.redirect_to
         for digest in digests:
             address = digest.recipient.address

@@ -114,7 +114,7 @@ class SummaryHold:
         self.bypass = {priority.lower() for priority in settings.summary_bypass_priorities}
 
     @classmethod
-    def load(cls, engine: Engine, settings: Settings,
+    def load(cls, conn: Connection, settings: Settings,
              recipients: Iterable[tuple[EventContext, Iterable[EmailRecipient]]],
              renderer: Renderer) -> SummaryHold:
         """The hold for a batch: one query for the schedules of the users its
@@ -126,11 +126,10 @@ class SummaryHold:
                     for recipient in emails if recipient.user_id is not None}
         if not user_ids:
             return cls(settings, {}, renderer)
-        with engine.connect() as conn:
-            found = load_schedules(conn, user_ids)
-            # no summaries for a user who unsubscribed from them: all at once
-            for user_id in load_opted_out(conn, SUMMARY_EVENT_TYPE, found):
-                found.pop(user_id, None)
+        found = load_schedules(conn, user_ids)
+        # no summaries for a user who unsubscribed from them: all at once
+        for user_id in load_opted_out(conn, SUMMARY_EVENT_TYPE, found):
+            found.pop(user_id, None)
         return cls(settings, found, renderer)
 
     def item(self, ctx: EventContext, recipient: EmailRecipient,

@@ -4,9 +4,9 @@ One batch, with a fixed number of database round trips:
 
 1. claim up to ``ITSM_BATCH_SIZE`` events (one short transaction, a lease);
 2. load their context (a handful of queries for the whole batch) and the delivery
-   records and suppressions already known;
+   records and suppressions already known, in one read transaction;
 3. decide each event's recipients (pure rules) and write the new delivery rows and the
-   in-app notifications in one transaction;
+   in-app notifications in one transaction (steps 1 to 3 on one connection);
 4. render the emails not yet accepted and hand them to the pipeline (engine/pipeline.py): the
    SMTP sessions send them while this thread renders the next ones and claims the next
    batch, and the recorder writes the answers in small groups, so a killed worker
@@ -65,6 +65,7 @@ from ..storage.database import (
     describe_exception,
     make_engine,
     raise_if_database_down,
+    reads,
     utcnow,
 )
 from ..storage.deliveries import (
@@ -156,12 +157,14 @@ class RunReport:
                 f"{self.emails_skipped} skipped{held}; {self.in_app_written} in-app{chats}")
 
 
-def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
+def load_batch(source: Source, conn: Connection, events: list[OutboxEvent]
                ) -> list[tuple[OutboxEvent, EventContext | EventError]]:
     """Each event, in order, with its context, or the reason it can never be delivered
     (unknown type, malformed payload, missing ticket or comment, data the database
-    driver cannot read). When loading the batch raises, each event is loaded alone, so
-    that one event's bad data fails that event and not its neighbours."""
+    driver cannot read), read in ``conn``'s transaction (``storage.database.reads``).
+    When loading the batch raises, each event is loaded alone, so that one event's bad
+    data fails that event and not its neighbours (a failed read's transaction is rolled
+    back, and the next read begins another)."""
     parsed: list[tuple[OutboxEvent, dict[str, Any]]] = []
     bad: dict[int, EventError] = {}
     for event in events:
@@ -170,15 +173,17 @@ def load_batch(source: Source, engine: Engine, events: list[OutboxEvent]
         except EventError as exc:
             bad[event.id] = exc
     try:
-        loaded = source.load_contexts(engine, parsed)
+        loaded = source.load_contexts(conn, parsed)
     except Exception:
-        raise_if_database_down(engine)
+        conn.rollback()
+        raise_if_database_down(conn.engine)
         loaded = {}
         for item in parsed:
             try:
-                loaded.update(source.load_contexts(engine, [item]))
+                loaded.update(source.load_contexts(conn, [item]))
             except Exception as exc:
-                raise_if_database_down(engine)
+                conn.rollback()
+                raise_if_database_down(conn.engine)
                 loaded[item[0].id] = EventError(
                     f"its data could not be read ({describe_exception(exc)})")
     return [(event, bad[event.id] if event.id in bad else loaded[event.id])
@@ -263,6 +268,17 @@ class _SendBatch(Batch):
     """Events already decided: failed (bad events), or handed back (a collision)."""
 
 
+@dataclass
+class _PlannedBatch:
+    """A batch planned and stored, ready to hand to the pipeline."""
+
+    batch: _SendBatch
+    to_send: list[tuple[EventContext, EmailRecipient]]
+    to_chat: list[ChatOutgoing]
+    answered: list[Outcome]
+    """Deliveries decided without sending (to a disabled chat destination)."""
+
+
 class Sender:
     """Delivers the outbox: one per run, holding the renderer and the transport."""
 
@@ -313,13 +329,15 @@ class Sender:
                     break  # the server is unreachable: the next run tries again
                 size = self.settings.batch_size if limit is None else \
                     min(self.settings.batch_size, limit - claimed)
-                events = claim_events(self.engine, worker_id=self.worker_id, limit=size,
-                                      now=self.clock(), lease=lease, only=only,
-                                      max_claims=self.settings.max_claims)
-                if not events:
+                with self.engine.connect() as conn:  # the batch's claim, reads and plan
+                    events = claim_events(conn, worker_id=self.worker_id, limit=size,
+                                          now=self.clock(), lease=lease, only=only,
+                                          max_claims=self.settings.max_claims)
+                    planned = self.plan_batch(conn, events, report) if events else None
+                if planned is None:
                     break
                 claimed += len(events)
-                self.process_batch(events, pipeline, report, chat)
+                self.hand_over(planned, pipeline, chat)
                 if self.on_progress:
                     self.on_progress(len(events))
         if self.transport.gave_up:
@@ -338,17 +356,23 @@ class Sender:
         return SideChannel(ChatTransport(connections=self.settings.smtp_connections),
                            pipeline)
 
-    def process_batch(self, events: list[OutboxEvent], pipeline: Pipeline[_SendBatch],
-                      report: RunReport, chat: SideChannel | None = None) -> None:
-        """Plan a claimed batch and hand its emails to the pipeline, rendered one by one
-        (the sessions send the first ones while the rest render), and its chat messages
-        to the chat transport."""
+    def plan_batch(self, conn: Connection, events: list[OutboxEvent],
+                   report: RunReport) -> _PlannedBatch:
+        """Plan a claimed batch: everything the plan reads is read in one transaction on
+        ``conn``, and the plan written in a second one."""
         now = self.clock()
         settled: list[EventOutcome] = []
-        contexts = self._contexts(events, settled)
-        existing = load_deliveries(self.engine, [ctx.event.id for ctx in contexts])
-        works, to_send, to_chat, answered = self._plan(contexts, existing, report, now,
-                                                       settled)
+        with reads(conn):
+            contexts = self._contexts(conn, events, settled)
+            existing = load_deliveries(conn, [ctx.event.id for ctx in contexts])
+            resolved = self._resolve(contexts, settled)
+            suppressed = suppressed_among(conn, (r.key for _, recipients in resolved.values()
+                                                 for r in recipients.email))
+            hold = SummaryHold.load(conn, self.settings,
+                                    ((ctx, r.email) for ctx, r in resolved.values()),
+                                    self.renderer)
+        works, to_send, to_chat, answered = self._plan(conn, resolved, existing, suppressed,
+                                                       hold, report, now, settled)
         if works is None:
             # Another worker planned some of these events meanwhile (it took them over
             # when this worker's lease ran out): hand back those still ours, unsent, for
@@ -358,21 +382,28 @@ class Sender:
                                      error="taken over by another worker; retried")
                         for ctx in contexts]
             works = {}
-        pipeline.open(_SendBatch(keys=[event.id for event in events],
-                                 unanswered=len(to_send) + len(to_chat) + len(answered),
-                                 started=now, works=works, existing=existing,
-                                 settled=settled))
-        for outcome in answered:
-            pipeline.settle(outcome)
-        if to_chat and chat is not None:
-            chat.send(to_chat)
-        pipeline.send(self._render_each(to_send, pipeline))
+        batch = _SendBatch(keys=[event.id for event in events],
+                           unanswered=len(to_send) + len(to_chat) + len(answered),
+                           started=now, works=works, existing=existing, settled=settled)
+        return _PlannedBatch(batch, to_send, to_chat, answered)
 
-    def _contexts(self, events: list[OutboxEvent],
+    def hand_over(self, planned: _PlannedBatch, pipeline: Pipeline[_SendBatch],
+                  chat: SideChannel | None = None) -> None:
+        """Hand a planned batch's emails to the pipeline, rendered one by one (the
+        sessions send the first ones while the rest render), and its chat messages to
+        the chat transport."""
+        pipeline.open(planned.batch)
+        for outcome in planned.answered:
+            pipeline.settle(outcome)
+        if planned.to_chat and chat is not None:
+            chat.send(planned.to_chat)
+        pipeline.send(self._render_each(planned.to_send, pipeline))
+
+    def _contexts(self, conn: Connection, events: list[OutboxEvent],
                   finished: list[EventOutcome]) -> list[EventContext]:
         """Each event's context; bad events go straight to ``finished`` as failed."""
         contexts = []
-        for event, ctx in load_batch(self.source, self.engine, events):
+        for event, ctx in load_batch(self.source, conn, events):
             if isinstance(ctx, EventError):
                 finished.append(EventOutcome(event.id, EventState.FAILED, error=str(ctx)))
             else:
@@ -381,14 +412,10 @@ class Sender:
 
     # ---------------------------------------------------------------- planning
 
-    def _plan(self, contexts: list[EventContext], existing: dict[DeliveryKey, DeliveryRecord],
-              report: RunReport, now: datetime, settled: list[EventOutcome]
-              ) -> tuple[dict[int, _EventWork] | None,
-                         list[tuple[EventContext, EmailRecipient]], list[ChatOutgoing],
-                         list[Outcome]]:
-        """Decide every delivery of the batch, store the new ones and the in-app rows,
-        and list the emails still to send. An event whose planning raises (data of a shape
-        no rule expected) goes to ``settled`` as failed with the reason; the rest go on."""
+    def _resolve(self, contexts: list[EventContext], settled: list[EventOutcome]
+                 ) -> dict[int, tuple[EventContext, Recipients]]:
+        """Each event's recipients, by event id. An event whose rule raises (data of a
+        shape no rule expected) goes to ``settled`` as failed with the reason."""
         resolved: dict[int, tuple[EventContext, Recipients]] = {}
         for ctx in contexts:
             try:
@@ -396,12 +423,18 @@ class Sender:
             except Exception as exc:
                 settled.append(_failed(ctx.event.id, "its recipients could not be decided",
                                        exc))
-        suppressed = suppressed_among(self.engine, (r.key for _, recipients in
-                                                    resolved.values()
-                                                    for r in recipients.email))
-        hold = SummaryHold.load(self.engine, self.settings,
-                                ((ctx, r.email) for ctx, r in resolved.values()),
-                                self.renderer)
+        return resolved
+
+    def _plan(self, conn: Connection, resolved: dict[int, tuple[EventContext, Recipients]],
+              existing: dict[DeliveryKey, DeliveryRecord], suppressed: set[str],
+              hold: SummaryHold, report: RunReport, now: datetime,
+              settled: list[EventOutcome]
+              ) -> tuple[dict[int, _EventWork] | None,
+                         list[tuple[EventContext, EmailRecipient]], list[ChatOutgoing],
+                         list[Outcome]]:
+        """Decide every delivery of the batch, store the new ones and the in-app rows,
+        and list the emails still to send. An event whose planning raises (data of a shape
+        no rule expected) goes to ``settled`` as failed with the reason; the rest go on."""
         plans: dict[int, _EventPlan] = {}
         for event_id, (ctx, recipients) in resolved.items():
             try:
@@ -410,7 +443,7 @@ class Sender:
             except Exception as exc:
                 settled.append(_failed(event_id, "its deliveries could not be planned", exc))
         try:
-            written = self._write_plans(plans, settled)
+            written = self._write_plans(conn, plans, settled)
         except IntegrityError:
             log.warning("another worker took over events %s; leaving them to it",
                         sorted(plans))
@@ -532,13 +565,13 @@ class Sender:
                                              delivery_id=delivery_id(event.id,
                                                                      destination.name)))
 
-    def _write_plans(self, plans: dict[int, _EventPlan],
+    def _write_plans(self, conn: Connection, plans: dict[int, _EventPlan],
                      settled: list[EventOutcome]) -> list[int]:
         """Store the plans' rows in one transaction; the ids of the events written. When
         the database refuses the batch's rows for a reason other than a collision (a
         value it cannot store), each event is written alone, and those it refuses fail."""
         try:
-            write_plan(self.engine, [r for p in plans.values() for r in p.rows],
+            write_plan(conn, [r for p in plans.values() for r in p.rows],
                        [n for p in plans.values() for n in p.notifications],
                        self.source.write_in_app,
                        [i for p in plans.values() for i in p.summary_items])
@@ -550,7 +583,7 @@ class Sender:
         written = []
         for event_id, plan in plans.items():
             try:
-                write_plan(self.engine, plan.rows, plan.notifications, self.source.write_in_app,
+                write_plan(conn, plan.rows, plan.notifications, self.source.write_in_app,
                            plan.summary_items)
             except IntegrityError:
                 raise
@@ -772,8 +805,9 @@ def preview_pending(settings: Settings, engine: Engine, *, limit: int | None,
     renderer = Renderer(settings)
     events = peek_events(engine, limit=limit or 1000, now=clock())
     source = load_source(settings)
-    loaded = load_batch(source, engine, events)
-    existing = load_deliveries(engine, [event.id for event in events])
+    with engine.connect() as conn, reads(conn):
+        loaded = load_batch(source, conn, events)
+        existing = load_deliveries(conn, [event.id for event in events])
     for event, ctx in loaded:
         if isinstance(ctx, EventError):
             report.planned.append(PlannedEmail(event.id, event.event_type, "", "-", "-", "",

@@ -44,7 +44,7 @@ from ..events.audience import EmailRecipient
 from ..events.model import Comment, EventContext, OutboxEvent, Project, Ticket, User
 from ..events.types import event_type, parse_payload, resolve
 from ..source import load_source, replies_become_comments
-from ..storage.database import database_errors, describe_exception
+from ..storage.database import database_errors, describe_exception, reads
 from ..storage.outbox import load_event
 from .diagnostics import build_test_message
 from .serving import ServedInThread
@@ -329,7 +329,8 @@ def event_pages(settings: Settings, engine: Engine, event_id: int, languages: Se
         if event is None:
             raise ConfigError(f"There is no event {event_id} in notification_outbox: give "
                               "the id of one of its rows.")
-        [(_, ctx)] = load_batch(source, engine, [event])
+        with engine.connect() as conn, reads(conn):
+            [(_, ctx)] = load_batch(source, conn, [event])
     if isinstance(ctx, EventError):
         raise ConfigError(f"Event {event_id} ({event.event_type}) cannot be rendered: {ctx}.")
     if ctx.comment is not None and ctx.comment.is_internal:

@@ -246,7 +246,8 @@ class Source:
         admins = {a.email.lower() for a in self.settings.admins}
         return {email: u for email, u in accounts_by_address(users).items() if email in admins}
 
-    def load_contexts(self, engine: Engine, batch: Sequence[tuple[OutboxEvent, dict[str, Any]]]
+    def load_contexts(self, conn: Connection,
+                      batch: Sequence[tuple[OutboxEvent, dict[str, Any]]]
                       ) -> dict[int, EventContext | EventError]:
         """Build each event's context, as its type needs it (``EventType.needs``); an
         event whose ticket or comment is missing gets an EventError instead, so the rest
@@ -269,28 +270,27 @@ class Source:
             user_ids.update(i for i in (event.actor_id, *spec.user_ids(payload))
                             if i is not None)
         entities = self.mapping.entities
-        with engine.connect() as conn:
-            ticket_by_id = self.tickets(conn, ticket_ids)
-            comment_by_id = self._comments(conn, comment_ids)
-            project_by_id, team = self._teams(conn, ticket_by_id.values(),
-                                              Need.TEAM in needs)
-            commenters = self._commenters(conn, {ticket_by_id[e.ticket_id].id for e, _ in batch
-                                                 if Need.COMMENTERS in kinds[e.id].needs
-                                                 and e.ticket_id in ticket_by_id})
-            ccs = self._ccs(conn, ticket_by_id if Need.TEAM in needs and "ticket_cc"
-                            in entities else {})
-            for t in ticket_by_id.values():
-                user_ids.update(i for i in (t.requester_id, t.assignee_id) if i is not None)
-            user_ids.update(c.author_id for c in comment_by_id.values() if c.author_id)
-            for members in (*team.values(), *commenters.values()):
-                user_ids.update(members)
-            user_ids.update(c.user_id for cs in ccs.values() for c in cs if c.user_id)
-            emails = {t.requester_email for t in ticket_by_id.values() if t.requester_email}
-            emails.update(c.email for cs in ccs.values() for c in cs if c.email)
-            user_by_id = {**self.admin_users(conn),
-                          **self.users(conn, user_ids, managers=Need.MANAGERS in needs,
-                                       emails=emails)}
-            by_type = self._opted_out(conn, {e.event_type for e, _ in batch}, user_by_id)
+        ticket_by_id = self.tickets(conn, ticket_ids)
+        comment_by_id = self._comments(conn, comment_ids)
+        project_by_id, team = self._teams(conn, ticket_by_id.values(),
+                                          Need.TEAM in needs)
+        commenters = self._commenters(conn, {ticket_by_id[e.ticket_id].id for e, _ in batch
+                                             if Need.COMMENTERS in kinds[e.id].needs
+                                             and e.ticket_id in ticket_by_id})
+        ccs = self._ccs(conn, ticket_by_id if Need.TEAM in needs and "ticket_cc"
+                        in entities else {})
+        for t in ticket_by_id.values():
+            user_ids.update(i for i in (t.requester_id, t.assignee_id) if i is not None)
+        user_ids.update(c.author_id for c in comment_by_id.values() if c.author_id)
+        for members in (*team.values(), *commenters.values()):
+            user_ids.update(members)
+        user_ids.update(c.user_id for cs in ccs.values() for c in cs if c.user_id)
+        emails = {t.requester_email for t in ticket_by_id.values() if t.requester_email}
+        emails.update(c.email for cs in ccs.values() for c in cs if c.email)
+        user_by_id = {**self.admin_users(conn),
+                      **self.users(conn, user_ids, managers=Need.MANAGERS in needs,
+                                   emails=emails)}
+        by_type = self._opted_out(conn, {e.event_type for e, _ in batch}, user_by_id)
         manager_ids = tuple(sorted(u.id for u in user_by_id.values()
                                    if u.is_manager and u.is_active))
         accounts = accounts_by_address(user_by_id)

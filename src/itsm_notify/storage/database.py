@@ -77,10 +77,15 @@ def _text_from_sqlite(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
+_READS_ONLY = "itsm_notify_reads_only"
+"""The execution option ``reads`` sets on a connection while its transaction only reads."""
+
+
 def _make_sqlite_transactions_immediate(engine: Engine) -> None:
     """Let SQLAlchemy, not pysqlite, begin transactions, and begin them IMMEDIATE so a
     claim's select and update run under one write lock (the recipe from SQLAlchemy's
-    SQLite dialect documentation)."""
+    SQLite dialect documentation); a transaction that only reads (``reads``) begins
+    DEFERRED, so that in WAL mode it never holds the write lock a writer waits for."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -96,7 +101,27 @@ def _make_sqlite_transactions_immediate(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        reads_only = conn.get_execution_options().get(_READS_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def reads(conn: Connection) -> Iterator[Connection]:
+    """One transaction for several reads on ``conn``, ended (rolled back) on leaving.
+
+    A batch's reads share it rather than a connection each: every checkout from the pool
+    costs round trips of its own (the pool's ping, the rollback that returns it, and on
+    PostgreSQL a BEGIN before the ping). Inside, ``conn.rollback()`` ends a transaction
+    a failed read aborted, and the next read begins another. On SQLite the transaction
+    begins DEFERRED, so that while it lasts the recorder's writes do not wait for it."""
+    conn.execution_options(**{_READS_ONLY: True})
+    try:
+        yield conn
+    finally:
+        try:
+            conn.rollback()
+        finally:
+            conn.execution_options(**{_READS_ONLY: False})
 
 
 def describe_db_error(exc: BaseException, url: str) -> str:

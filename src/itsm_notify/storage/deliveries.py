@@ -43,28 +43,29 @@ class DeliveryRecord:
     last_error: str | None = None
 
 
-def load_deliveries(engine: Engine, event_ids: Sequence[int]) -> dict[DeliveryKey, DeliveryRecord]:
+def load_deliveries(conn: Connection, event_ids: Sequence[int]
+                    ) -> dict[DeliveryKey, DeliveryRecord]:
+    """The delivery rows already recorded for these events, by their key."""
     if not event_ids:
         return {}
-    with engine.connect() as conn:
-        rows = conn.execute(select(deliveries.c.event_id, deliveries.c.channel,
-                                   deliveries.c.recipient, deliveries.c.state,
-                                   deliveries.c.attempts, deliveries.c.next_attempt_at,
-                                   deliveries.c.last_error)
-                            .where(among(conn, deliveries.c.event_id, event_ids)))
-        return {(r.event_id, r.channel, r.recipient): DeliveryRecord(
-                    r.state, r.attempts, r.next_attempt_at, r.last_error)
-                for r in rows}
+    rows = conn.execute(select(deliveries.c.event_id, deliveries.c.channel,
+                               deliveries.c.recipient, deliveries.c.state,
+                               deliveries.c.attempts, deliveries.c.next_attempt_at,
+                               deliveries.c.last_error)
+                        .where(among(conn, deliveries.c.event_id, event_ids)))
+    return {(r.event_id, r.channel, r.recipient): DeliveryRecord(
+                r.state, r.attempts, r.next_attempt_at, r.last_error)
+            for r in rows}
 
 
-def suppressed_among(engine: Engine, addresses: Iterable[str]) -> set[str]:
+def suppressed_among(conn: Connection, addresses: Iterable[str]) -> set[str]:
+    """The addresses among these (lower case) on the suppression list."""
     wanted = sorted({a.lower() for a in addresses})
     if not wanted:
         return set()
-    with engine.connect() as conn:
-        return {a.lower() for a in conn.execute(
-            select(suppressions.c.address).where(among(conn, suppressions.c.address, wanted))
-        ).scalars()}
+    return {a.lower() for a in conn.execute(
+        select(suppressions.c.address).where(among(conn, suppressions.c.address, wanted))
+    ).scalars()}
 
 
 def load_opted_out(conn: Connection, event_type: str, user_ids: Iterable[int]) -> set[int]:
@@ -79,7 +80,7 @@ def load_opted_out(conn: Connection, event_type: str, user_ids: Iterable[int]) -
     return opted_out
 
 
-def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
+def write_plan(conn: Connection, new_deliveries: Sequence[dict[str, Any]],
                notifications: Sequence[dict[str, Any]],
                write_in_app: Callable[[Connection, Sequence[dict[str, Any]]], None] | None = None,
                summary_items: Sequence[dict[str, Any]] = ()) -> None:
@@ -88,7 +89,7 @@ def write_plan(engine: Engine, new_deliveries: Sequence[dict[str, Any]],
     with ``write_in_app``, the source's, into ``app_notifications`` without one). Raises
     IntegrityError when another worker already planned one of these deliveries (its
     lease on the event ran out while this worker held it)."""
-    with engine.begin() as conn:
+    with conn.begin():
         if new_deliveries:
             insert_many(conn, deliveries, new_deliveries)
         if notifications:

@@ -63,14 +63,15 @@ def _claimable(now: datetime) -> Any:
     )
 
 
-def claim_events(engine: Engine, *, worker_id: str, limit: int, now: datetime,
+def claim_events(conn: Connection, *, worker_id: str, limit: int, now: datetime,
                  lease: timedelta, only: Sequence[int] | None = None,
                  max_claims: int | None = None) -> list[OutboxEvent]:
-    """Claim up to ``limit`` events in id order for ``worker_id``, for ``lease``;
-    ``only``: among these ids. Rows another worker holds locked are skipped, not waited
-    for. An event already claimed ``max_claims`` times in a row without finishing ends
-    failed here instead (and is not returned)."""
-    with engine.begin() as conn:
+    """Claim up to ``limit`` events in id order for ``worker_id``, for ``lease``, in a
+    transaction of their own on ``conn`` (committed on return); ``only``: among these
+    ids. Rows another worker holds locked are skipped, not waited for. An event already
+    claimed ``max_claims`` times in a row without finishing ends failed here instead
+    (and is not returned)."""
+    with conn.begin():
         condition = _claimable(now)
         if only is not None:
             condition = and_(condition, among(conn, outbox.c.id, only))
