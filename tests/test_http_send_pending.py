@@ -75,8 +75,10 @@ def test_a_429_is_waited_out_and_a_500_retried_by_the_next_run(desk: Any) -> Non
     with SendGridFake() as fake:
         fake.script(Reply(429, {"Retry-After": "1"}, SENDGRID_RATE_LIMITED),
                     Reply(500, body=SENDGRID_SERVER_ERROR))
-        settings = env(url, fake, ITSM_HTTP_CONNECTIONS=1, ITSM_RETRY_BASE_SECONDS=0.05,
-                       ITSM_RETRY_MAX_SECONDS=0.1)
+        # the retry due in 0.5-1 s: not within the first run (which claims again once the
+        # server has answered, and would take a retry already due), but after the pause
+        settings = env(url, fake, ITSM_HTTP_CONNECTIONS=1, ITSM_RETRY_BASE_SECONDS=1,
+                       ITSM_RETRY_MAX_SECONDS=1)
         first = run_cli(["send-pending"], settings)
         assert first.exit_code == 1  # a delivery was deferred
         rows = {r["recipient"]: r for r in deliveries(engine) if r["channel"] == "email"}
@@ -84,7 +86,7 @@ def test_a_429_is_waited_out_and_a_500_retried_by_the_next_run(desk: Any) -> Non
         assert (failed["attempts"], failed["last_code"]) == (1, 500)
         assert failed["last_error"] == "500 internal error"
         assert outbox_states(engine) == {event: "pending"}
-        time.sleep(0.2)
+        time.sleep(1.05)
         second = run_cli(["send-pending"], settings)
     assert second.exit_code == 0, second.stderr
     assert len(fake.requests) == 6  # 429, 4 sent, 500 ... then its retry
