@@ -251,13 +251,14 @@ def test_a_comment_with_no_author_is_delivered(database_url: str, smtp_sink: Smt
 # --------------------------------------------------------- faults at every stage
 
 
-@pytest.mark.parametrize("stage", ["load", "plan", "render", "send", "record"])
+@pytest.mark.parametrize("stage", ["load", "read", "plan", "render", "send", "record"])
 def test_a_fault_at_any_stage_fails_that_event_alone(
         database_url: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch,
         stage: str) -> None:
     """One event's bad data raising anywhere between claim and record: that event ends
     failed (or, at send, deferred) with a readable reason; its neighbours are sent in the
-    same run."""
+    same run. ``read``: the database refuses a statement of the event's reads, which on
+    PostgreSQL aborts the batch's read transaction that its neighbours' reads share."""
     engine = create_schema(database_url)
     ids = seed_helpdesk(engine)
     events = [add_event(engine, "ticket_assigned", ids["vpn"], None,
@@ -274,6 +275,16 @@ def test_a_fault_at_any_stage_fails_that_event_alone(
                 raise boom
             return real_load(self, conn, batch)
         monkeypatch.setattr(Source, "load_contexts", load)
+    elif stage == "read":
+        from itsm_notify.source import Source
+        real_load = Source.load_contexts
+
+        def refused(self: Source, conn: Connection, batch: Any) -> Any:
+            if any(e.id == poison for e, _ in batch):
+                table = conn.dialect.identifier_preparer.quote("injected fault")
+                conn.execute(sa.text(f"SELECT 1 FROM {table}"))  # no such table
+            return real_load(self, conn, batch)
+        monkeypatch.setattr(Source, "load_contexts", refused)
     elif stage == "plan":
         from itsm_notify.source import Source
         real_resolve = Source.resolve
