@@ -271,7 +271,7 @@ def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection
 
     settings = _settings(overrides)
     engine = database.make_engine(settings.database_url)
-    counts = {"statements": 0, "commits": 0}
+    counts = {"statements": 0, "commits": 0, "checkouts": 0}
     kinds: dict[str, int] = {}
 
     @event.listens_for(engine, "before_cursor_execute")
@@ -283,6 +283,10 @@ def _send_child(overrides: dict[str, Any], profile: str | None, conn: Connection
     @event.listens_for(engine, "commit")
     def _commit(conn: Any) -> None:
         counts["commits"] += 1
+
+    @event.listens_for(engine, "checkout")  # each one a ping, and a rollback on return
+    def _checkout(*_: Any) -> None:
+        counts["checkouts"] += 1
 
     insert_many = delivery_store.insert_many
 
@@ -558,7 +562,8 @@ def throughput(args: argparse.Namespace, sink: SinkProcess, workdir: Path, check
                   f"CPU/email) | ratio {row.ratio:.2f} | peak RSS "
                   f"{row.maxrss_mb:.0f} MB | {row.statements_per_event:.2f} statements/event "
                   f"({row.statements_per_batch:.1f}/batch of {args.batch_size}, "
-                  f"{result['commits']} commits)", flush=True)
+                  f"{result['commits']} commits, {result['checkouts']} pool checkouts)",
+                  flush=True)
             if round_no == 1:
                 print("    statements per batch: " + ", ".join(
                     f"{kind} {count / batches:.1f}" for kind, count in
