@@ -123,8 +123,7 @@ def _uses_plainly(node: nodes.Node, values: frozenset[str], spaces: frozenset[st
 
 def _is_sentence(node: nodes.Node) -> bool:
     """A call of the translation functions with plain arguments: ``_("...", name=x)``."""
-    return is_sentence_call(node) and isinstance(node, nodes.Call) \
-        and node.dyn_args is None and node.dyn_kwargs is None
+    return is_sentence_call(node) and node.dyn_args is None and node.dyn_kwargs is None
 
 
 class SlotRenderer:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from jinja2 import Environment, nodes, pass_context
 from jinja2.runtime import Context
@@ -133,7 +133,7 @@ class _InExpressions(NodeTransformer):
         return node
 
 
-def is_sentence_call(node: nodes.Node) -> bool:
+def is_sentence_call(node: nodes.Node) -> TypeGuard[nodes.Call]:
     """A call of a function sentences are written with (``TRANSLATED``)."""
     return isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) \
         and node.node.name in TRANSLATED
